@@ -1,0 +1,12 @@
+//! The admin API (`meshscale.v1.MeshscaleService`) over gRPC: served on the
+//! local unix socket for the CLI and, with TLS and an API key, on
+//! `grpc_listen_addr` for the operator and remote CLIs.
+
+mod auth;
+mod convert;
+mod serve;
+mod service;
+
+pub use auth::ApiKeyLayer;
+pub use serve::{bind_unix, serve_tcp, serve_unix};
+pub use service::AdminService;

@@ -1,0 +1,122 @@
+//! `meshscale serve`: opens the store, starts every listener, and stops them
+//! together on SIGINT or SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin;
+use crate::config::Config;
+use crate::http;
+use crate::metrics::Metrics;
+use crate::pending::PendingRegistrations;
+use crate::presence::Presence;
+use crate::state::AppState;
+use crate::store::Store;
+
+pub fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (tests) is harmless; ignore it.
+    let _ = if config.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({key})"))
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    let metrics = Metrics::new();
+    let prefixes = config.ip_prefixes()?;
+    let target = config.database_target()?;
+    let store = Store::open(&target, prefixes, metrics.clone()).await.context("cannot open the store")?;
+    tracing::info!(backend = ?store.backend(), "store ready");
+
+    // Bind everything before serving anything, so a taken port fails the start cleanly.
+    let main_listener = bind(&config.listen_addr, "listen_addr").await?;
+    let metrics_listener = bind(&config.metrics_listen_addr, "metrics_listen_addr").await?;
+    let unix_path = std::path::PathBuf::from(&config.unix_socket);
+    let unix_listener = admin::bind_unix(&unix_path, config.socket_mode()?)?;
+    let remote_admin = !config.grpc_listen_addr.is_empty()
+        && (!config.tls_cert_path.is_empty() || config.grpc_allow_insecure);
+    let grpc_listener =
+        if remote_admin { Some(bind(&config.grpc_listen_addr, "grpc_listen_addr").await?) } else { None };
+    if !remote_admin {
+        tracing::info!("remote admin API off: set tls_cert_path/tls_key_path (or grpc_allow_insecure) to serve it");
+    }
+
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        store,
+        presence: Presence::default(),
+        pending: PendingRegistrations::default(),
+        metrics,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tracing::info!(addr = %config.listen_addr, server_url = %config.server_url, "serving HTTP");
+    let main_app = http::main_router(state.clone());
+    let shutdown = stopped();
+    tasks.spawn(async move {
+        axum::serve(main_listener, main_app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
+    });
+    tracing::info!(addr = %config.metrics_listen_addr, "serving metrics");
+    let metrics_app = http::metrics_router(state.clone());
+    let shutdown = stopped();
+    tasks.spawn(async move {
+        axum::serve(metrics_listener, metrics_app).with_graceful_shutdown(shutdown).await.context("metrics server failed")
+    });
+    tracing::info!(path = %unix_path.display(), "serving admin API on unix socket");
+    tasks.spawn(admin::serve_unix(state.clone(), unix_listener, stopped()));
+    if let Some(l) = grpc_listener {
+        tracing::info!(addr = %config.grpc_listen_addr, tls = !config.tls_cert_path.is_empty(), "serving remote admin API");
+        tasks.spawn(admin::serve_tcp(state.clone(), l, stopped()));
+    }
+
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a listener stopped unexpectedly")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("a listener task panicked: {e}")),
+        },
+    };
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    state.store.close().await;
+    let _ = std::fs::remove_file(&unix_path);
+    outcome
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

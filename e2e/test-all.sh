@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need, then runs every check
+# and test of the workspace. `.ci/run` calls exactly this.
+#
+#   CARGO_TARGET_DIR     reuse a build cache outside the clone (optional)
+#   MESHSCALE_TOOLS_DIR  where the official tailscale client and helm live (see setup.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "test-all.sh: cargo is required (a Rust toolchain with rustfmt and clippy)" >&2; exit 1; }
+
+e2e/setup.sh
+export MESHSCALE_TOOLS_DIR="${MESHSCALE_TOOLS_DIR:-/var/cache/meshscale-tools}"
+export PATH="$MESHSCALE_TOOLS_DIR/bin:$PATH"
+
+# shellcheck source=e2e/lib/postgres.sh
+source e2e/lib/postgres.sh
+pg_start
+trap pg_stop EXIT
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests (SQLite and PostgreSQL at $MESHSCALE_TEST_POSTGRES_URL)"
+cargo test --workspace --locked
