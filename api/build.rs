@@ -7,7 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let well_known = protoc_bin_vendored::include_path()?;
     tonic_prost_build::configure().compile_protos(
-        &[std::path::PathBuf::from("proto/meshscale/v1/meshscale.proto")],
+        &[std::path::PathBuf::from(
+            "proto/meshscale/v1/meshscale.proto",
+        )],
         &[std::path::PathBuf::from("proto"), well_known],
     )?;
     Ok(())

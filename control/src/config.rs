@@ -27,7 +27,10 @@ pub const DEFAULT_CONFIG_PATHS: &[&str] = &["/etc/meshscale/config.yaml"];
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is larger than {MAX_CONFIG_BYTES} bytes")]
     TooLarge { path: PathBuf },
     #[error("config file {path} is not valid YAML: {message}")]
@@ -38,7 +41,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn key(key: &str, problem: impl Into<String>) -> Self {
-        ConfigError::Key { key: key.to_string(), problem: problem.into() }
+        ConfigError::Key {
+            key: key.to_string(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -71,7 +77,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NoiseConfig {
     /// Empty: `<data_dir>/noise_private.key`.
@@ -117,7 +123,7 @@ pub struct PostgresConfig {
     pub ssl: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DerpConfig {
     pub server: DerpServerConfig,
@@ -186,12 +192,6 @@ impl Default for Config {
     }
 }
 
-impl Default for NoiseConfig {
-    fn default() -> Self {
-        NoiseConfig { private_key_path: String::new() }
-    }
-}
-
 impl Default for PrefixesConfig {
     fn default() -> Self {
         PrefixesConfig {
@@ -214,7 +214,10 @@ impl Default for DatabaseConfig {
 
 impl Default for SqliteConfig {
     fn default() -> Self {
-        SqliteConfig { path: String::new(), write_ahead_log: true }
+        SqliteConfig {
+            path: String::new(),
+            write_ahead_log: true,
+        }
     }
 }
 
@@ -229,12 +232,6 @@ impl Default for PostgresConfig {
             max_open_conns: 10,
             ssl: "disable".into(),
         }
-    }
-}
-
-impl Default for DerpConfig {
-    fn default() -> Self {
-        DerpConfig { server: DerpServerConfig::default(), paths: Vec::new() }
     }
 }
 
@@ -265,25 +262,39 @@ impl Default for DnsConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: "text".into() }
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 
 /// Which store to open, with everything needed to open it.
 #[derive(Debug, Clone)]
 pub enum DatabaseTarget {
-    Sqlite { path: PathBuf, write_ahead_log: bool },
-    Postgres { url: String, max_connections: u32 },
+    Sqlite {
+        path: PathBuf,
+        write_ahead_log: bool,
+    },
+    Postgres {
+        url: String,
+        max_connections: u32,
+    },
 }
 
 impl Config {
     /// Loads the named file, or the first default path that exists, or
     /// nothing; applies the environment; validates.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("MESHSCALE_")).collect();
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("MESHSCALE_"))
+            .collect();
         let file = match path {
             Some(p) => Some(p.to_path_buf()),
-            None => DEFAULT_CONFIG_PATHS.iter().map(PathBuf::from).find(|p| p.exists()),
+            None => DEFAULT_CONFIG_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists()),
         };
         let text = match &file {
             Some(p) => Some(read_bounded(p)?),
@@ -298,22 +309,34 @@ impl Config {
         text: Option<&str>,
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        let file_name = file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("<none>"));
+        let file_name = file
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("<none>"));
         let mut tree = match text {
-            Some(t) if !t.trim().is_empty() => serde_yaml::from_str::<Value>(t)
-                .map_err(|e| ConfigError::Yaml { path: file_name.clone(), message: e.to_string() })?,
+            Some(t) if !t.trim().is_empty() => {
+                serde_yaml::from_str::<Value>(t).map_err(|e| ConfigError::Yaml {
+                    path: file_name.clone(),
+                    message: e.to_string(),
+                })?
+            }
             _ => Value::Mapping(Mapping::new()),
         };
         if tree.is_null() {
             tree = Value::Mapping(Mapping::new());
         }
         if !tree.is_mapping() {
-            return Err(ConfigError::Yaml { path: file_name, message: "the top level must be a mapping".into() });
+            return Err(ConfigError::Yaml {
+                path: file_name,
+                message: "the top level must be a mapping".into(),
+            });
         }
         apply_env(&mut tree, env)?;
         let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
-            ConfigError::key(if key == "." { "<root>" } else { &key }, e.into_inner().to_string())
+            ConfigError::key(
+                if key == "." { "<root>" } else { &key },
+                e.into_inner().to_string(),
+            )
         })?;
         config.validate()?;
         Ok(config)
@@ -322,14 +345,20 @@ impl Config {
     /// Checks every value whose type alone does not make it valid.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = parse_server_url(&self.server_url)?;
-        for (key, value) in [("listen_addr", &self.listen_addr), ("metrics_listen_addr", &self.metrics_listen_addr)] {
+        for (key, value) in [
+            ("listen_addr", &self.listen_addr),
+            ("metrics_listen_addr", &self.metrics_listen_addr),
+        ] {
             parse_addr(key, value)?;
         }
         if !self.grpc_listen_addr.is_empty() {
             parse_addr("grpc_listen_addr", &self.grpc_listen_addr)?;
         }
         if self.tls_cert_path.is_empty() != self.tls_key_path.is_empty() {
-            return Err(ConfigError::key("tls_cert_path", "tls_cert_path and tls_key_path must be set together"));
+            return Err(ConfigError::key(
+                "tls_cert_path",
+                "tls_cert_path and tls_key_path must be set together",
+            ));
         }
         if self.unix_socket.is_empty() {
             return Err(ConfigError::key("unix_socket", "must not be empty"));
@@ -337,14 +366,23 @@ impl Config {
         self.socket_mode()?;
         self.ip_prefixes()?;
         if self.prefixes.allocation != "sequential" {
-            return Err(ConfigError::key("prefixes.allocation", "only `sequential` is supported"));
+            return Err(ConfigError::key(
+                "prefixes.allocation",
+                "only `sequential` is supported",
+            ));
         }
         self.database_target()?;
         self.ephemeral_inactivity_timeout()?;
         if self.derp.server.enabled {
-            parse_addr("derp.server.stun_listen_addr", &self.derp.server.stun_listen_addr)?;
+            parse_addr(
+                "derp.server.stun_listen_addr",
+                &self.derp.server.stun_listen_addr,
+            )?;
             if self.derp.server.region_code.is_empty() {
-                return Err(ConfigError::key("derp.server.region_code", "must not be empty"));
+                return Err(ConfigError::key(
+                    "derp.server.region_code",
+                    "must not be empty",
+                ));
             }
         }
         if self.dns.magic_dns {
@@ -354,7 +392,9 @@ impl Config {
             if host == *base || host.ends_with(&format!(".{base}")) {
                 return Err(ConfigError::key(
                     "dns.base_domain",
-                    format!("must not be {host} or a parent of it: clients would resolve the control server inside the mesh"),
+                    format!(
+                        "must not be {host} or a parent of it: clients would resolve the control server inside the mesh"
+                    ),
                 ));
             }
         }
@@ -367,8 +407,16 @@ impl Config {
     }
 
     pub fn ip_prefixes(&self) -> Result<IpPrefixes, ConfigError> {
-        let v4: Prefix4 = self.prefixes.v4.parse().map_err(|e| ConfigError::key("prefixes.v4", e))?;
-        let v6: Prefix6 = self.prefixes.v6.parse().map_err(|e| ConfigError::key("prefixes.v6", e))?;
+        let v4: Prefix4 = self
+            .prefixes
+            .v4
+            .parse()
+            .map_err(|e| ConfigError::key("prefixes.v4", e))?;
+        let v6: Prefix6 = self
+            .prefixes
+            .v6
+            .parse()
+            .map_err(|e| ConfigError::key("prefixes.v6", e))?;
         IpPrefixes::new(v4, v6).map_err(|(key, e)| ConfigError::key(key, e))
     }
 
@@ -382,7 +430,12 @@ impl Config {
         u32::from_str_radix(text, 8)
             .ok()
             .filter(|m| *m <= 0o777)
-            .ok_or_else(|| ConfigError::key("unix_socket_permission", "must be an octal mode such as 0700"))
+            .ok_or_else(|| {
+                ConfigError::key(
+                    "unix_socket_permission",
+                    "must be an octal mode such as 0700",
+                )
+            })
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -391,7 +444,11 @@ impl Config {
 
     /// A path key that may be empty, meaning "this file in the data dir".
     fn in_data_dir(&self, value: &str, default_name: &str) -> PathBuf {
-        if value.is_empty() { self.data_dir().join(default_name) } else { PathBuf::from(value) }
+        if value.is_empty() {
+            self.data_dir().join(default_name)
+        } else {
+            PathBuf::from(value)
+        }
     }
 
     pub fn noise_private_key_path(&self) -> PathBuf {
@@ -407,13 +464,25 @@ impl Config {
             "postgres" | "postgresql" => {
                 let pg = &self.database.postgres;
                 if pg.host.is_empty() {
-                    return Err(ConfigError::key("database.postgres.host", "must not be empty"));
+                    return Err(ConfigError::key(
+                        "database.postgres.host",
+                        "must not be empty",
+                    ));
                 }
-                if !matches!(pg.ssl.as_str(), "disable" | "prefer" | "require" | "false" | "true") {
-                    return Err(ConfigError::key("database.postgres.ssl", "must be disable, prefer or require"));
+                if !matches!(
+                    pg.ssl.as_str(),
+                    "disable" | "prefer" | "require" | "false" | "true"
+                ) {
+                    return Err(ConfigError::key(
+                        "database.postgres.ssl",
+                        "must be disable, prefer or require",
+                    ));
                 }
                 if pg.max_open_conns == 0 {
-                    return Err(ConfigError::key("database.postgres.max_open_conns", "must be at least 1"));
+                    return Err(ConfigError::key(
+                        "database.postgres.max_open_conns",
+                        "must be at least 1",
+                    ));
                 }
                 let sslmode = match pg.ssl.as_str() {
                     "false" => "disable",
@@ -434,30 +503,51 @@ impl Config {
                         percent_encode(&pg.host)
                     )
                 } else {
-                    format!("postgres://{auth}@{}:{}/{}?sslmode={sslmode}", pg.host, pg.port, percent_encode(&pg.name))
+                    format!(
+                        "postgres://{auth}@{}:{}/{}?sslmode={sslmode}",
+                        pg.host,
+                        pg.port,
+                        percent_encode(&pg.name)
+                    )
                 };
-                Ok(DatabaseTarget::Postgres { url, max_connections: pg.max_open_conns })
+                Ok(DatabaseTarget::Postgres {
+                    url,
+                    max_connections: pg.max_open_conns,
+                })
             }
-            other => Err(ConfigError::key("database.type", format!("`{other}` is not one of sqlite, postgres"))),
+            other => Err(ConfigError::key(
+                "database.type",
+                format!("`{other}` is not one of sqlite, postgres"),
+            )),
         }
     }
 
     pub fn listen_socket_addr(&self) -> SocketAddr {
         // validate() has checked it; the fallback keeps this total.
-        self.listen_addr.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+        self.listen_addr
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
     }
 
     pub fn metrics_socket_addr(&self) -> SocketAddr {
-        self.metrics_listen_addr.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9090)))
+        self.metrics_listen_addr
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9090)))
     }
 }
 
 fn read_bounded(path: &Path) -> Result<String, ConfigError> {
-    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
     if meta.len() > MAX_CONFIG_BYTES {
         return Err(ConfigError::TooLarge { path: path.into() });
     }
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })
 }
 
 struct ServerUrl {
@@ -477,7 +567,11 @@ fn parse_server_url(url: &str) -> Result<ServerUrl, ConfigError> {
     let host = if let Some(v6) = authority.strip_prefix('[') {
         v6.split(']').next().unwrap_or_default().to_string()
     } else {
-        authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority).to_string()
+        authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority)
+            .to_string()
     };
     if host.is_empty() {
         return Err(bad("has no host"));
@@ -486,9 +580,12 @@ fn parse_server_url(url: &str) -> Result<ServerUrl, ConfigError> {
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| ConfigError::key(key, format!("{value:?} is not an address like 127.0.0.1:8080")))
+    value.parse().map_err(|_| {
+        ConfigError::key(
+            key,
+            format!("{value:?} is not an address like 127.0.0.1:8080"),
+        )
+    })
 }
 
 fn percent_encode(s: &str) -> String {
@@ -531,7 +628,12 @@ fn env_overridable_keys() -> Vec<(String, Vec<String>, Value)> {
 }
 
 /// Environment variables that are not config keys (CLI settings, test knobs).
-const NON_CONFIG_ENV: &[&str] = &["MESHSCALE_CONFIG", "MESHSCALE_CLI_", "MESHSCALE_TEST_", "MESHSCALE_LOG"];
+const NON_CONFIG_ENV: &[&str] = &[
+    "MESHSCALE_CONFIG",
+    "MESHSCALE_CLI_",
+    "MESHSCALE_TEST_",
+    "MESHSCALE_LOG",
+];
 
 fn apply_env(tree: &mut Value, env: &[(String, String)]) -> Result<(), ConfigError> {
     let keys = env_overridable_keys();
@@ -548,8 +650,9 @@ fn apply_env(tree: &mut Value, env: &[(String, String)]) -> Result<(), ConfigErr
         let value = if default.is_string() {
             Value::String(raw.clone())
         } else {
-            serde_yaml::from_str(raw)
-                .map_err(|e| ConfigError::key(&dotted, format!("environment variable {name}: {e}")))?
+            serde_yaml::from_str(raw).map_err(|e| {
+                ConfigError::key(&dotted, format!("environment variable {name}: {e}"))
+            })?
         };
         set_path(tree, path, value);
     }
@@ -557,14 +660,18 @@ fn apply_env(tree: &mut Value, env: &[(String, String)]) -> Result<(), ConfigErr
 }
 
 fn set_path(tree: &mut Value, path: &[String], value: Value) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut node = tree;
     for p in parents {
         if !node.is_mapping() {
             *node = Value::Mapping(Mapping::new());
         }
         let Value::Mapping(m) = node else { return };
-        node = m.entry(Value::String(p.clone())).or_insert_with(|| Value::Mapping(Mapping::new()));
+        node = m
+            .entry(Value::String(p.clone()))
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
     }
     if !node.is_mapping() {
         *node = Value::Mapping(Mapping::new());
@@ -579,7 +686,10 @@ mod tests {
     use super::*;
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_sources(Some(Path::new("test.yaml")), Some(text), &env)
     }
 
@@ -588,8 +698,13 @@ mod tests {
         let c = load("", &[]).unwrap();
         assert_eq!(c.listen_addr, "127.0.0.1:8080");
         assert_eq!(c.database.kind, "sqlite");
-        assert!(matches!(c.database_target().unwrap(), DatabaseTarget::Sqlite { path, .. } if path == Path::new("/var/lib/meshscale/db.sqlite")));
-        assert_eq!(c.ephemeral_inactivity_timeout().unwrap(), Duration::from_secs(1800));
+        assert!(
+            matches!(c.database_target().unwrap(), DatabaseTarget::Sqlite { path, .. } if path == Path::new("/var/lib/meshscale/db.sqlite"))
+        );
+        assert_eq!(
+            c.ephemeral_inactivity_timeout().unwrap(),
+            Duration::from_secs(1800)
+        );
         assert_eq!(c.socket_mode().unwrap(), 0o700);
     }
 
@@ -604,7 +719,10 @@ mod tests {
         assert_eq!(c.unix_socket_permission, "0770");
         match c.database_target().unwrap() {
             DatabaseTarget::Postgres { url, .. } => {
-                assert_eq!(url, "postgres://meshscale:p%40ss@db:6543/meshscale?sslmode=disable")
+                assert_eq!(
+                    url,
+                    "postgres://meshscale:p%40ss@db:6543/meshscale?sslmode=disable"
+                )
             }
             other => panic!("expected postgres, got {other:?}"),
         }
@@ -612,26 +730,53 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("listen_addr: nope", &[], "`listen_addr`"),
             ("prefixes:\n  v4: 10.0.0.0/8", &[], "`prefixes.v4`"),
             ("database:\n  type: mysql", &[], "`database.type`"),
-            ("database:\n  sqlite:\n    write_ahead_log: maybe", &[], "`database.sqlite.write_ahead_log`"),
+            (
+                "database:\n  sqlite:\n    write_ahead_log: maybe",
+                &[],
+                "`database.sqlite.write_ahead_log`",
+            ),
             ("bogus_key: 1", &[], "bogus_key"),
-            ("", &[("MESHSCALE_DATABASE_POSTGRES_PORT", "many")], "`database.postgres.port`"),
-            ("ephemeral_node_inactivity_timeout: -5m", &[], "`ephemeral_node_inactivity_timeout`"),
-            ("server_url: https://mesh.internal", &[], "`dns.base_domain`"),
-            ("unix_socket_permission: rwx", &[], "`unix_socket_permission`"),
+            (
+                "",
+                &[("MESHSCALE_DATABASE_POSTGRES_PORT", "many")],
+                "`database.postgres.port`",
+            ),
+            (
+                "ephemeral_node_inactivity_timeout: -5m",
+                &[],
+                "`ephemeral_node_inactivity_timeout`",
+            ),
+            (
+                "server_url: https://mesh.internal",
+                &[],
+                "`dns.base_domain`",
+            ),
+            (
+                "unix_socket_permission: rwx",
+                &[],
+                "`unix_socket_permission`",
+            ),
         ];
         for (text, env, want) in cases {
             let err = load(text, env).expect_err(text).to_string();
-            assert!(err.contains(want), "{text:?}: {err:?} should mention {want}");
+            assert!(
+                err.contains(want),
+                "{text:?}: {err:?} should mention {want}"
+            );
         }
     }
 
     #[test]
     fn non_mapping_yaml_is_refused() {
-        assert!(matches!(load("- a\n- b", &[]), Err(ConfigError::Yaml { .. })));
+        assert!(matches!(
+            load("- a\n- b", &[]),
+            Err(ConfigError::Yaml { .. })
+        ));
         assert!(matches!(load("a: [", &[]), Err(ConfigError::Yaml { .. })));
     }
 }

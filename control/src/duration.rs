@@ -9,7 +9,9 @@ pub enum DurationError {
     Empty,
     #[error("duration {0:?} is negative")]
     Negative(String),
-    #[error("duration {0:?} is not a number followed by a unit (ms, s, m, h, d, w, y), like 90d or 1h30m")]
+    #[error(
+        "duration {0:?} is not a number followed by a unit (ms, s, m, h, d, w, y), like 90d or 1h30m"
+    )]
     Invalid(String),
     #[error("duration {0:?} is too long")]
     Overflow(String),
@@ -75,18 +77,38 @@ mod tests {
     fn accepts_admin_units() {
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
-        assert_eq!(parse_duration("90d").unwrap(), Duration::from_secs(90 * 86400));
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86400)
+        );
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            parse_duration("1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
     }
 
     #[test]
     fn refuses_bad_text() {
-        assert_eq!(parse_duration("-1h"), Err(DurationError::Negative("-1h".into())));
+        assert_eq!(
+            parse_duration("-1h"),
+            Err(DurationError::Negative("-1h".into()))
+        );
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
-        for bad in ["h", "10", "10x", "1.5h", "1h-", "abc", "99999999999999999999999d"] {
+        for bad in [
+            "h",
+            "10",
+            "10x",
+            "1.5h",
+            "1h-",
+            "abc",
+            "99999999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} should fail");
         }
-        assert!(matches!(parse_duration("9999999y"), Err(DurationError::Overflow(_))));
+        assert!(matches!(
+            parse_duration("9999999y"),
+            Err(DurationError::Overflow(_))
+        ));
     }
 }

@@ -21,22 +21,34 @@ pub fn main_router(state: SharedState) -> Router {
         .route("/health", get(health))
         .route("/version", get(version))
         .route("/robots.txt", get(robots))
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
 pub fn metrics_router(state: SharedState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
 async fn count_requests(State(state): State<SharedState>, req: Request, next: Next) -> Response {
     // Label by route pattern, never by raw path: raw paths are unbounded label values.
-    let path = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
     let response = next.run(req).await;
-    state.metrics.http_request(&path, response.status().as_u16());
+    state
+        .metrics
+        .http_request(&path, response.status().as_u16());
     response
 }
 
@@ -45,11 +57,19 @@ async fn health(State(state): State<SharedState>) -> Response {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "pass"}))).into_response(),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "health check: store does not answer");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "fail"}))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "fail"})),
+            )
+                .into_response()
         }
         Err(_) => {
             tracing::warn!("health check: store timed out");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "fail"}))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "fail"})),
+            )
+                .into_response()
         }
     }
 }
@@ -68,12 +88,17 @@ async fn metrics(State(state): State<SharedState>) -> Response {
         Ok(counts) => {
             let online = state.presence.online_nodes().len() as i64;
             let offline = (counts.total - counts.expired - online).max(0);
-            state.metrics.set_node_states(online, offline, counts.expired);
+            state
+                .metrics
+                .set_node_states(online, offline, counts.expired);
         }
         Err(e) => tracing::warn!(error = %e, "metrics: cannot count nodes"),
     }
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
         .into_response()

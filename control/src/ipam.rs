@@ -30,16 +30,28 @@ pub struct Prefix6 {
 }
 
 fn mask32(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) }
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
 }
 
 fn mask128(len: u8) -> u128 {
-    if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) }
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    }
 }
 
 fn split_prefix(s: &str) -> Result<(&str, u8), String> {
-    let (addr, len) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a prefix like 100.64.0.0/10"))?;
-    let len: u8 = len.parse().map_err(|_| format!("{s:?} has an invalid prefix length"))?;
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a prefix like 100.64.0.0/10"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| format!("{s:?} has an invalid prefix length"))?;
     Ok((addr, len))
 }
 
@@ -47,11 +59,16 @@ impl FromStr for Prefix4 {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (addr, len) = split_prefix(s)?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{s:?} is not an IPv4 prefix"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IPv4 prefix"))?;
         if len > 32 {
             return Err(format!("{s:?} has a prefix length over 32"));
         }
-        Ok(Prefix4 { network: u32::from(addr) & mask32(len), len })
+        Ok(Prefix4 {
+            network: u32::from(addr) & mask32(len),
+            len,
+        })
     }
 }
 
@@ -59,11 +76,16 @@ impl FromStr for Prefix6 {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (addr, len) = split_prefix(s)?;
-        let addr: Ipv6Addr = addr.parse().map_err(|_| format!("{s:?} is not an IPv6 prefix"))?;
+        let addr: Ipv6Addr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IPv6 prefix"))?;
         if len > 128 {
             return Err(format!("{s:?} has a prefix length over 128"));
         }
-        Ok(Prefix6 { network: u128::from(addr) & mask128(len), len })
+        Ok(Prefix6 {
+            network: u128::from(addr) & mask128(len),
+            len,
+        })
     }
 }
 
@@ -89,8 +111,15 @@ impl Prefix4 {
     /// Usable host addresses: not the network or broadcast address, not a reserved service address.
     pub fn is_assignable(&self, a: Ipv4Addr) -> bool {
         let n = u32::from(a);
-        let chromeos = Prefix4 { network: u32::from(CHROMEOS_VM.0), len: CHROMEOS_VM.1 };
-        self.contains(a) && n != self.network && n != self.last() && a != QUAD100_V4 && !chromeos.contains(a)
+        let chromeos = Prefix4 {
+            network: u32::from(CHROMEOS_VM.0),
+            len: CHROMEOS_VM.1,
+        };
+        self.contains(a)
+            && n != self.network
+            && n != self.last()
+            && a != QUAD100_V4
+            && !chromeos.contains(a)
     }
     /// Candidates in hand-out order after `cursor`: forward to the end of the range, then from the start.
     pub fn candidates(&self, cursor: Option<Ipv4Addr>) -> impl Iterator<Item = Ipv4Addr> + '_ {
@@ -100,7 +129,10 @@ impl Prefix4 {
             Some(c) if c >= first && c < last => c + 1,
             _ => first,
         };
-        (start..=last).chain(first..start).map(Ipv4Addr::from).filter(|a| self.is_assignable(*a))
+        (start..=last)
+            .chain(first..start)
+            .map(Ipv4Addr::from)
+            .filter(|a| self.is_assignable(*a))
     }
 }
 
@@ -121,9 +153,20 @@ impl Prefix6 {
             Some(c) if self.contains(Ipv6Addr::from(c)) && c >= first && c < last => c + 1,
             _ => first,
         };
-        let forward = U128Range { next: start, end: last, done: false };
-        let wrapped = U128Range { next: first, end: start.saturating_sub(1), done: start <= first };
-        forward.chain(wrapped).map(Ipv6Addr::from).filter(|a| self.is_assignable(*a))
+        let forward = U128Range {
+            next: start,
+            end: last,
+            done: false,
+        };
+        let wrapped = U128Range {
+            next: first,
+            end: start.saturating_sub(1),
+            done: start <= first,
+        };
+        forward
+            .chain(wrapped)
+            .map(Ipv6Addr::from)
+            .filter(|a| self.is_assignable(*a))
     }
 }
 
@@ -160,16 +203,25 @@ pub struct IpPrefixes {
 impl IpPrefixes {
     /// Refuses prefixes outside the ranges Tailscale clients accept, or too small to hold a node.
     pub fn new(v4: Prefix4, v6: Prefix6) -> Result<Self, (&'static str, String)> {
-        let cgnat = Prefix4 { network: u32::from(CGNAT.0), len: CGNAT.1 };
+        let cgnat = Prefix4 {
+            network: u32::from(CGNAT.0),
+            len: CGNAT.1,
+        };
         if v4.len < CGNAT.1 || !cgnat.contains(Ipv4Addr::from(v4.network)) {
             return Err(("prefixes.v4", format!("{v4} is not inside 100.64.0.0/10")));
         }
         if v4.len > 30 {
             return Err(("prefixes.v4", format!("{v4} is too small: at most /30")));
         }
-        let ula = Prefix6 { network: u128::from(TAILSCALE_ULA.0), len: TAILSCALE_ULA.1 };
+        let ula = Prefix6 {
+            network: u128::from(TAILSCALE_ULA.0),
+            len: TAILSCALE_ULA.1,
+        };
         if v6.len < TAILSCALE_ULA.1 || !ula.contains(Ipv6Addr::from(v6.network)) {
-            return Err(("prefixes.v6", format!("{v6} is not inside fd7a:115c:a1e0::/48")));
+            return Err((
+                "prefixes.v6",
+                format!("{v6} is not inside fd7a:115c:a1e0::/48"),
+            ));
         }
         if v6.len > 126 {
             return Err(("prefixes.v6", format!("{v6} is too small: at most /126")));
@@ -194,21 +246,39 @@ mod tests {
         let v4 = p4("100.64.0.0/10");
         let v6 = p6("fd7a:115c:a1e0::/48");
         let a: Vec<_> = v4.candidates(None).take(2).collect();
-        assert_eq!(a, [Ipv4Addr::new(100, 64, 0, 1), Ipv4Addr::new(100, 64, 0, 2)]);
-        assert_eq!(v6.candidates(None).next().unwrap().to_string(), "fd7a:115c:a1e0::1");
+        assert_eq!(
+            a,
+            [Ipv4Addr::new(100, 64, 0, 1), Ipv4Addr::new(100, 64, 0, 2)]
+        );
+        assert_eq!(
+            v6.candidates(None).next().unwrap().to_string(),
+            "fd7a:115c:a1e0::1"
+        );
     }
 
     #[test]
     fn walks_forward_then_wraps() {
         let v4 = p4("100.64.0.0/29"); // hosts .1 to .6
-        let order: Vec<_> = v4.candidates(Some(Ipv4Addr::new(100, 64, 0, 4))).map(|a| a.octets()[3]).collect();
+        let order: Vec<_> = v4
+            .candidates(Some(Ipv4Addr::new(100, 64, 0, 4)))
+            .map(|a| a.octets()[3])
+            .collect();
         assert_eq!(order, [5, 6, 1, 2, 3, 4]);
-        let from_end: Vec<_> = v4.candidates(Some(Ipv4Addr::new(100, 64, 0, 6))).map(|a| a.octets()[3]).collect();
+        let from_end: Vec<_> = v4
+            .candidates(Some(Ipv4Addr::new(100, 64, 0, 6)))
+            .map(|a| a.octets()[3])
+            .collect();
         assert_eq!(from_end, [1, 2, 3, 4, 5, 6]);
         let v6 = p6("fd7a:115c:a1e0::/125"); // ::1 to ::7
-        let order: Vec<_> = v6.candidates(Some("fd7a:115c:a1e0::5".parse().unwrap())).map(|a| a.segments()[7]).collect();
+        let order: Vec<_> = v6
+            .candidates(Some("fd7a:115c:a1e0::5".parse().unwrap()))
+            .map(|a| a.segments()[7])
+            .collect();
         assert_eq!(order, [6, 7, 1, 2, 3, 4, 5]);
-        let from_end: Vec<_> = v6.candidates(Some("fd7a:115c:a1e0::7".parse().unwrap())).map(|a| a.segments()[7]).collect();
+        let from_end: Vec<_> = v6
+            .candidates(Some("fd7a:115c:a1e0::7".parse().unwrap()))
+            .map(|a| a.segments()[7])
+            .collect();
         assert_eq!(from_end, [1, 2, 3, 4, 5, 6, 7]);
     }
 

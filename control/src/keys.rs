@@ -23,7 +23,9 @@ pub struct NewKey {
 
 impl std::fmt::Debug for NewKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewKey").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("NewKey")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -34,7 +36,11 @@ pub fn generate(kind: &str) -> NewKey {
     rand::rng().fill_bytes(&mut secret);
     let prefix = hex::encode(prefix);
     let secret = hex::encode(secret);
-    NewKey { full: format!("{kind}-{prefix}-{secret}"), hash: hash_secret(&secret), prefix }
+    NewKey {
+        full: format!("{kind}-{prefix}-{secret}"),
+        hash: hash_secret(&secret),
+        prefix,
+    }
 }
 
 fn hash_secret(secret: &str) -> String {
@@ -49,7 +55,9 @@ pub struct PresentedKey<'a> {
 
 impl std::fmt::Debug for PresentedKey<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PresentedKey").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("PresentedKey")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -90,14 +98,23 @@ mod tests {
         assert!(p.matches(&k.hash));
         let other = generate(PREAUTH_KEY_KIND);
         assert!(!p.matches(&other.hash));
-        assert!(!format!("{k:?}").contains(&k.full[k.full.len() - 64..]), "Debug must not show the secret");
+        assert!(
+            !format!("{k:?}").contains(&k.full[k.full.len() - 64..]),
+            "Debug must not show the secret"
+        );
     }
 
     #[test]
     fn malformed_keys_are_rejected() {
         let k = generate(API_KEY_KIND);
         assert!(parse(PREAUTH_KEY_KIND, &k.full).is_none());
-        for bad in ["", "mskey-api-", "mskey-api-abc-def", &format!("{}x", k.full), &k.full[..k.full.len() - 1]] {
+        for bad in [
+            "",
+            "mskey-api-",
+            "mskey-api-abc-def",
+            &format!("{}x", k.full),
+            &k.full[..k.full.len() - 1],
+        ] {
             assert!(parse(API_KEY_KIND, bad).is_none(), "{bad:?}");
         }
     }

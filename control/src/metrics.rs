@@ -66,38 +66,83 @@ impl Metrics {
         let http_requests = Family::<HttpLabels, Counter>::default();
         let grpc_requests = Family::<GrpcLabels, Counter>::default();
         let nodes = Family::<StateLabels, Gauge>::default();
-        let store_latency: HistogramFamily<StoreLabels> = Family::new_with_constructor(store_histogram);
-        registry.register("http_requests", "HTTP requests by route and status code", http_requests.clone());
-        registry.register("grpc_requests", "Admin API calls by method and gRPC status", grpc_requests.clone());
-        registry.register("nodes", "Registered nodes by state (online, offline, expired)", nodes.clone());
+        let store_latency: HistogramFamily<StoreLabels> =
+            Family::new_with_constructor(store_histogram);
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status code",
+            http_requests.clone(),
+        );
+        registry.register(
+            "grpc_requests",
+            "Admin API calls by method and gRPC status",
+            grpc_requests.clone(),
+        );
+        registry.register(
+            "nodes",
+            "Registered nodes by state (online, offline, expired)",
+            nodes.clone(),
+        );
         registry.register(
             "store_operation_duration_seconds",
             "Latency of store operations by operation and result",
             store_latency.clone(),
         );
-        Metrics { inner: Arc::new(Inner { registry, http_requests, grpc_requests, nodes, store_latency }) }
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                http_requests,
+                grpc_requests,
+                nodes,
+                store_latency,
+            }),
+        }
     }
 
     pub fn http_request(&self, path: &str, code: u16) {
-        self.inner.http_requests.get_or_create(&HttpLabels { path: path.into(), code: code.to_string() }).inc();
+        self.inner
+            .http_requests
+            .get_or_create(&HttpLabels {
+                path: path.into(),
+                code: code.to_string(),
+            })
+            .inc();
     }
 
     pub fn grpc_request(&self, method: &str, code: tonic::Code) {
         let code = format!("{code:?}");
-        self.inner.grpc_requests.get_or_create(&GrpcLabels { method: method.into(), code }).inc();
+        self.inner
+            .grpc_requests
+            .get_or_create(&GrpcLabels {
+                method: method.into(),
+                code,
+            })
+            .inc();
     }
 
     pub fn observe_store(&self, op: &str, elapsed: Duration, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.inner
             .store_latency
-            .get_or_create(&StoreLabels { op: op.into(), result: result.into() })
+            .get_or_create(&StoreLabels {
+                op: op.into(),
+                result: result.into(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 
     pub fn set_node_states(&self, online: i64, offline: i64, expired: i64) {
-        for (state, v) in [("online", online), ("offline", offline), ("expired", expired)] {
-            self.inner.nodes.get_or_create(&StateLabels { state: state.into() }).set(v);
+        for (state, v) in [
+            ("online", online),
+            ("offline", offline),
+            ("expired", expired),
+        ] {
+            self.inner
+                .nodes
+                .get_or_create(&StateLabels {
+                    state: state.into(),
+                })
+                .set(v);
         }
     }
 
@@ -122,9 +167,16 @@ mod tests {
         m.observe_store("create_user", Duration::from_millis(2), true);
         m.set_node_states(2, 1, 0);
         let text = m.encode();
-        assert!(text.contains(r#"meshscale_http_requests_total{path="/health",code="200"} 1"#), "{text}");
-        assert!(text.contains(r#"meshscale_grpc_requests_total{method="CreateUser",code="AlreadyExists"} 1"#));
+        assert!(
+            text.contains(r#"meshscale_http_requests_total{path="/health",code="200"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"meshscale_grpc_requests_total{method="CreateUser",code="AlreadyExists"} 1"#
+        ));
         assert!(text.contains(r#"meshscale_nodes{state="online"} 2"#));
-        assert!(text.contains(r#"meshscale_store_operation_duration_seconds_count{op="create_user",result="ok"} 1"#));
+        assert!(text.contains(
+            r#"meshscale_store_operation_duration_seconds_count{op="create_user",result="ok"} 1"#
+        ));
     }
 }

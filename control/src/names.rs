@@ -9,12 +9,23 @@ pub fn validate_dns_label(name: &str) -> Result<(), String> {
     if name.len() > 63 {
         return Err(format!("{name:?} is longer than 63 characters"));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
-        let why = if c.is_ascii_uppercase() { "must be lower case".to_string() } else { format!("contains {c:?}") };
-        return Err(format!("{name:?} is not a valid DNS label: {why} (allowed: a-z, 0-9, '-')"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        let why = if c.is_ascii_uppercase() {
+            "must be lower case".to_string()
+        } else {
+            format!("contains {c:?}")
+        };
+        return Err(format!(
+            "{name:?} is not a valid DNS label: {why} (allowed: a-z, 0-9, '-')"
+        ));
     }
     if name.starts_with('-') || name.ends_with('-') {
-        return Err(format!("{name:?} is not a valid DNS label: must not start or end with '-'"));
+        return Err(format!(
+            "{name:?} is not a valid DNS label: must not start or end with '-'"
+        ));
     }
     Ok(())
 }
@@ -45,11 +56,7 @@ pub fn sanitize_hostname(hostname: &str) -> String {
     for c in h.chars() {
         match c {
             'a'..='z' | '0'..='9' => out.push(c),
-            ' ' | '.' | '@' | '_' | '-' => {
-                if !out.is_empty() && !out.ends_with('-') {
-                    out.push('-');
-                }
-            }
+            ' ' | '.' | '@' | '_' | '-' if !out.is_empty() && !out.ends_with('-') => out.push('-'),
             _ => {}
         }
         if out.len() >= 63 {
@@ -57,7 +64,11 @@ pub fn sanitize_hostname(hostname: &str) -> String {
         }
     }
     let trimmed = out.trim_matches('-');
-    if trimmed.is_empty() { "node".to_string() } else { trimmed.to_string() }
+    if trimmed.is_empty() {
+        "node".to_string()
+    } else {
+        trimmed.to_string()
+    }
 }
 
 /// The n-th candidate for a given name when `base` is taken: `base`, `base-1`, `base-2`, ...
@@ -79,10 +90,23 @@ mod tests {
     fn labels() {
         assert!(validate_dns_label("vpn1").is_ok());
         assert!(validate_dns_label("a-b").is_ok());
-        for bad in ["", "-a", "a-", "Vpn", "a_b", "a.b", "héllo", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Vpn",
+            "a_b",
+            "a.b",
+            "héllo",
+            &"a".repeat(64),
+        ] {
             assert!(validate_dns_label(bad).is_err(), "{bad:?}");
         }
-        assert!(validate_dns_label("Vpn").unwrap_err().contains("lower case"));
+        assert!(
+            validate_dns_label("Vpn")
+                .unwrap_err()
+                .contains("lower case")
+        );
     }
 
     #[test]
@@ -94,7 +118,10 @@ mod tests {
     #[test]
     fn hostnames_become_labels() {
         assert_eq!(sanitize_hostname("My Laptop.local"), "my-laptop");
-        assert_eq!(sanitize_hostname("web-7d9f.default.svc"), "web-7d9f-default-svc");
+        assert_eq!(
+            sanitize_hostname("web-7d9f.default.svc"),
+            "web-7d9f-default-svc"
+        );
         assert_eq!(sanitize_hostname("__"), "node");
         assert_eq!(sanitize_hostname("émile"), "mile");
         assert_eq!(sanitize_hostname(&"x".repeat(100)).len(), 63);

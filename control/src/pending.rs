@@ -59,7 +59,8 @@ pub fn new_registration_id() -> String {
 }
 
 pub fn validate_registration_id(id: &str) -> Result<(), PendingError> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
         return Err(PendingError::InvalidId(id.chars().take(64).collect()));
     }
     Ok(())
@@ -67,7 +68,11 @@ pub fn validate_registration_id(id: &str) -> Result<(), PendingError> {
 
 impl PendingRegistrations {
     pub fn new(ttl: Duration, capacity: usize) -> Self {
-        PendingRegistrations { entries: Mutex::new(HashMap::new()), ttl, capacity }
+        PendingRegistrations {
+            entries: Mutex::new(HashMap::new()),
+            ttl,
+            capacity,
+        }
     }
 
     /// Parks a node under a fresh id, or under `id` when the caller chose one.
@@ -88,7 +93,13 @@ impl PendingRegistrations {
         if entries.len() >= self.capacity {
             return Err(PendingError::Full);
         }
-        entries.insert(id.clone(), Entry { node, created: Instant::now() });
+        entries.insert(
+            id.clone(),
+            Entry {
+                node,
+                created: Instant::now(),
+            },
+        );
         Ok(id)
     }
 
@@ -102,11 +113,20 @@ impl PendingRegistrations {
     /// Puts back an entry whose approval failed, so the admin can retry.
     pub fn restore(&self, id: String, node: PendingNode) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.insert(id, Entry { node, created: Instant::now() });
+        entries.insert(
+            id,
+            Entry {
+                node,
+                created: Instant::now(),
+            },
+        );
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -119,7 +139,12 @@ mod tests {
     use super::*;
 
     fn node() -> PendingNode {
-        PendingNode { machine_key: "mkey:00".into(), node_key: "nodekey:00".into(), hostname: "h".into(), on_approved: None }
+        PendingNode {
+            machine_key: "mkey:00".into(),
+            node_key: "nodekey:00".into(),
+            hostname: "h".into(),
+            on_approved: None,
+        }
     }
 
     #[test]
@@ -137,10 +162,16 @@ mod tests {
         p.insert(None, node()).unwrap();
         p.insert(Some("abc".into()), node()).unwrap();
         assert_eq!(p.insert(None, node()), Err(PendingError::Full));
-        assert!(matches!(p.insert(Some("a/b".into()), node()), Err(PendingError::InvalidId(_))));
+        assert!(matches!(
+            p.insert(Some("a/b".into()), node()),
+            Err(PendingError::InvalidId(_))
+        ));
         let q = PendingRegistrations::default();
         q.insert(Some("abc".into()), node()).unwrap();
-        assert!(matches!(q.insert(Some("abc".into()), node()), Err(PendingError::Duplicate(_))));
+        assert!(matches!(
+            q.insert(Some("abc".into()), node()),
+            Err(PendingError::Duplicate(_))
+        ));
     }
 
     #[test]

@@ -19,15 +19,26 @@ impl Presence {
     pub fn connect(&self, node_id: i64) -> SessionGuard {
         let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         *s.entry(node_id).or_insert(0) += 1;
-        SessionGuard { node_id, sessions: self.sessions.clone() }
+        SessionGuard {
+            node_id,
+            sessions: self.sessions.clone(),
+        }
     }
 
     pub fn is_online(&self, node_id: i64) -> bool {
-        self.sessions.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&node_id)
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&node_id)
     }
 
     pub fn online_nodes(&self) -> Vec<i64> {
-        self.sessions.lock().unwrap_or_else(PoisonError::into_inner).keys().copied().collect()
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
     }
 }
 

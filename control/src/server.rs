@@ -19,13 +19,23 @@ use crate::store::Store;
 pub fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests) is harmless; ignore it.
-    let _ = if config.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let _ = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({key})"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({key})"))
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -33,7 +43,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let prefixes = config.ip_prefixes()?;
     let target = config.database_target()?;
-    let store = Store::open(&target, prefixes, metrics.clone()).await.context("cannot open the store")?;
+    let store = Store::open(&target, prefixes, metrics.clone())
+        .await
+        .context("cannot open the store")?;
     tracing::info!(backend = ?store.backend(), "store ready");
 
     // Bind everything before serving anything, so a taken port fails the start cleanly.
@@ -43,10 +55,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let unix_listener = admin::bind_unix(&unix_path, config.socket_mode()?)?;
     let remote_admin = !config.grpc_listen_addr.is_empty()
         && (!config.tls_cert_path.is_empty() || config.grpc_allow_insecure);
-    let grpc_listener =
-        if remote_admin { Some(bind(&config.grpc_listen_addr, "grpc_listen_addr").await?) } else { None };
+    let grpc_listener = if remote_admin {
+        Some(bind(&config.grpc_listen_addr, "grpc_listen_addr").await?)
+    } else {
+        None
+    };
     if !remote_admin {
-        tracing::info!("remote admin API off: set tls_cert_path/tls_key_path (or grpc_allow_insecure) to serve it");
+        tracing::info!(
+            "remote admin API off: set tls_cert_path/tls_key_path (or grpc_allow_insecure) to serve it"
+        );
     }
 
     let state = Arc::new(AppState {
@@ -70,13 +87,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let main_app = http::main_router(state.clone());
     let shutdown = stopped();
     tasks.spawn(async move {
-        axum::serve(main_listener, main_app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
+        axum::serve(main_listener, main_app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server failed")
     });
     tracing::info!(addr = %config.metrics_listen_addr, "serving metrics");
     let metrics_app = http::metrics_router(state.clone());
     let shutdown = stopped();
     tasks.spawn(async move {
-        axum::serve(metrics_listener, metrics_app).with_graceful_shutdown(shutdown).await.context("metrics server failed")
+        axum::serve(metrics_listener, metrics_app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("metrics server failed")
     });
     tracing::info!(path = %unix_path.display(), "serving admin API on unix socket");
     tasks.spawn(admin::serve_unix(state.clone(), unix_listener, stopped()));

@@ -20,7 +20,11 @@ fn write_certs(dir: &Path) -> (String, String, String) {
         .unwrap()
         .signed_by(&leaf_key, &issuer)
         .unwrap();
-    let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
     std::fs::write(&paths.0, ca.pem()).unwrap();
     std::fs::write(&paths.1, leaf.pem()).unwrap();
     std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
@@ -28,8 +32,17 @@ fn write_certs(dir: &Path) -> (String, String, String) {
     (s(&paths.0), s(&paths.1), s(&paths.2))
 }
 
-async fn remote(s: &Server, addr: &str, ca: &str, key: Option<&str>, extra: &[(&str, &str)]) -> std::process::Output {
-    let mut env = vec![("MESHSCALE_CLI_ADDRESS", addr), ("MESHSCALE_CLI_CA_CERT", ca)];
+async fn remote(
+    s: &Server,
+    addr: &str,
+    ca: &str,
+    key: Option<&str>,
+    extra: &[(&str, &str)],
+) -> std::process::Output {
+    let mut env = vec![
+        ("MESHSCALE_CLI_ADDRESS", addr),
+        ("MESHSCALE_CLI_CA_CERT", ca),
+    ];
     if let Some(k) = key {
         env.push(("MESHSCALE_CLI_API_KEY", k));
     }
@@ -45,35 +58,73 @@ async fn remote_admin_needs_tls_and_a_live_api_key() {
     let (ca, cert, key) = write_certs(certs_dir.path());
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let s = start(&Db::Sqlite, &format!("grpc_listen_addr: {addr}\ntls_cert_path: {cert}\ntls_key_path: {key}\n")).await;
+    let s = start(
+        &Db::Sqlite,
+        &format!("grpc_listen_addr: {addr}\ntls_cert_path: {cert}\ntls_key_path: {key}\n"),
+    )
+    .await;
     s.ok(&["users", "create", "vpn1"]).await;
-    let api_key = s.ok(&["apikeys", "create", "-e", "1d"]).await.trim().to_string();
+    let api_key = s
+        .ok(&["apikeys", "create", "-e", "1d"])
+        .await
+        .trim()
+        .to_string();
 
     let out = remote(&s, &addr, &ca, Some(&api_key), &[]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let users: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(users[0]["name"], "vpn1");
     // The hostname form verifies against the certificate too.
     let out = remote(&s, &format!("localhost:{port}"), &ca, Some(&api_key), &[]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let refused = |out: std::process::Output, why: &str| {
         assert_eq!(out.status.code(), Some(1), "{why}: must be refused");
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(!stderr.contains(&api_key), "{why}: the key must never be echoed");
+        assert!(
+            !stderr.contains(&api_key),
+            "{why}: the key must never be echoed"
+        );
         stderr
     };
     refused(remote(&s, &addr, &ca, None, &[]).await, "no API key");
     let mut wrong = api_key.clone();
     wrong.replace_range(wrong.len() - 4.., "0000");
-    let stderr = refused(remote(&s, &addr, &ca, Some(&wrong), &[]).await, "wrong API key");
+    let stderr = refused(
+        remote(&s, &addr, &ca, Some(&wrong), &[]).await,
+        "wrong API key",
+    );
     assert!(stderr.to_lowercase().contains("api key"), "{stderr}");
-    refused(remote(&s, &addr, &ca, Some(&api_key), &[("MESHSCALE_CLI_INSECURE", "1")]).await, "plain text to a TLS port");
+    refused(
+        remote(
+            &s,
+            &addr,
+            &ca,
+            Some(&api_key),
+            &[("MESHSCALE_CLI_INSECURE", "1")],
+        )
+        .await,
+        "plain text to a TLS port",
+    );
 
     let prefix = &api_key["mskey-api-".len()..][..12];
     s.ok(&["apikeys", "expire", "--prefix", prefix]).await;
-    let stderr = refused(remote(&s, &addr, &ca, Some(&api_key), &[]).await, "expired API key");
+    let stderr = refused(
+        remote(&s, &addr, &ca, Some(&api_key), &[]).await,
+        "expired API key",
+    );
     assert!(stderr.contains("expired"), "{stderr}");
     s.ok(&["apikeys", "delete", "--prefix", prefix]).await;
-    refused(remote(&s, &addr, &ca, Some(&api_key), &[]).await, "deleted API key");
+    refused(
+        remote(&s, &addr, &ca, Some(&api_key), &[]).await,
+        "deleted API key",
+    );
 }

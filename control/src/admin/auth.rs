@@ -26,7 +26,10 @@ impl ApiKeyLayer {
 impl<S> Layer<S> for ApiKeyLayer {
     type Service = ApiKeyAuth<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        ApiKeyAuth { inner, state: self.state.clone() }
+        ApiKeyAuth {
+            inner,
+            state: self.state.clone(),
+        }
     }
 }
 
@@ -64,14 +67,21 @@ where
         let state = self.state.clone();
         Box::pin(async move {
             let Some(key) = bearer(req.headers()) else {
-                state.metrics.grpc_request("auth", tonic::Code::Unauthenticated);
-                return Ok(Status::unauthenticated("an API key is required: authorization: Bearer <key>").into_http());
+                state
+                    .metrics
+                    .grpc_request("auth", tonic::Code::Unauthenticated);
+                return Ok(Status::unauthenticated(
+                    "an API key is required: authorization: Bearer <key>",
+                )
+                .into_http());
             };
             match state.store.verify_api_key(key).await {
                 Ok(_) => inner.call(req).await,
                 Err(e) => {
                     tracing::info!(reason = %e, "admin API call refused");
-                    state.metrics.grpc_request("auth", tonic::Code::Unauthenticated);
+                    state
+                        .metrics
+                        .grpc_request("auth", tonic::Code::Unauthenticated);
                     Ok(Status::unauthenticated(e.to_string()).into_http())
                 }
             }

@@ -9,7 +9,10 @@ use crate::presence::Presence;
 use crate::store::{ApiKey, Node, PreAuthKey, User};
 
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
-    Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
 }
 
 /// `None` for out-of-range values rather than a panic: timestamps come from clients.

@@ -25,14 +25,19 @@ fn service(state: &SharedState) -> MeshscaleServiceServer<AdminService> {
 /// Binds the unix socket (replacing a stale one) with the configured mode.
 pub fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {} (unix_socket)", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {} (unix_socket)", dir.display()))?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot remove stale socket {}", path.display())),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot remove stale socket {}", path.display()));
+        }
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("cannot bind {} (unix_socket)", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind {} (unix_socket)", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set permissions on {}", path.display()))?;
     Ok(listener)

@@ -6,7 +6,9 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use crate::pending::{PendingError, PendingNode};
 use crate::state::SharedState;
-use crate::store::{ApiKeySelector, NewNode, NewPreAuthKey, NewUser, RegisterMethod, StoreError, UserFilter};
+use crate::store::{
+    ApiKeySelector, NewNode, NewPreAuthKey, NewUser, RegisterMethod, StoreError, UserFilter,
+};
 
 #[derive(Clone)]
 pub struct AdminService {
@@ -19,8 +21,14 @@ impl AdminService {
     }
 
     /// Records the call's outcome and logs failures the operator should see.
-    fn finish<T>(&self, method: &'static str, result: Result<T, Status>) -> Result<Response<T>, Status> {
-        let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+    fn finish<T>(
+        &self,
+        method: &'static str,
+        result: Result<T, Status>,
+    ) -> Result<Response<T>, Status> {
+        let code = result
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
         self.state.metrics.grpc_request(method, code);
         match result {
             Ok(v) => Ok(Response::new(v)),
@@ -41,7 +49,9 @@ fn status(e: StoreError) -> Status {
         StoreError::NotFound(_) => Status::not_found(e.to_string()),
         StoreError::AlreadyExists(_) => Status::already_exists(e.to_string()),
         StoreError::Invalid(_) => Status::invalid_argument(e.to_string()),
-        StoreError::FailedPrecondition(_) | StoreError::Exhausted(..) => Status::failed_precondition(e.to_string()),
+        StoreError::FailedPrecondition(_) | StoreError::Exhausted(..) => {
+            Status::failed_precondition(e.to_string())
+        }
         StoreError::Unavailable(_) => Status::unavailable(e.to_string()),
         StoreError::Database(ref detail) => {
             tracing::error!(error = %detail, "database error");
@@ -53,22 +63,37 @@ fn status(e: StoreError) -> Status {
 fn id_arg(v: u64, what: &str) -> Result<i64, Status> {
     match i64::try_from(v) {
         Ok(id) if id > 0 => Ok(id),
-        _ => Err(Status::invalid_argument(format!("{what} must be a positive id"))),
+        _ => Err(Status::invalid_argument(format!(
+            "{what} must be a positive id"
+        ))),
     }
 }
 
-fn required_time(t: &Option<prost_types::Timestamp>, what: &str) -> Result<chrono::DateTime<Utc>, Status> {
-    let t = t.as_ref().ok_or_else(|| Status::invalid_argument(format!("{what} is required")))?;
-    convert::from_timestamp(t).ok_or_else(|| Status::invalid_argument(format!("{what} is out of range")))
+fn required_time(
+    t: &Option<prost_types::Timestamp>,
+    what: &str,
+) -> Result<chrono::DateTime<Utc>, Status> {
+    let t = t
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument(format!("{what} is required")))?;
+    convert::from_timestamp(t)
+        .ok_or_else(|| Status::invalid_argument(format!("{what} is out of range")))
 }
 
 impl AdminService {
     async fn list_nodes_of(&self, user: &str) -> Result<Vec<Node>, Status> {
         let s = &self.state;
-        let user_id = if user.is_empty() { None } else { Some(s.store.resolve_user(user).await.map_err(status)?.id) };
+        let user_id = if user.is_empty() {
+            None
+        } else {
+            Some(s.store.resolve_user(user).await.map_err(status)?.id)
+        };
         let nodes = s.store.list_nodes(user_id).await.map_err(status)?;
         let now = Utc::now();
-        Ok(nodes.iter().map(|n| convert::node(n, &s.presence, now)).collect())
+        Ok(nodes
+            .iter()
+            .map(|n| convert::node(n, &s.presence, now))
+            .collect())
     }
 
     async fn node_message(&self, n: &crate::store::Node) -> Node {
@@ -78,7 +103,10 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl MeshscaleService for AdminService {
-    async fn create_user(&self, req: Request<CreateUserRequest>) -> Result<Response<CreateUserResponse>, Status> {
+    async fn create_user(
+        &self,
+        req: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserResponse>, Status> {
         let r = req.into_inner();
         let result = async {
             let new = NewUser {
@@ -89,37 +117,59 @@ impl MeshscaleService for AdminService {
             };
             let u = self.state.store.create_user(new).await.map_err(status)?;
             tracing::info!(user.id = u.id, user.name = %u.name, "user created");
-            Ok(CreateUserResponse { user: Some(convert::user(&u)) })
+            Ok(CreateUserResponse {
+                user: Some(convert::user(&u)),
+            })
         }
         .await;
         self.finish("CreateUser", result)
     }
 
-    async fn rename_user(&self, req: Request<RenameUserRequest>) -> Result<Response<RenameUserResponse>, Status> {
+    async fn rename_user(
+        &self,
+        req: Request<RenameUserRequest>,
+    ) -> Result<Response<RenameUserResponse>, Status> {
         let r = req.into_inner();
         let result = async {
             let id = id_arg(r.old_id, "old_id")?;
-            let u = self.state.store.rename_user(id, &r.new_name).await.map_err(status)?;
+            let u = self
+                .state
+                .store
+                .rename_user(id, &r.new_name)
+                .await
+                .map_err(status)?;
             tracing::info!(user.id = u.id, user.name = %u.name, "user renamed");
-            Ok(RenameUserResponse { user: Some(convert::user(&u)) })
+            Ok(RenameUserResponse {
+                user: Some(convert::user(&u)),
+            })
         }
         .await;
         self.finish("RenameUser", result)
     }
 
-    async fn delete_user(&self, req: Request<DeleteUserRequest>) -> Result<Response<DeleteUserResponse>, Status> {
+    async fn delete_user(
+        &self,
+        req: Request<DeleteUserRequest>,
+    ) -> Result<Response<DeleteUserResponse>, Status> {
         let r = req.into_inner();
         let result = async {
             let id = id_arg(r.id, "id")?;
             let expelled = self.state.store.destroy_user(id).await.map_err(status)?;
-            tracing::info!(user.id = id, nodes = expelled.len(), "user destroyed with its nodes and keys");
+            tracing::info!(
+                user.id = id,
+                nodes = expelled.len(),
+                "user destroyed with its nodes and keys"
+            );
             Ok(DeleteUserResponse {})
         }
         .await;
         self.finish("DeleteUser", result)
     }
 
-    async fn list_users(&self, req: Request<ListUsersRequest>) -> Result<Response<ListUsersResponse>, Status> {
+    async fn list_users(
+        &self,
+        req: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
         let r = req.into_inner();
         let result = async {
             let filter = UserFilter {
@@ -128,7 +178,9 @@ impl MeshscaleService for AdminService {
                 email: (!r.email.is_empty()).then_some(r.email),
             };
             let users = self.state.store.list_users(&filter).await.map_err(status)?;
-            Ok(ListUsersResponse { users: users.iter().map(convert::user).collect() })
+            Ok(ListUsersResponse {
+                users: users.iter().map(convert::user).collect(),
+            })
         }
         .await;
         self.finish("ListUsers", result)
@@ -165,7 +217,11 @@ impl MeshscaleService for AdminService {
         let r = req.into_inner();
         let result = async {
             let id = id_arg(r.id, "id")?;
-            self.state.store.expire_preauth_key(id).await.map_err(status)?;
+            self.state
+                .store
+                .expire_preauth_key(id)
+                .await
+                .map_err(status)?;
             tracing::info!(key.id = id, "pre-auth key expired");
             Ok(ExpirePreAuthKeyResponse {})
         }
@@ -180,7 +236,11 @@ impl MeshscaleService for AdminService {
         let r = req.into_inner();
         let result = async {
             let id = id_arg(r.id, "id")?;
-            self.state.store.delete_preauth_key(id).await.map_err(status)?;
+            self.state
+                .store
+                .delete_preauth_key(id)
+                .await
+                .map_err(status)?;
             tracing::info!(key.id = id, "pre-auth key deleted");
             Ok(DeletePreAuthKeyResponse {})
         }
@@ -200,8 +260,15 @@ impl MeshscaleService for AdminService {
                 let id = id_arg(r.user, "user")?;
                 Some(self.state.store.user_by_id(id).await.map_err(status)?.id)
             };
-            let keys = self.state.store.list_preauth_keys(user_id).await.map_err(status)?;
-            Ok(ListPreAuthKeysResponse { pre_auth_keys: keys.iter().map(convert::preauth_key).collect() })
+            let keys = self
+                .state
+                .store
+                .list_preauth_keys(user_id)
+                .await
+                .map_err(status)?;
+            Ok(ListPreAuthKeysResponse {
+                pre_auth_keys: keys.iter().map(convert::preauth_key).collect(),
+            })
         }
         .await;
         self.finish("ListPreAuthKeys", result)
@@ -217,14 +284,20 @@ impl MeshscaleService for AdminService {
                 return Err(Status::invalid_argument("name must be 1 to 255 characters"));
             }
             if !r.user.is_empty() {
-                self.state.store.resolve_user(&r.user).await.map_err(status)?;
+                self.state
+                    .store
+                    .resolve_user(&r.user)
+                    .await
+                    .map_err(status)?;
             }
             let machine_key = if r.key.is_empty() {
                 random_key("mkey:")
             } else if is_key_text(&r.key, "mkey:") {
                 r.key.to_ascii_lowercase()
             } else {
-                return Err(Status::invalid_argument("key must be a machine key: mkey: followed by 64 hex digits"));
+                return Err(Status::invalid_argument(
+                    "key must be a machine key: mkey: followed by 64 hex digits",
+                ));
             };
             let pending = PendingNode {
                 machine_key,
@@ -238,39 +311,69 @@ impl MeshscaleService for AdminService {
                 name: r.name,
                 ..Default::default()
             };
-            let id = self.state.pending.insert(None, pending).map_err(|e| match e {
-                PendingError::Full => Status::resource_exhausted(e.to_string()),
-                PendingError::InvalidId(_) => Status::invalid_argument(e.to_string()),
-                PendingError::Duplicate(_) => Status::already_exists(e.to_string()),
-            })?;
-            Ok(DebugCreateNodeResponse { node: Some(node), registration_id: id })
+            let id = self
+                .state
+                .pending
+                .insert(None, pending)
+                .map_err(|e| match e {
+                    PendingError::Full => Status::resource_exhausted(e.to_string()),
+                    PendingError::InvalidId(_) => Status::invalid_argument(e.to_string()),
+                    PendingError::Duplicate(_) => Status::already_exists(e.to_string()),
+                })?;
+            Ok(DebugCreateNodeResponse {
+                node: Some(node),
+                registration_id: id,
+            })
         }
         .await;
         self.finish("DebugCreateNode", result)
     }
 
-    async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<GetNodeResponse>, Status> {
+    async fn get_node(
+        &self,
+        req: Request<GetNodeRequest>,
+    ) -> Result<Response<GetNodeResponse>, Status> {
         let r = req.into_inner();
         let result = async {
-            let n = self.state.store.get_node(id_arg(r.node_id, "node_id")?).await.map_err(status)?;
-            Ok(GetNodeResponse { node: Some(self.node_message(&n).await) })
+            let n = self
+                .state
+                .store
+                .get_node(id_arg(r.node_id, "node_id")?)
+                .await
+                .map_err(status)?;
+            Ok(GetNodeResponse {
+                node: Some(self.node_message(&n).await),
+            })
         }
         .await;
         self.finish("GetNode", result)
     }
 
-    async fn set_tags(&self, req: Request<SetTagsRequest>) -> Result<Response<SetTagsResponse>, Status> {
+    async fn set_tags(
+        &self,
+        req: Request<SetTagsRequest>,
+    ) -> Result<Response<SetTagsResponse>, Status> {
         let r = req.into_inner();
         let result = async {
-            let n = self.state.store.set_node_tags(id_arg(r.node_id, "node_id")?, &r.tags).await.map_err(status)?;
+            let n = self
+                .state
+                .store
+                .set_node_tags(id_arg(r.node_id, "node_id")?, &r.tags)
+                .await
+                .map_err(status)?;
             tracing::info!(node.id = n.id, tags = ?n.tags, "node tags set");
-            Ok(SetTagsResponse { node: Some(self.node_message(&n).await) })
+            Ok(SetTagsResponse {
+                node: Some(self.node_message(&n).await),
+            })
         }
         .await;
         self.finish("SetTags", result)
     }
 
-    async fn register_node(&self, req: Request<RegisterNodeRequest>) -> Result<Response<RegisterNodeResponse>, Status> {
+    async fn register_node(
+        &self,
+        req: Request<RegisterNodeRequest>,
+    ) -> Result<Response<RegisterNodeResponse>, Status> {
         let r = req.into_inner();
         let result = async {
             let s = &self.state;
@@ -312,7 +415,10 @@ impl MeshscaleService for AdminService {
         self.finish("RegisterNode", result)
     }
 
-    async fn delete_node(&self, req: Request<DeleteNodeRequest>) -> Result<Response<DeleteNodeResponse>, Status> {
+    async fn delete_node(
+        &self,
+        req: Request<DeleteNodeRequest>,
+    ) -> Result<Response<DeleteNodeResponse>, Status> {
         let r = req.into_inner();
         let result = async {
             let n = self.state.store.delete_node(id_arg(r.node_id, "node_id")?).await.map_err(status)?;
@@ -323,7 +429,10 @@ impl MeshscaleService for AdminService {
         self.finish("DeleteNode", result)
     }
 
-    async fn expire_node(&self, req: Request<ExpireNodeRequest>) -> Result<Response<ExpireNodeResponse>, Status> {
+    async fn expire_node(
+        &self,
+        req: Request<ExpireNodeRequest>,
+    ) -> Result<Response<ExpireNodeResponse>, Status> {
         let r = req.into_inner();
         let result = async {
             let id = id_arg(r.node_id, "node_id")?;
@@ -345,24 +454,43 @@ impl MeshscaleService for AdminService {
         self.finish("ExpireNode", result)
     }
 
-    async fn rename_node(&self, req: Request<RenameNodeRequest>) -> Result<Response<RenameNodeResponse>, Status> {
+    async fn rename_node(
+        &self,
+        req: Request<RenameNodeRequest>,
+    ) -> Result<Response<RenameNodeResponse>, Status> {
         let r = req.into_inner();
         let result = async {
-            let n = self.state.store.rename_node(id_arg(r.node_id, "node_id")?, &r.new_name).await.map_err(status)?;
+            let n = self
+                .state
+                .store
+                .rename_node(id_arg(r.node_id, "node_id")?, &r.new_name)
+                .await
+                .map_err(status)?;
             tracing::info!(node.id = n.id, node.name = %n.given_name, "node renamed");
-            Ok(RenameNodeResponse { node: Some(self.node_message(&n).await) })
+            Ok(RenameNodeResponse {
+                node: Some(self.node_message(&n).await),
+            })
         }
         .await;
         self.finish("RenameNode", result)
     }
 
-    async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+    async fn list_nodes(
+        &self,
+        req: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
         let r = req.into_inner();
-        let result = self.list_nodes_of(&r.user).await.map(|nodes| ListNodesResponse { nodes });
+        let result = self
+            .list_nodes_of(&r.user)
+            .await
+            .map(|nodes| ListNodesResponse { nodes });
         self.finish("ListNodes", result)
     }
 
-    async fn move_node(&self, req: Request<MoveNodeRequest>) -> Result<Response<MoveNodeResponse>, Status> {
+    async fn move_node(
+        &self,
+        req: Request<MoveNodeRequest>,
+    ) -> Result<Response<MoveNodeResponse>, Status> {
         let r = req.into_inner();
         let result = async {
             let n = self
@@ -372,17 +500,27 @@ impl MeshscaleService for AdminService {
                 .await
                 .map_err(status)?;
             tracing::info!(node.id = n.id, user.name = %n.user.name, "node moved");
-            Ok(MoveNodeResponse { node: Some(self.node_message(&n).await) })
+            Ok(MoveNodeResponse {
+                node: Some(self.node_message(&n).await),
+            })
         }
         .await;
         self.finish("MoveNode", result)
     }
 
-    async fn create_api_key(&self, req: Request<CreateApiKeyRequest>) -> Result<Response<CreateApiKeyResponse>, Status> {
+    async fn create_api_key(
+        &self,
+        req: Request<CreateApiKeyRequest>,
+    ) -> Result<Response<CreateApiKeyResponse>, Status> {
         let r = req.into_inner();
         let result = async {
             let expiration = required_time(&r.expiration, "expiration")?;
-            let (key, full) = self.state.store.create_api_key(expiration).await.map_err(status)?;
+            let (key, full) = self
+                .state
+                .store
+                .create_api_key(expiration)
+                .await
+                .map_err(status)?;
             tracing::info!(key.id = key.id, key.prefix = %key.prefix, "API key created");
             Ok(CreateApiKeyResponse { api_key: full })
         }
@@ -390,11 +528,18 @@ impl MeshscaleService for AdminService {
         self.finish("CreateApiKey", result)
     }
 
-    async fn expire_api_key(&self, req: Request<ExpireApiKeyRequest>) -> Result<Response<ExpireApiKeyResponse>, Status> {
+    async fn expire_api_key(
+        &self,
+        req: Request<ExpireApiKeyRequest>,
+    ) -> Result<Response<ExpireApiKeyResponse>, Status> {
         let r = req.into_inner();
         let result = async {
             let selector = selector(r.id, r.prefix)?;
-            self.state.store.expire_api_key(&selector).await.map_err(status)?;
+            self.state
+                .store
+                .expire_api_key(&selector)
+                .await
+                .map_err(status)?;
             tracing::info!(key = ?selector, "API key expired");
             Ok(ExpireApiKeyResponse {})
         }
@@ -402,20 +547,32 @@ impl MeshscaleService for AdminService {
         self.finish("ExpireApiKey", result)
     }
 
-    async fn list_api_keys(&self, _req: Request<ListApiKeysRequest>) -> Result<Response<ListApiKeysResponse>, Status> {
+    async fn list_api_keys(
+        &self,
+        _req: Request<ListApiKeysRequest>,
+    ) -> Result<Response<ListApiKeysResponse>, Status> {
         let result = async {
             let keys = self.state.store.list_api_keys().await.map_err(status)?;
-            Ok(ListApiKeysResponse { api_keys: keys.iter().map(convert::api_key).collect() })
+            Ok(ListApiKeysResponse {
+                api_keys: keys.iter().map(convert::api_key).collect(),
+            })
         }
         .await;
         self.finish("ListApiKeys", result)
     }
 
-    async fn delete_api_key(&self, req: Request<DeleteApiKeyRequest>) -> Result<Response<DeleteApiKeyResponse>, Status> {
+    async fn delete_api_key(
+        &self,
+        req: Request<DeleteApiKeyRequest>,
+    ) -> Result<Response<DeleteApiKeyResponse>, Status> {
         let r = req.into_inner();
         let result = async {
             let selector = selector(r.id, r.prefix)?;
-            self.state.store.delete_api_key(&selector).await.map_err(status)?;
+            self.state
+                .store
+                .delete_api_key(&selector)
+                .await
+                .map_err(status)?;
             tracing::info!(key = ?selector, "API key deleted");
             Ok(DeleteApiKeyResponse {})
         }
@@ -423,9 +580,17 @@ impl MeshscaleService for AdminService {
         self.finish("DeleteApiKey", result)
     }
 
-    async fn health(&self, _req: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
+    async fn health(
+        &self,
+        _req: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
         let ok = self.state.store.ping().await.is_ok();
-        self.finish("Health", Ok(HealthResponse { database_connectivity: ok }))
+        self.finish(
+            "Health",
+            Ok(HealthResponse {
+                database_connectivity: ok,
+            }),
+        )
     }
 }
 
@@ -433,12 +598,15 @@ fn selector(id: u64, prefix: String) -> Result<ApiKeySelector, Status> {
     match (id, prefix.is_empty()) {
         (0, false) => Ok(ApiKeySelector::Prefix(prefix)),
         (id, true) if id != 0 => Ok(ApiKeySelector::Id(id_arg(id, "id")?)),
-        _ => Err(Status::invalid_argument("give either an API key id or its prefix")),
+        _ => Err(Status::invalid_argument(
+            "give either an API key id or its prefix",
+        )),
     }
 }
 
 fn is_key_text(text: &str, prefix: &str) -> bool {
-    text.strip_prefix(prefix).is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    text.strip_prefix(prefix)
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A throwaway key for a debug node: random, never used for cryptography.

@@ -1,14 +1,12 @@
 //! `meshscale apikeys`: keys for the remote admin API (`--remote`).
 
-use std::time::Duration;
-
 use clap::{Args, Subcommand};
 use meshscale_api::v1;
 
 use super::Context;
 use super::client::{Client, call};
 use super::output::{ApiKeyView, Table, time_or};
-use super::times::{duration_arg, expiration_after, table_time};
+use super::times::{expiration_flag, table_time};
 
 #[derive(Subcommand, Debug)]
 pub enum ApiKeysCommand {
@@ -30,8 +28,14 @@ pub enum ApiKeysCommand {
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// How long the key stays valid (e.g. 30m, 24h, 90d)
-    #[arg(short, long, value_name = "DURATION", default_value = "90d", value_parser = duration_arg)]
-    expiration: Duration,
+    #[arg(
+        short,
+        long,
+        value_name = "DURATION",
+        default_value = "90d",
+        allow_hyphen_values = true
+    )]
+    expiration: String,
 }
 
 /// `-p PREFIX` or `-i ID`, exactly one.
@@ -46,27 +50,41 @@ pub struct KeySelector {
     id: Option<u64>,
 }
 
-pub async fn run(client: &mut Client, ctx: &Context, command: ApiKeysCommand) -> anyhow::Result<()> {
+pub async fn run(
+    client: &mut Client,
+    ctx: &Context,
+    command: ApiKeysCommand,
+) -> anyhow::Result<()> {
     match command {
         ApiKeysCommand::Create(args) => {
-            let expiration = expiration_after(chrono::Utc::now(), args.expiration).map_err(anyhow::Error::msg)?;
-            let request = v1::CreateApiKeyRequest { expiration: Some(expiration) };
+            let expiration = expiration_flag(chrono::Utc::now(), &args.expiration)?;
+            let request = v1::CreateApiKeyRequest {
+                expiration: Some(expiration),
+            };
             let key = call(client.create_api_key(request)).await?.api_key;
             // As Headscale: the key alone, a bare string in the machine formats too.
             ctx.print.object(&key, &key)
         }
         ApiKeysCommand::List => {
-            let keys = call(client.list_api_keys(v1::ListApiKeysRequest {})).await?.api_keys;
+            let keys = call(client.list_api_keys(v1::ListApiKeysRequest {}))
+                .await?
+                .api_keys;
             let views: Vec<ApiKeyView> = keys.iter().map(ApiKeyView::from).collect();
             ctx.print.list(&views, || keys_table(&keys))
         }
         ApiKeysCommand::Expire(key) => {
-            let request = v1::ExpireApiKeyRequest { prefix: key.prefix.unwrap_or_default(), id: key.id.unwrap_or(0) };
+            let request = v1::ExpireApiKeyRequest {
+                prefix: key.prefix.unwrap_or_default(),
+                id: key.id.unwrap_or(0),
+            };
             call(client.expire_api_key(request)).await?;
             ctx.print.result("Key expired")
         }
         ApiKeysCommand::Delete(key) => {
-            let request = v1::DeleteApiKeyRequest { prefix: key.prefix.unwrap_or_default(), id: key.id.unwrap_or(0) };
+            let request = v1::DeleteApiKeyRequest {
+                prefix: key.prefix.unwrap_or_default(),
+                id: key.id.unwrap_or(0),
+            };
             call(client.delete_api_key(request)).await?;
             ctx.print.result("Key deleted")
         }
@@ -97,11 +115,21 @@ mod tests {
             v1::ApiKey {
                 id: 1,
                 prefix: "msk_abc".into(),
-                expiration: Some(Timestamp { seconds: 1_136_214_245, nanos: 0 }),
-                created_at: Some(Timestamp { seconds: 1_136_214_245, nanos: 0 }),
+                expiration: Some(Timestamp {
+                    seconds: 1_136_214_245,
+                    nanos: 0,
+                }),
+                created_at: Some(Timestamp {
+                    seconds: 1_136_214_245,
+                    nanos: 0,
+                }),
                 last_seen: None,
             },
-            v1::ApiKey { id: 2, prefix: "msk_defgh".into(), ..Default::default() },
+            v1::ApiKey {
+                id: 2,
+                prefix: "msk_defgh".into(),
+                ..Default::default()
+            },
         ];
         assert_eq!(
             keys_table(&keys).render(),

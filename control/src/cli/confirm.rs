@@ -43,10 +43,15 @@ pub fn ask(question: &str) -> anyhow::Result<bool> {
 }
 
 fn ask_with(question: &str, input: impl BufRead, prompt: &mut impl Write) -> anyhow::Result<bool> {
-    write!(prompt, "{question} [y/N] ").and_then(|()| prompt.flush()).context("writing the prompt")?;
+    write!(prompt, "{question} [y/N] ")
+        .and_then(|()| prompt.flush())
+        .context("writing the prompt")?;
     let mut answer = String::new();
     // Reading stops at the first newline, so a long or endless paste cannot pile up.
-    input.take(1024).read_line(&mut answer).context("reading the answer")?;
+    input
+        .take(1024)
+        .read_line(&mut answer)
+        .context("reading the answer")?;
     Ok(is_yes(&answer))
 }
 
@@ -70,7 +75,10 @@ mod tests {
     #[test]
     fn without_a_terminal_only_user_destroy_refuses() {
         assert_eq!(decide(false, false, Unattended::Proceed), Decision::Proceed);
-        assert_eq!(decide(false, false, Unattended::RequireForce), Decision::Refuse);
+        assert_eq!(
+            decide(false, false, Unattended::RequireForce),
+            Decision::Refuse
+        );
     }
 
     #[test]

@@ -46,7 +46,11 @@ pub async fn run(client: &mut Client, ctx: &Context, command: DebugCommand) -> a
                 user: args.user,
                 key: args.key.unwrap_or_default(),
                 name: args.name,
-                routes: args.routes.into_iter().filter(|r| !r.trim().is_empty()).collect(),
+                routes: args
+                    .routes
+                    .into_iter()
+                    .filter(|r| !r.trim().is_empty())
+                    .collect(),
             };
             let response = call(client.debug_create_node(request)).await?;
             let view = CreatedNodeView {
@@ -68,11 +72,21 @@ mod tests {
     #[test]
     fn routes_repeat_or_split_on_commas() {
         let cli = Cli::try_parse_from([
-            "meshscale", "debug", "create-node", "--name", "n", "-u", "a", "-r", "10.0.0.0/8,10.1.0.0/16", "--route",
+            "meshscale",
+            "debug",
+            "create-node",
+            "--name",
+            "n",
+            "-u",
+            "a",
+            "-r",
+            "10.0.0.0/8,10.1.0.0/16",
+            "--route",
             "10.2.0.0/16",
         ])
         .unwrap();
-        let Command::Admin(AdminCommand::Debug(DebugCommand::CreateNode(args))) = cli.command else {
+        let Command::Admin(AdminCommand::Debug(DebugCommand::CreateNode(args))) = cli.command
+        else {
             panic!("not create-node");
         };
         assert_eq!(args.routes, ["10.0.0.0/8", "10.1.0.0/16", "10.2.0.0/16"]);

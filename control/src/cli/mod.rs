@@ -48,7 +48,13 @@ pub struct Cli {
 #[derive(Args, Debug)]
 struct GlobalArgs {
     /// Config file [default: /etc/meshscale/config.yaml when it exists]
-    #[arg(short, long, global = true, env = "MESHSCALE_CONFIG", value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "MESHSCALE_CONFIG",
+        value_name = "FILE"
+    )]
     config: Option<PathBuf>,
     /// Output format: "" (human-readable), json, json-line or yaml
     #[arg(short, long, global = true, value_name = "FORMAT", default_value = "", hide_default_value = true, value_parser = parse_format)]
@@ -113,9 +119,16 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let print = Printer { format: cli.global.output };
+    let print = Printer {
+        format: cli.global.output,
+    };
     match cli.command {
-        Command::Version => print.object(&VersionView { version: env!("CARGO_PKG_VERSION") }, env!("CARGO_PKG_VERSION")),
+        Command::Version => print.object(
+            &VersionView {
+                version: env!("CARGO_PKG_VERSION"),
+            },
+            env!("CARGO_PKG_VERSION"),
+        ),
         Command::Configtest => {
             load_config(&cli.global)?;
             print.result("Config OK")
@@ -125,7 +138,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(crate::server::run(config))
         }
         Command::Admin(command) => {
-            let ctx = Context { print, force: cli.global.force };
+            let ctx = Context {
+                print,
+                force: cli.global.force,
+            };
             runtime()?.block_on(admin(&cli.global, &ctx, command))
         }
     }
@@ -149,7 +165,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn admin(global: &GlobalArgs, ctx: &Context, command: AdminCommand) -> anyhow::Result<()> {
-    let mut client = client::connect(&global.connection, || Ok(PathBuf::from(load_config(global)?.unix_socket))).await?;
+    let mut client = client::connect(&global.connection, || {
+        Ok(PathBuf::from(load_config(global)?.unix_socket))
+    })
+    .await?;
     match command {
         AdminCommand::Users(c) => users::run(&mut client, ctx, c).await,
         AdminCommand::Preauthkeys(c) => preauthkeys::run(&mut client, ctx, c).await,
@@ -181,7 +200,18 @@ mod tests {
             &["users", "mv", "-n", "alice", "-r", "bob"],
             &["users", "delete", "alice", "--force"],
             &["users", "destroy", "-i", "3"],
-            &["pre", "new", "-u", "alice", "--reusable", "--ephemeral", "-e", "24h", "--tags", "tag:a,tag:b"],
+            &[
+                "pre",
+                "new",
+                "-u",
+                "alice",
+                "--reusable",
+                "--ephemeral",
+                "-e",
+                "24h",
+                "--tags",
+                "tag:a,tag:b",
+            ],
             &["authkey", "ls", "-u", "2"],
             &["preauthkey", "revoke", "-i", "1"],
             &["preauthkeys", "rm", "-i", "1"],
@@ -194,9 +224,23 @@ mod tests {
             &["nodes", "mv", "-i", "1", "-u", "bob"],
             &["nodes", "t", "-i", "1", "-t", "tag:a,tag:b"],
             &["api", "c", "-e", "30d"],
+            // Bad durations are the command's own errors (exit 1), so they must parse.
+            &["pre", "create", "-u", "1", "-e", "-1h"],
+            &["apikeys", "create", "--expiration", "soon"],
             &["apikey", "revoke", "-p", "msk_abc"],
             &["apikeys", "remove", "-i", "4"],
-            &["debug", "create-node", "--name", "n", "-u", "alice", "--route", "10.0.0.0/8", "--route", "10.1.0.0/16"],
+            &[
+                "debug",
+                "create-node",
+                "--name",
+                "n",
+                "-u",
+                "alice",
+                "--route",
+                "10.0.0.0/8",
+                "--route",
+                "10.1.0.0/16",
+            ],
             &["-c", "/etc/meshscale/config.yaml", "version", "-o", "yaml"],
         ] {
             parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -208,22 +252,33 @@ mod tests {
         for args in [
             &["users", "destroy"][..],
             &["users", "destroy", "alice", "-i", "3"],
-            &["nodes", "expire", "-i", "1", "-d", "-e", "2030-01-01T00:00:00Z"],
-            &["nodes", "expire", "-i", "1", "-e", "tomorrow"],
-            &["pre", "create", "-e", "-1h"],
+            &[
+                "nodes",
+                "expire",
+                "-i",
+                "1",
+                "-d",
+                "-e",
+                "2030-01-01T00:00:00Z",
+            ],
             &["apikeys", "expire"],
             &["apikeys", "expire", "-p", "x", "-i", "1"],
             &["users", "ls", "-o", "table"],
             &["nodes", "tag", "-i", "1"],
         ] {
-            let err = parse(args).err().unwrap_or_else(|| panic!("{args:?} should be refused"));
+            let err = parse(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} should be refused"));
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
     }
 
     #[test]
     fn flags_land_where_expected() {
-        let cli = parse(&["nodes", "list", "--force", "-o", "yaml", "--remote", "mesh:443"]).unwrap();
+        let cli = parse(&[
+            "nodes", "list", "--force", "-o", "yaml", "--remote", "mesh:443",
+        ])
+        .unwrap();
         assert_eq!(cli.global.output, OutputFormat::Yaml);
         assert!(cli.global.force);
         assert_eq!(cli.global.connection.remote.as_deref(), Some("mesh:443"));

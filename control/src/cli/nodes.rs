@@ -65,8 +65,8 @@ pub struct ExpireArgs {
     #[arg(short, long, value_name = "ID")]
     identifier: u64,
     /// Expire at this time (RFC 3339, e.g. 2025-08-27T10:00:00Z) instead of now
-    #[arg(short, long, value_name = "TIME", value_parser = rfc3339_arg)]
-    expiry: Option<DateTime<Utc>>,
+    #[arg(short, long, value_name = "TIME")]
+    expiry: Option<String>,
     /// Disable key expiry: the node never expires
     #[arg(short, long, conflicts_with = "expiry")]
     disable: bool,
@@ -98,7 +98,14 @@ pub struct TagArgs {
     #[arg(short, long, value_name = "ID")]
     identifier: u64,
     /// The node's tags, comma-separated (tag:a,tag:b); replaces the current ones, "" clears them
-    #[arg(short, long, value_name = "TAGS", value_delimiter = ',', required = true, num_args = 1)]
+    #[arg(
+        short,
+        long,
+        value_name = "TAGS",
+        value_delimiter = ',',
+        required = true,
+        num_args = 1
+    )]
     tags: Vec<String>,
 }
 
@@ -106,26 +113,37 @@ pub async fn run(client: &mut Client, ctx: &Context, command: NodesCommand) -> a
     match command {
         NodesCommand::List(args) => list(client, ctx, args).await,
         NodesCommand::Register(args) => {
-            let request = v1::RegisterNodeRequest { user: args.user, key: args.key };
+            let request = v1::RegisterNodeRequest {
+                user: args.user,
+                key: args.key,
+            };
             let node = call(client.register_node(request)).await?.node;
             print_node(ctx, node.as_ref(), "Node registered")
         }
         NodesCommand::Expire(args) => expire(client, ctx, args).await,
         NodesCommand::Rename(args) => {
-            let request =
-                v1::RenameNodeRequest { node_id: args.identifier, new_name: args.new_name.unwrap_or_default() };
+            let request = v1::RenameNodeRequest {
+                node_id: args.identifier,
+                new_name: args.new_name.unwrap_or_default(),
+            };
             let node = call(client.rename_node(request)).await?.node;
             print_node(ctx, node.as_ref(), "Node renamed")
         }
         NodesCommand::Delete(args) => delete(client, ctx, args).await,
         NodesCommand::Move(args) => {
             let user = resolve_id(client, &args.user).await?;
-            let request = v1::MoveNodeRequest { node_id: args.identifier, user };
+            let request = v1::MoveNodeRequest {
+                node_id: args.identifier,
+                user,
+            };
             let node = call(client.move_node(request)).await?.node;
             print_node(ctx, node.as_ref(), "Node moved to another user")
         }
         NodesCommand::Tag(args) => {
-            let request = v1::SetTagsRequest { node_id: args.identifier, tags: clean_tags(args.tags) };
+            let request = v1::SetTagsRequest {
+                node_id: args.identifier,
+                tags: clean_tags(args.tags),
+            };
             let node = call(client.set_tags(request)).await?.node;
             print_node(ctx, node.as_ref(), "Node updated")
         }
@@ -141,7 +159,9 @@ fn print_node(ctx: &Context, node: Option<&v1::Node>, message: &str) -> anyhow::
 
 async fn list(client: &mut Client, ctx: &Context, args: ListArgs) -> anyhow::Result<()> {
     let user = args.user.map(|u| u.trim().to_string()).unwrap_or_default();
-    let nodes = call(client.list_nodes(v1::ListNodesRequest { user })).await?.nodes;
+    let nodes = call(client.list_nodes(v1::ListNodesRequest { user }))
+        .await?
+        .nodes;
     let views: Vec<NodeView> = nodes.iter().map(NodeView::from).collect();
     ctx.print.list(&views, || nodes_table(&nodes))
 }
@@ -183,17 +203,31 @@ fn nodes_table(nodes: &[v1::Node]) -> Table {
 }
 
 async fn expire(client: &mut Client, ctx: &Context, args: ExpireArgs) -> anyhow::Result<()> {
+    let expiry = match args.expiry.as_deref() {
+        Some(text) => {
+            Some(rfc3339_arg(text).map_err(|e| anyhow::anyhow!("invalid --expiry: {e}"))?)
+        }
+        None => None,
+    };
     let request = v1::ExpireNodeRequest {
         node_id: args.identifier,
-        expiry: args.expiry.map(to_timestamp),
+        expiry: expiry.map(to_timestamp),
         disable_expiry: args.disable,
     };
     let node = call(client.expire_node(request)).await?.node;
-    print_node(ctx, node.as_ref(), expire_message(args.disable, args.expiry, Utc::now()))
+    print_node(
+        ctx,
+        node.as_ref(),
+        expire_message(args.disable, expiry, Utc::now()),
+    )
 }
 
 /// Headscale's wording, which tells an immediate logout from a rescheduled one.
-fn expire_message(disable: bool, expiry: Option<DateTime<Utc>>, now: DateTime<Utc>) -> &'static str {
+fn expire_message(
+    disable: bool,
+    expiry: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> &'static str {
     match expiry {
         _ if disable => "Node expiry disabled",
         Some(at) if at > now => "Node expiration updated",
@@ -203,13 +237,19 @@ fn expire_message(disable: bool, expiry: Option<DateTime<Utc>>, now: DateTime<Ut
 
 async fn delete(client: &mut Client, ctx: &Context, args: NodeIdArgs) -> anyhow::Result<()> {
     let node_id = args.identifier;
-    if confirm::decide(ctx.force, confirm::stdin_is_terminal(), Unattended::Proceed) == Decision::Ask {
+    if confirm::decide(ctx.force, confirm::stdin_is_terminal(), Unattended::Proceed)
+        == Decision::Ask
+    {
         // Only a person needs the name; scripts go straight to the deletion.
         let node = call(client.get_node(v1::GetNodeRequest { node_id }))
             .await?
             .node
             .ok_or_else(|| anyhow::anyhow!("node {node_id} not found"))?;
-        let name = if node.given_name.is_empty() { &node.name } else { &node.given_name };
+        let name = if node.given_name.is_empty() {
+            &node.name
+        } else {
+            &node.given_name
+        };
         if !confirm::ask(&format!("Do you want to remove the node {name:?}?"))? {
             return ctx.print.result("Node not deleted");
         }
@@ -233,8 +273,15 @@ mod tests {
                 ip_addresses: vec!["100.64.0.1".into(), "fd7a:115c:a1e0::1".into()],
                 name: "laptop".into(),
                 given_name: "laptop-1".into(),
-                user: Some(v1::User { id: 1, name: "alice".into(), ..Default::default() }),
-                last_seen: Some(Timestamp { seconds: 1_136_214_245, nanos: 0 }),
+                user: Some(v1::User {
+                    id: 1,
+                    name: "alice".into(),
+                    ..Default::default()
+                }),
+                last_seen: Some(Timestamp {
+                    seconds: 1_136_214_245,
+                    nanos: 0,
+                }),
                 tags: vec!["tag:a".into(), "tag:b".into()],
                 online: true,
                 ..Default::default()
@@ -243,7 +290,10 @@ mod tests {
                 id: 2,
                 name: "srv".into(),
                 given_name: "srv".into(),
-                expiry: Some(Timestamp { seconds: 1_136_214_245, nanos: 0 }),
+                expiry: Some(Timestamp {
+                    seconds: 1_136_214_245,
+                    nanos: 0,
+                }),
                 ephemeral: true,
                 expired: true,
                 ..Default::default()
@@ -275,7 +325,10 @@ mod tests {
         let later = rfc3339_arg("2025-02-01T00:00:00Z").unwrap();
         assert_eq!(expire_message(false, None, now), "Node expired");
         assert_eq!(expire_message(false, Some(now), now), "Node expired");
-        assert_eq!(expire_message(false, Some(later), now), "Node expiration updated");
+        assert_eq!(
+            expire_message(false, Some(later), now),
+            "Node expiration updated"
+        );
         assert_eq!(expire_message(true, None, now), "Node expiry disabled");
     }
 }

@@ -29,7 +29,9 @@ pub fn parse_format(text: &str) -> Result<OutputFormat, String> {
         "json" => Ok(OutputFormat::Json),
         "json-line" => Ok(OutputFormat::JsonLine),
         "yaml" => Ok(OutputFormat::Yaml),
-        other => Err(format!("{other:?} is not one of \"\" (human-readable), json, json-line, yaml")),
+        other => Err(format!(
+            "{other:?} is not one of \"\" (human-readable), json, json-line, yaml"
+        )),
     }
 }
 
@@ -54,7 +56,11 @@ impl Printer {
     }
 
     /// A list: a table for people, an array for scripts.
-    pub fn list<T: Serialize>(&self, items: &[T], table: impl FnOnce() -> Table) -> anyhow::Result<()> {
+    pub fn list<T: Serialize>(
+        &self,
+        items: &[T],
+        table: impl FnOnce() -> Table,
+    ) -> anyhow::Result<()> {
         match self.format {
             OutputFormat::Human => write_stdout(&table().render()),
             format => write_stdout(&render_machine(format, items)?),
@@ -63,9 +69,14 @@ impl Printer {
 }
 
 /// The text for a machine format, without a trailing newline.
-pub fn render_machine<T: Serialize + ?Sized>(format: OutputFormat, value: &T) -> anyhow::Result<String> {
+pub fn render_machine<T: Serialize + ?Sized>(
+    format: OutputFormat,
+    value: &T,
+) -> anyhow::Result<String> {
     let text = match format {
-        OutputFormat::Json | OutputFormat::Human => serde_json::to_string_pretty(value).context("encoding JSON")?,
+        OutputFormat::Json | OutputFormat::Human => {
+            serde_json::to_string_pretty(value).context("encoding JSON")?
+        }
         OutputFormat::JsonLine => serde_json::to_string(value).context("encoding JSON")?,
         OutputFormat::Yaml => serde_yaml::to_string(value).context("encoding YAML")?,
     };
@@ -108,7 +119,9 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&str]) -> Table {
-        Table { rows: vec![header.iter().map(|h| h.to_string()).collect()] }
+        Table {
+            rows: vec![header.iter().map(|h| h.to_string()).collect()],
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -335,7 +348,10 @@ ID | Name            | Email
         let mut t = Table::new(&["Name", "X"]);
         t.row(vec!["zoë".into(), "1".into()]);
         t.row(vec!["evil\n\u{1b}[2J".into(), "2".into()]);
-        assert_eq!(t.render(), "Name            | X\nzoë             | 1\nevil\\n\\u{1b}[2J | 2");
+        assert_eq!(
+            t.render(),
+            "Name            | X\nzoë             | 1\nevil\\n\\u{1b}[2J | 2"
+        );
     }
 
     #[test]
@@ -360,7 +376,10 @@ ID | Name            | Email
         v1::User {
             id: 3,
             name: "alice".into(),
-            created_at: Some(Timestamp { seconds: 1_136_214_245, nanos: 0 }),
+            created_at: Some(Timestamp {
+                seconds: 1_136_214_245,
+                nanos: 0,
+            }),
             display_name: "Alice A.".into(),
             email: "alice@example.com".into(),
             ..Default::default()
@@ -370,7 +389,8 @@ ID | Name            | Email
     #[test]
     fn user_json_and_yaml_shapes() {
         let view = UserView::from(&alice());
-        let json: serde_json::Value = serde_json::from_str(&render_machine(OutputFormat::Json, &view).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&render_machine(OutputFormat::Json, &view).unwrap()).unwrap();
         assert_eq!(
             json,
             serde_json::json!({
@@ -386,9 +406,15 @@ ID | Name            | Email
         );
         let line = render_machine(OutputFormat::JsonLine, &[view]).unwrap();
         assert!(!line.contains('\n'));
-        assert!(line.starts_with(r#"[{"id":3,"name":"alice","created_at":"2006-01-02T15:04:05Z""#), "{line}");
+        assert!(
+            line.starts_with(r#"[{"id":3,"name":"alice","created_at":"2006-01-02T15:04:05Z""#),
+            "{line}"
+        );
         let yaml = render_machine(OutputFormat::Yaml, &UserView::from(&alice())).unwrap();
-        assert!(yaml.starts_with("id: 3\nname: alice\ncreated_at: 2006-01-02T15:04:05Z\n"), "{yaml}");
+        assert!(
+            yaml.starts_with("id: 3\nname: alice\ncreated_at: 2006-01-02T15:04:05Z\n"),
+            "{yaml}"
+        );
     }
 
     #[test]
@@ -404,8 +430,10 @@ ID | Name            | Email
             online: true,
             ..Default::default()
         };
-        let json: serde_json::Value =
-            serde_json::from_str(&render_machine(OutputFormat::Json, &NodeView::from(&node)).unwrap()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(
+            &render_machine(OutputFormat::Json, &NodeView::from(&node)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(json["register_method"], "REGISTER_METHOD_CLI");
         assert_eq!(json["user"]["name"], "alice");
         assert_eq!(json["ip_addresses"][1], "fd7a:115c:a1e0::1");
@@ -416,9 +444,21 @@ ID | Name            | Email
 
     #[test]
     fn result_messages_become_objects_for_scripts() {
-        let text = render_machine(OutputFormat::JsonLine, &ResultView { result: "User destroyed" }).unwrap();
+        let text = render_machine(
+            OutputFormat::JsonLine,
+            &ResultView {
+                result: "User destroyed",
+            },
+        )
+        .unwrap();
         assert_eq!(text, r#"{"result":"User destroyed"}"#);
-        let text = render_machine(OutputFormat::Yaml, &ResultView { result: "Key expired" }).unwrap();
+        let text = render_machine(
+            OutputFormat::Yaml,
+            &ResultView {
+                result: "Key expired",
+            },
+        )
+        .unwrap();
         assert_eq!(text, "result: Key expired");
     }
 }

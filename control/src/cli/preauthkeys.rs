@@ -1,14 +1,12 @@
 //! `meshscale preauthkeys`: keys that let a node join without an interactive login.
 
-use std::time::Duration;
-
 use clap::{Args, Subcommand};
 use meshscale_api::v1;
 
 use super::Context;
 use super::client::{Client, call};
 use super::output::{PreAuthKeyView, Table, time_or};
-use super::times::{duration_arg, expiration_after, table_time};
+use super::times::{expiration_flag, table_time};
 use super::user_ref::{UserRef, resolve_id};
 
 #[derive(Subcommand, Debug)]
@@ -39,8 +37,14 @@ pub struct CreateArgs {
     #[arg(long)]
     ephemeral: bool,
     /// How long the key stays valid (e.g. 30m, 24h, 90d)
-    #[arg(short, long, value_name = "DURATION", default_value = "1h", value_parser = duration_arg)]
-    expiration: Duration,
+    #[arg(
+        short,
+        long,
+        value_name = "DURATION",
+        default_value = "1h",
+        allow_hyphen_values = true
+    )]
+    expiration: String,
     /// Tags given to nodes that join with the key, comma-separated (tag:a,tag:b)
     #[arg(long, value_name = "TAGS", value_delimiter = ',')]
     tags: Vec<String>,
@@ -60,7 +64,11 @@ pub struct IdArgs {
     id: u64,
 }
 
-pub async fn run(client: &mut Client, ctx: &Context, command: PreAuthKeysCommand) -> anyhow::Result<()> {
+pub async fn run(
+    client: &mut Client,
+    ctx: &Context,
+    command: PreAuthKeysCommand,
+) -> anyhow::Result<()> {
     match command {
         PreAuthKeysCommand::Create(args) => create(client, ctx, args).await,
         PreAuthKeysCommand::List(args) => list(client, ctx, args).await,
@@ -76,7 +84,7 @@ pub async fn run(client: &mut Client, ctx: &Context, command: PreAuthKeysCommand
 }
 
 async fn create(client: &mut Client, ctx: &Context, args: CreateArgs) -> anyhow::Result<()> {
-    let expiration = expiration_after(chrono::Utc::now(), args.expiration).map_err(anyhow::Error::msg)?;
+    let expiration = expiration_flag(chrono::Utc::now(), &args.expiration)?;
     let user = match &args.user {
         Some(user) => resolve_id(client, user).await?,
         None => 0,
@@ -97,7 +105,10 @@ async fn create(client: &mut Client, ctx: &Context, args: CreateArgs) -> anyhow:
 
 /// `--tags a,,b` and `--tags ""` leave no empty tags behind.
 pub fn clean_tags(tags: Vec<String>) -> Vec<String> {
-    tags.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
+    tags.into_iter()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 async fn list(client: &mut Client, ctx: &Context, args: ListArgs) -> anyhow::Result<()> {
@@ -105,14 +116,24 @@ async fn list(client: &mut Client, ctx: &Context, args: ListArgs) -> anyhow::Res
         Some(user) => resolve_id(client, user).await?,
         None => 0,
     };
-    let keys = call(client.list_pre_auth_keys(v1::ListPreAuthKeysRequest { user })).await?.pre_auth_keys;
+    let keys = call(client.list_pre_auth_keys(v1::ListPreAuthKeysRequest { user }))
+        .await?
+        .pre_auth_keys;
     let views: Vec<PreAuthKeyView> = keys.iter().map(PreAuthKeyView::from).collect();
     ctx.print.list(&views, || keys_table(&keys))
 }
 
 fn keys_table(keys: &[v1::PreAuthKey]) -> Table {
-    let mut table =
-        Table::new(&["ID", "Key/Prefix", "Reusable", "Ephemeral", "Used", "Expiration", "Created", "Owner"]);
+    let mut table = Table::new(&[
+        "ID",
+        "Key/Prefix",
+        "Reusable",
+        "Ephemeral",
+        "Used",
+        "Expiration",
+        "Created",
+        "Owner",
+    ]);
     for k in keys {
         table.row(vec![
             k.id.to_string(),
@@ -148,10 +169,20 @@ mod tests {
             v1::PreAuthKey {
                 id: 1,
                 key: "hskey-auth-abc***".into(),
-                user: Some(v1::User { id: 1, name: "alice".into(), ..Default::default() }),
+                user: Some(v1::User {
+                    id: 1,
+                    name: "alice".into(),
+                    ..Default::default()
+                }),
                 reusable: true,
-                expiration: Some(Timestamp { seconds: 1_136_214_245, nanos: 0 }),
-                created_at: Some(Timestamp { seconds: 1_136_210_645, nanos: 0 }),
+                expiration: Some(Timestamp {
+                    seconds: 1_136_214_245,
+                    nanos: 0,
+                }),
+                created_at: Some(Timestamp {
+                    seconds: 1_136_210_645,
+                    nanos: 0,
+                }),
                 ..Default::default()
             },
             v1::PreAuthKey {
@@ -173,7 +204,10 @@ ID | Key/Prefix        | Reusable | Ephemeral | Used  | Expiration          | Cr
 
     #[test]
     fn tags_are_cleaned() {
-        assert_eq!(clean_tags(vec!["tag:a".into(), "".into(), " tag:b ".into()]), vec!["tag:a", "tag:b"]);
+        assert_eq!(
+            clean_tags(vec!["tag:a".into(), "".into(), " tag:b ".into()]),
+            vec!["tag:a", "tag:b"]
+        );
         assert!(clean_tags(vec!["".into()]).is_empty());
     }
 }

@@ -24,7 +24,10 @@ impl FromStr for UserRef {
             return Err("a user name or id is required".into());
         }
         if text.bytes().all(|b| b.is_ascii_digit()) {
-            return text.parse().map(UserRef::Id).map_err(|_| format!("user id {text} is too large"));
+            return text
+                .parse()
+                .map(UserRef::Id)
+                .map_err(|_| format!("user id {text} is too large"));
         }
         Ok(UserRef::Name(text.to_string()))
     }
@@ -51,8 +54,14 @@ pub async fn resolve_id(client: &mut Client, user: &UserRef) -> anyhow::Result<u
 /// The single user the reference names.
 pub async fn find_user(client: &mut Client, user: &UserRef) -> anyhow::Result<v1::User> {
     let request = match user {
-        UserRef::Id(id) => v1::ListUsersRequest { id: *id, ..Default::default() },
-        UserRef::Name(name) => v1::ListUsersRequest { name: name.clone(), ..Default::default() },
+        UserRef::Id(id) => v1::ListUsersRequest {
+            id: *id,
+            ..Default::default()
+        },
+        UserRef::Name(name) => v1::ListUsersRequest {
+            name: name.clone(),
+            ..Default::default()
+        },
     };
     let users = call(client.list_users(request)).await?.users;
     pick_user(users, user)
@@ -86,22 +95,47 @@ mod tests {
         assert_eq!("alice".parse(), Ok(UserRef::Name("alice".into())));
         assert_eq!("user1".parse(), Ok(UserRef::Name("user1".into())));
         assert_eq!("-1".parse(), Ok(UserRef::Name("-1".into())));
-        assert_eq!("alice@example.com".parse(), Ok(UserRef::Name("alice@example.com".into())));
+        assert_eq!(
+            "alice@example.com".parse(),
+            Ok(UserRef::Name("alice@example.com".into()))
+        );
         assert!("".parse::<UserRef>().is_err());
         assert!("99999999999999999999999".parse::<UserRef>().is_err());
     }
 
     fn user(id: u64, name: &str) -> v1::User {
-        v1::User { id, name: name.into(), ..Default::default() }
+        v1::User {
+            id,
+            name: name.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn picking_needs_exactly_one_exact_match() {
         let alice = UserRef::Name("alice".into());
-        assert_eq!(pick_user(vec![user(1, "alice"), user(2, "alice2")], &alice).unwrap().id, 1);
-        assert_eq!(pick_user(vec![user(2, "alice2")], &alice).unwrap_err().to_string(), "user \"alice\" not found");
+        assert_eq!(
+            pick_user(vec![user(1, "alice"), user(2, "alice2")], &alice)
+                .unwrap()
+                .id,
+            1
+        );
+        assert_eq!(
+            pick_user(vec![user(2, "alice2")], &alice)
+                .unwrap_err()
+                .to_string(),
+            "user \"alice\" not found"
+        );
         assert!(pick_user(vec![user(1, "alice"), user(3, "alice")], &alice).is_err());
-        assert_eq!(pick_user(vec![user(5, "bob")], &UserRef::Id(5)).unwrap().name, "bob");
-        assert_eq!(pick_user(vec![], &UserRef::Id(5)).unwrap_err().to_string(), "user with id 5 not found");
+        assert_eq!(
+            pick_user(vec![user(5, "bob")], &UserRef::Id(5))
+                .unwrap()
+                .name,
+            "bob"
+        );
+        assert_eq!(
+            pick_user(vec![], &UserRef::Id(5)).unwrap_err().to_string(),
+            "user with id 5 not found"
+        );
     }
 }

@@ -29,7 +29,8 @@ pub enum UsersCommand {
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// User name (what `-u/--user` and node names refer to)
-    #[arg(value_name = "NAME")]
+    // A name like "-x" is the server's to refuse, with its naming rules in the message.
+    #[arg(value_name = "NAME", allow_hyphen_values = true)]
     name: String,
     #[arg(short = 'd', long)]
     display_name: Option<String>,
@@ -157,7 +158,10 @@ fn users_table(users: &[v1::User]) -> Table {
 
 async fn rename(client: &mut Client, ctx: &Context, args: RenameArgs) -> anyhow::Result<()> {
     let user = find_user(client, &args.user.user_ref()).await?;
-    let request = v1::RenameUserRequest { old_id: user.id, new_name: args.new_name };
+    let request = v1::RenameUserRequest {
+        old_id: user.id,
+        new_name: args.new_name,
+    };
     let response = call(client.rename_user(request)).await?;
     match response.user {
         Some(user) => ctx.print.object(&UserView::from(&user), "User renamed"),
@@ -167,10 +171,17 @@ async fn rename(client: &mut Client, ctx: &Context, args: RenameArgs) -> anyhow:
 
 async fn destroy(client: &mut Client, ctx: &Context, args: DestroyArgs) -> anyhow::Result<()> {
     let user = find_user(client, &args.user_ref()).await?;
-    match confirm::decide(ctx.force, confirm::stdin_is_terminal(), Unattended::RequireForce) {
+    match confirm::decide(
+        ctx.force,
+        confirm::stdin_is_terminal(),
+        Unattended::RequireForce,
+    ) {
         Decision::Proceed => {}
         Decision::Refuse => {
-            anyhow::bail!("refusing to destroy user {:?} without confirmation; pass --force", user.name)
+            anyhow::bail!(
+                "refusing to destroy user {:?} without confirmation; pass --force",
+                user.name
+            )
         }
         Decision::Ask => {
             let question = format!(
@@ -188,7 +199,34 @@ async fn destroy(client: &mut Client, ctx: &Context, args: DestroyArgs) -> anyho
 
 #[cfg(test)]
 mod tests {
+    use super::super::{AdminCommand, Cli, Command};
     use super::*;
+    use clap::Parser;
+
+    fn create_args(args: &[&str]) -> CreateArgs {
+        let cli = Cli::try_parse_from(["meshscale", "users", "create"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Admin(AdminCommand::Users(UsersCommand::Create(args))) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_takes_flags_anywhere_and_leaves_odd_names_to_the_server() {
+        let a = create_args(&["-d", "Alice", "alice"]);
+        assert_eq!(
+            (a.name.as_str(), a.display_name.as_deref()),
+            ("alice", Some("Alice"))
+        );
+        let a = create_args(&["alice", "-e", "a@example.com", "-p", "https://x/p.png"]);
+        assert_eq!(
+            (a.name.as_str(), a.email.as_deref()),
+            ("alice", Some("a@example.com"))
+        );
+        assert_eq!(a.picture_url.as_deref(), Some("https://x/p.png"));
+        assert_eq!(create_args(&["-bad"]).name, "-bad");
+        assert_eq!(create_args(&["--force", "-bad"]).name, "-bad");
+    }
     use prost_types::Timestamp;
 
     #[test]
@@ -199,10 +237,17 @@ mod tests {
                 name: "alice".into(),
                 display_name: "Alice".into(),
                 email: "alice@example.com".into(),
-                created_at: Some(Timestamp { seconds: 1_136_214_245, nanos: 0 }),
+                created_at: Some(Timestamp {
+                    seconds: 1_136_214_245,
+                    nanos: 0,
+                }),
                 ..Default::default()
             },
-            v1::User { id: 12, name: "bob".into(), ..Default::default() },
+            v1::User {
+                id: 12,
+                name: "bob".into(),
+                ..Default::default()
+            },
         ];
         assert_eq!(
             users_table(&users).render(),

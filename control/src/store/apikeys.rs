@@ -32,7 +32,10 @@ pub enum ApiKeyError {
 }
 
 impl Store {
-    pub async fn create_api_key(&self, expiration: DateTime<Utc>) -> Result<(ApiKey, String), StoreError> {
+    pub async fn create_api_key(
+        &self,
+        expiration: DateTime<Utc>,
+    ) -> Result<(ApiKey, String), StoreError> {
         if expiration <= now() {
             return Err(StoreError::Invalid("the expiration is in the past".into()));
         }
@@ -56,11 +59,13 @@ impl Store {
 
     pub async fn api_key(&self, selector: &ApiKeySelector) -> Result<ApiKey, StoreError> {
         let (clause, id, prefix) = selector_params(selector);
-        let row = sqlx::query(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE {clause}"))
-            .bind(id)
-            .bind(prefix)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE {clause}"
+        ))
+        .bind(id)
+        .bind(prefix)
+        .fetch_optional(&self.pool)
+        .await?;
         match row {
             Some(r) => Ok(api_key_from_row(&r)?),
             None => Err(StoreError::NotFound(describe(selector))),
@@ -69,9 +74,15 @@ impl Store {
 
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         self.timed("list_api_keys", async {
-            let rows =
-                sqlx::query(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY id")).fetch_all(&self.pool).await?;
-            Ok(rows.iter().map(api_key_from_row).collect::<Result<_, _>>()?)
+            let rows = sqlx::query(&format!(
+                "SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY id"
+            ))
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(api_key_from_row)
+                .collect::<Result<_, _>>()?)
         })
         .await
     }
@@ -116,10 +127,12 @@ impl Store {
         let parsed = keys::parse(API_KEY_KIND, presented).ok_or(ApiKeyError::Invalid)?;
         let row = self
             .timed("verify_api_key", async {
-                Ok(sqlx::query("SELECT id, hash, expiration, last_seen FROM api_keys WHERE prefix = $1")
-                    .bind(parsed.prefix)
-                    .fetch_optional(&self.pool)
-                    .await?)
+                Ok(sqlx::query(
+                    "SELECT id, hash, expiration, last_seen FROM api_keys WHERE prefix = $1",
+                )
+                .bind(parsed.prefix)
+                .fetch_optional(&self.pool)
+                .await?)
             })
             .await?
             .ok_or(ApiKeyError::Invalid)?;
@@ -156,7 +169,10 @@ fn selector_params(selector: &ApiKeySelector) -> (&'static str, i64, String) {
 
 /// Accepts the bare prefix or the masked form a listing shows (`mskey-api-<prefix>-***`).
 fn normalize_prefix(p: &str) -> String {
-    let p = p.strip_prefix(API_KEY_KIND).and_then(|r| r.strip_prefix('-')).unwrap_or(p);
+    let p = p
+        .strip_prefix(API_KEY_KIND)
+        .and_then(|r| r.strip_prefix('-'))
+        .unwrap_or(p);
     p.split('-').next().unwrap_or(p).to_string()
 }
 

@@ -55,9 +55,10 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                StoreError::Unavailable(e.to_string())
-            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
             _ => StoreError::Database(e.to_string()),
         }
     }
@@ -90,14 +91,29 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the database and brings its schema up to date.
-    pub async fn open(target: &DatabaseTarget, prefixes: IpPrefixes, metrics: Metrics) -> Result<Store, StoreError> {
+    pub async fn open(
+        target: &DatabaseTarget,
+        prefixes: IpPrefixes,
+        metrics: Metrics,
+    ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let (url, backend, max_connections, wal) = match target {
-            DatabaseTarget::Sqlite { path, write_ahead_log } => {
+            DatabaseTarget::Sqlite {
+                path,
+                write_ahead_log,
+            } => {
                 prepare_sqlite_dir(path)?;
-                (format!("sqlite://{}?mode=rwc", path.display()), Backend::Sqlite, 4, *write_ahead_log)
+                (
+                    format!("sqlite://{}?mode=rwc", path.display()),
+                    Backend::Sqlite,
+                    4,
+                    *write_ahead_log,
+                )
             }
-            DatabaseTarget::Postgres { url, max_connections } => (url.clone(), Backend::Postgres, *max_connections, false),
+            DatabaseTarget::Postgres {
+                url,
+                max_connections,
+            } => (url.clone(), Backend::Postgres, *max_connections, false),
         };
         let options: AnyConnectOptions = url
             .parse()
@@ -137,7 +153,14 @@ impl Store {
             }
             DatabaseTarget::Postgres { .. } => None,
         };
-        Ok(Store { pool, backend, sqlite_path, write_lock: tokio::sync::Mutex::new(()), prefixes, metrics })
+        Ok(Store {
+            pool,
+            backend,
+            sqlite_path,
+            write_lock: tokio::sync::Mutex::new(()),
+            prefixes,
+            metrics,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -147,10 +170,13 @@ impl Store {
     /// Whether the database answers a trivial query now.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.timed("ping", async {
-            if let Some(path) = &self.sqlite_path {
-                if !path.exists() {
-                    return Err(StoreError::Unavailable(format!("the database file {} is gone", path.display())));
-                }
+            if let Some(path) = &self.sqlite_path
+                && !path.exists()
+            {
+                return Err(StoreError::Unavailable(format!(
+                    "the database file {} is gone",
+                    path.display()
+                )));
             }
             let _: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&self.pool).await?;
             Ok(())
@@ -163,24 +189,31 @@ impl Store {
     }
 
     /// Runs one store operation, recording its latency by name.
-    async fn timed<T>(&self, op: &'static str, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        f: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let start = Instant::now();
         let result = f.await;
-        self.metrics.observe_store(op, start.elapsed(), result.is_ok());
+        self.metrics
+            .observe_store(op, start.elapsed(), result.is_ok());
         result
     }
 }
 
 fn prepare_sqlite_dir(path: &Path) -> Result<(), StoreError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
-        }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
     }
     Ok(())
 }
@@ -188,10 +221,15 @@ fn prepare_sqlite_dir(path: &Path) -> Result<(), StoreError> {
 /// The database holds key hashes and node keys: owner-only, like Headscale's.
 fn restrict_permissions(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt;
-    for p in [path.to_path_buf(), path.with_extension("sqlite-wal"), path.with_extension("sqlite-shm")] {
+    for p in [
+        path.to_path_buf(),
+        path.with_extension("sqlite-wal"),
+        path.with_extension("sqlite-shm"),
+    ] {
         if p.exists() {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| StoreError::Unavailable(format!("cannot restrict {}: {e}", p.display())))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+                StoreError::Unavailable(format!("cannot restrict {}: {e}", p.display()))
+            })?;
         }
     }
     Ok(())
@@ -227,7 +265,8 @@ pub fn validate_tags(tags: &[String]) -> Result<(), StoreError> {
         let name = t
             .strip_prefix("tag:")
             .ok_or_else(|| StoreError::Invalid(format!("tag {t:?} must start with \"tag:\"")))?;
-        crate::names::validate_dns_label(name).map_err(|e| StoreError::Invalid(format!("tag {t:?}: {e}")))?;
+        crate::names::validate_dns_label(name)
+            .map_err(|e| StoreError::Invalid(format!("tag {t:?}: {e}")))?;
     }
     Ok(())
 }

@@ -7,8 +7,8 @@ use sqlx::{Any, Row, Transaction};
 
 use super::users::user_from_row;
 use super::{
-    NewNode, Node, RegisterMethod, Store, StoreError, flag, from_ms, is_unique_violation, now, tags_from_json,
-    tags_to_json, to_ms, validate_tags,
+    NewNode, Node, RegisterMethod, Store, StoreError, flag, from_ms, is_unique_violation, now,
+    tags_from_json, tags_to_json, to_ms, validate_tags,
 };
 use crate::names::{given_name_candidate, sanitize_hostname, validate_dns_label};
 
@@ -136,7 +136,10 @@ impl Store {
         .await
     }
 
-    async fn allocate_v4(&self, tx: &mut Transaction<'static, Any>) -> Result<Ipv4Addr, StoreError> {
+    async fn allocate_v4(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+    ) -> Result<Ipv4Addr, StoreError> {
         let prefix = self.prefixes.v4;
         let cursor = lock_cursor(tx, "v4").await?.and_then(|s| s.parse().ok());
         let mut chosen = None;
@@ -148,14 +151,19 @@ impl Store {
         }
         if chosen.is_none() {
             let used = used_addresses(tx, "ipv4").await?;
-            chosen = prefix.candidates(cursor).find(|a| !used.contains(&a.to_string()));
+            chosen = prefix
+                .candidates(cursor)
+                .find(|a| !used.contains(&a.to_string()));
         }
         let a = chosen.ok_or_else(|| StoreError::Exhausted("IPv4", prefix.to_string()))?;
         set_cursor(tx, "v4", &a.to_string()).await?;
         Ok(a)
     }
 
-    async fn allocate_v6(&self, tx: &mut Transaction<'static, Any>) -> Result<Ipv6Addr, StoreError> {
+    async fn allocate_v6(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+    ) -> Result<Ipv6Addr, StoreError> {
         let prefix = self.prefixes.v6;
         let cursor = lock_cursor(tx, "v6").await?.and_then(|s| s.parse().ok());
         let mut chosen = None;
@@ -168,7 +176,10 @@ impl Store {
         if chosen.is_none() {
             let used = used_addresses(tx, "ipv6").await?;
             // Bounded: a /48 never runs out, so this finds a free address within `used.len() + 1` steps.
-            chosen = prefix.candidates(cursor).take(used.len() + 1).find(|a| !used.contains(&a.to_string()));
+            chosen = prefix
+                .candidates(cursor)
+                .take(used.len() + 1)
+                .find(|a| !used.contains(&a.to_string()));
         }
         let a = chosen.ok_or_else(|| StoreError::Exhausted("IPv6", prefix.to_string()))?;
         set_cursor(tx, "v6", &a.to_string()).await?;
@@ -176,7 +187,10 @@ impl Store {
     }
 
     pub async fn node(&self, id: i64) -> Result<Node, StoreError> {
-        let row = sqlx::query(&format!("{NODE_SELECT} WHERE n.id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&format!("{NODE_SELECT} WHERE n.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         match row {
             Some(r) => Ok(node_from_row(&r)?),
             None => Err(StoreError::NotFound(format!("node {id}"))),
@@ -201,10 +215,12 @@ impl Store {
     /// Every node, or one user's nodes, by id.
     pub async fn list_nodes(&self, user_id: Option<i64>) -> Result<Vec<Node>, StoreError> {
         self.timed("list_nodes", async {
-            let rows = sqlx::query(&format!("{NODE_SELECT} WHERE ($1 = 0 OR n.user_id = $1) ORDER BY n.id"))
-                .bind(user_id.unwrap_or(0))
-                .fetch_all(&self.pool)
-                .await?;
+            let rows = sqlx::query(&format!(
+                "{NODE_SELECT} WHERE ($1 = 0 OR n.user_id = $1) ORDER BY n.id"
+            ))
+            .bind(user_id.unwrap_or(0))
+            .fetch_all(&self.pool)
+            .await?;
             Ok(rows.iter().map(node_from_row).collect::<Result<_, _>>()?)
         })
         .await
@@ -213,7 +229,10 @@ impl Store {
     pub async fn delete_node(&self, id: i64) -> Result<Node, StoreError> {
         self.timed("delete_node", async {
             let node = self.node(id).await?;
-            let r = sqlx::query("DELETE FROM nodes WHERE id = $1").bind(id).execute(&self.pool).await?;
+            let r = sqlx::query("DELETE FROM nodes WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
             if r.rows_affected() == 0 {
                 return Err(StoreError::NotFound(format!("node {id}")));
             }
@@ -223,7 +242,11 @@ impl Store {
     }
 
     /// Sets when the node's key expires: `Some(t)` at t, `None` never.
-    pub async fn set_node_expiry(&self, id: i64, expiry: Option<DateTime<Utc>>) -> Result<Node, StoreError> {
+    pub async fn set_node_expiry(
+        &self,
+        id: i64,
+        expiry: Option<DateTime<Utc>>,
+    ) -> Result<Node, StoreError> {
         self.timed("set_node_expiry", async {
             let r = sqlx::query("UPDATE nodes SET expiry = $1, updated_at = $2 WHERE id = $3")
                 .bind(expiry.map(to_ms))
@@ -240,18 +263,22 @@ impl Store {
     }
 
     pub async fn rename_node(&self, id: i64, new_name: &str) -> Result<Node, StoreError> {
-        validate_dns_label(new_name).map_err(|e| StoreError::Invalid(format!("invalid node name: {e}")))?;
+        validate_dns_label(new_name)
+            .map_err(|e| StoreError::Invalid(format!("invalid node name: {e}")))?;
         self.timed("rename_node", async {
-            let result = sqlx::query("UPDATE nodes SET given_name = $1, updated_at = $2 WHERE id = $3")
-                .bind(new_name)
-                .bind(to_ms(now()))
-                .bind(id)
-                .execute(&self.pool)
-                .await;
+            let result =
+                sqlx::query("UPDATE nodes SET given_name = $1, updated_at = $2 WHERE id = $3")
+                    .bind(new_name)
+                    .bind(to_ms(now()))
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await;
             match result {
                 Ok(r) if r.rows_affected() == 0 => Err(StoreError::NotFound(format!("node {id}"))),
                 Ok(_) => self.node(id).await,
-                Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists(format!("node name {new_name:?}"))),
+                Err(e) if is_unique_violation(&e) => {
+                    Err(StoreError::AlreadyExists(format!("node name {new_name:?}")))
+                }
                 Err(e) => Err(e.into()),
             }
         })
@@ -313,8 +340,14 @@ impl Store {
 
 /// Takes the allocator's row lock (PostgreSQL) or write lock (SQLite) first,
 /// so concurrent registrations on several replicas queue here.
-async fn lock_cursor(tx: &mut Transaction<'static, Any>, family: &str) -> Result<Option<String>, StoreError> {
-    sqlx::query("UPDATE ip_cursors SET last = last WHERE family = $1").bind(family).execute(&mut **tx).await?;
+async fn lock_cursor(
+    tx: &mut Transaction<'static, Any>,
+    family: &str,
+) -> Result<Option<String>, StoreError> {
+    sqlx::query("UPDATE ip_cursors SET last = last WHERE family = $1")
+        .bind(family)
+        .execute(&mut **tx)
+        .await?;
     let last: Option<String> = sqlx::query_scalar("SELECT last FROM ip_cursors WHERE family = $1")
         .bind(family)
         .fetch_optional(&mut **tx)
@@ -322,12 +355,24 @@ async fn lock_cursor(tx: &mut Transaction<'static, Any>, family: &str) -> Result
     Ok(last.filter(|s| !s.is_empty()))
 }
 
-async fn set_cursor(tx: &mut Transaction<'static, Any>, family: &str, last: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE ip_cursors SET last = $1 WHERE family = $2").bind(last).bind(family).execute(&mut **tx).await?;
+async fn set_cursor(
+    tx: &mut Transaction<'static, Any>,
+    family: &str,
+    last: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE ip_cursors SET last = $1 WHERE family = $2")
+        .bind(last)
+        .bind(family)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
-async fn address_in_use(tx: &mut Transaction<'static, Any>, column: &str, addr: &str) -> Result<bool, StoreError> {
+async fn address_in_use(
+    tx: &mut Transaction<'static, Any>,
+    column: &str,
+    addr: &str,
+) -> Result<bool, StoreError> {
     let hit: Option<i64> = sqlx::query_scalar(&format!("SELECT id FROM nodes WHERE {column} = $1"))
         .bind(addr)
         .fetch_optional(&mut **tx)
@@ -335,19 +380,28 @@ async fn address_in_use(tx: &mut Transaction<'static, Any>, column: &str, addr: 
     Ok(hit.is_some())
 }
 
-async fn used_addresses(tx: &mut Transaction<'static, Any>, column: &str) -> Result<HashSet<String>, StoreError> {
-    let all: Vec<Option<String>> =
-        sqlx::query_scalar(&format!("SELECT {column} FROM nodes")).fetch_all(&mut **tx).await?;
+async fn used_addresses(
+    tx: &mut Transaction<'static, Any>,
+    column: &str,
+) -> Result<HashSet<String>, StoreError> {
+    let all: Vec<Option<String>> = sqlx::query_scalar(&format!("SELECT {column} FROM nodes"))
+        .fetch_all(&mut **tx)
+        .await?;
     Ok(all.into_iter().flatten().collect())
 }
 
 /// The first of `base`, `base-1`, `base-2`, ... that no node uses.
-async fn free_given_name(tx: &mut Transaction<'static, Any>, base: &str) -> Result<String, StoreError> {
-    let taken: Vec<String> = sqlx::query_scalar("SELECT given_name FROM nodes WHERE given_name = $1 OR given_name LIKE $2")
-        .bind(base)
-        .bind(format!("{base}-%"))
-        .fetch_all(&mut **tx)
-        .await?;
+async fn free_given_name(
+    tx: &mut Transaction<'static, Any>,
+    base: &str,
+) -> Result<String, StoreError> {
+    let taken: Vec<String> = sqlx::query_scalar(
+        "SELECT given_name FROM nodes WHERE given_name = $1 OR given_name LIKE $2",
+    )
+    .bind(base)
+    .bind(format!("{base}-%"))
+    .fetch_all(&mut **tx)
+    .await?;
     let taken: HashSet<String> = taken.into_iter().collect();
     let name = (0..=taken.len() as u32)
         .map(|n| given_name_candidate(base, n))

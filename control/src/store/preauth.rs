@@ -3,8 +3,8 @@ use sqlx::any::AnyRow;
 
 use super::users::user_from_row;
 use super::{
-    NewPreAuthKey, PreAuthKey, Store, StoreError, flag, from_ms, now, tags_from_json, tags_to_json, to_ms,
-    validate_tags,
+    NewPreAuthKey, PreAuthKey, Store, StoreError, flag, from_ms, now, tags_from_json, tags_to_json,
+    to_ms, validate_tags,
 };
 use crate::keys::{self, PREAUTH_KEY_KIND};
 
@@ -33,10 +33,15 @@ fn key_from_row(row: &AnyRow) -> Result<PreAuthKey, sqlx::Error> {
 
 impl Store {
     /// Creates a key; returns it with the full secret text, which is not kept.
-    pub async fn create_preauth_key(&self, new: NewPreAuthKey) -> Result<(PreAuthKey, String), StoreError> {
+    pub async fn create_preauth_key(
+        &self,
+        new: NewPreAuthKey,
+    ) -> Result<(PreAuthKey, String), StoreError> {
         validate_tags(&new.tags)?;
         if new.user_id.is_none() && new.tags.is_empty() {
-            return Err(StoreError::Invalid("a pre-auth key needs a user or at least one tag".into()));
+            return Err(StoreError::Invalid(
+                "a pre-auth key needs a user or at least one tag".into(),
+            ));
         }
         if new.expiration <= now() {
             return Err(StoreError::Invalid("the expiration is in the past".into()));
@@ -67,7 +72,10 @@ impl Store {
     }
 
     pub async fn preauth_key_by_id(&self, id: i64) -> Result<PreAuthKey, StoreError> {
-        let row = sqlx::query(&format!("{KEY_SELECT} WHERE k.id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&format!("{KEY_SELECT} WHERE k.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         match row {
             Some(r) => Ok(key_from_row(&r)?),
             None => Err(StoreError::NotFound(format!("pre-auth key {id}"))),
@@ -75,12 +83,17 @@ impl Store {
     }
 
     /// Every key, or one user's keys.
-    pub async fn list_preauth_keys(&self, user_id: Option<i64>) -> Result<Vec<PreAuthKey>, StoreError> {
+    pub async fn list_preauth_keys(
+        &self,
+        user_id: Option<i64>,
+    ) -> Result<Vec<PreAuthKey>, StoreError> {
         self.timed("list_preauth_keys", async {
-            let rows = sqlx::query(&format!("{KEY_SELECT} WHERE ($1 = 0 OR k.user_id = $1) ORDER BY k.id"))
-                .bind(user_id.unwrap_or(0))
-                .fetch_all(&self.pool)
-                .await?;
+            let rows = sqlx::query(&format!(
+                "{KEY_SELECT} WHERE ($1 = 0 OR k.user_id = $1) ORDER BY k.id"
+            ))
+            .bind(user_id.unwrap_or(0))
+            .fetch_all(&self.pool)
+            .await?;
             Ok(rows.iter().map(key_from_row).collect::<Result<_, _>>()?)
         })
         .await
@@ -105,7 +118,10 @@ impl Store {
 
     pub async fn delete_preauth_key(&self, id: i64) -> Result<(), StoreError> {
         self.timed("delete_preauth_key", async {
-            let r = sqlx::query("DELETE FROM pre_auth_keys WHERE id = $1").bind(id).execute(&self.pool).await?;
+            let r = sqlx::query("DELETE FROM pre_auth_keys WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
             if r.rows_affected() == 0 {
                 return Err(StoreError::NotFound(format!("pre-auth key {id}")));
             }

@@ -1,7 +1,9 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError, User, UserFilter, NewUser, from_ms, is_unique_violation, now, to_ms};
+use super::{
+    NewUser, Store, StoreError, User, UserFilter, from_ms, is_unique_violation, now, to_ms,
+};
 use crate::names::validate_dns_label;
 
 const USER_COLUMNS: &str = "id, name, display_name, email, profile_pic_url, created_at";
@@ -20,7 +22,8 @@ pub(super) fn user_from_row(row: &AnyRow, prefix: &str) -> Result<User, sqlx::Er
 
 impl Store {
     pub async fn create_user(&self, new: NewUser) -> Result<User, StoreError> {
-        validate_dns_label(&new.name).map_err(|e| StoreError::Invalid(format!("invalid user name: {e}")))?;
+        validate_dns_label(&new.name)
+            .map_err(|e| StoreError::Invalid(format!("invalid user name: {e}")))?;
         self.timed("create_user", async {
             let created = to_ms(now());
             let result = sqlx::query(
@@ -36,7 +39,9 @@ impl Store {
             .await;
             match result {
                 Ok(row) => self.user_by_id(row.try_get("id")?).await,
-                Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists(format!("user {:?}", new.name))),
+                Err(e) if is_unique_violation(&e) => {
+                    Err(StoreError::AlreadyExists(format!("user {:?}", new.name)))
+                }
                 Err(e) => Err(e.into()),
             }
         })
@@ -93,7 +98,8 @@ impl Store {
     }
 
     pub async fn rename_user(&self, id: i64, new_name: &str) -> Result<User, StoreError> {
-        validate_dns_label(new_name).map_err(|e| StoreError::Invalid(format!("invalid user name: {e}")))?;
+        validate_dns_label(new_name)
+            .map_err(|e| StoreError::Invalid(format!("invalid user name: {e}")))?;
         self.timed("rename_user", async {
             let result = sqlx::query("UPDATE users SET name = $1 WHERE id = $2")
                 .bind(new_name)
@@ -103,7 +109,9 @@ impl Store {
             match result {
                 Ok(r) if r.rows_affected() == 0 => Err(StoreError::NotFound(format!("user {id}"))),
                 Ok(_) => self.user_by_id(id).await,
-                Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists(format!("user {new_name:?}"))),
+                Err(e) if is_unique_violation(&e) => {
+                    Err(StoreError::AlreadyExists(format!("user {new_name:?}")))
+                }
                 Err(e) => Err(e.into()),
             }
         })
@@ -116,16 +124,29 @@ impl Store {
         self.timed("destroy_user", async {
             let _guard = self.write_lock.lock().await;
             let mut tx = self.pool.begin().await?;
-            let exists: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM users WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
+            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
             if exists.is_none() {
                 return Err(StoreError::NotFound(format!("user {id}")));
             }
-            let node_ids: Vec<i64> =
-                sqlx::query_scalar("SELECT id FROM nodes WHERE user_id = $1").bind(id).fetch_all(&mut *tx).await?;
-            sqlx::query("DELETE FROM nodes WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
-            sqlx::query("DELETE FROM pre_auth_keys WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
-            sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *tx).await?;
+            let node_ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM nodes WHERE user_id = $1")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM nodes WHERE user_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM pre_auth_keys WHERE user_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM users WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(node_ids)
         })

@@ -66,11 +66,16 @@ pub struct FreshDb {
 pub async fn fresh_postgres() -> FreshDb {
     let url = postgres_url().expect("postgres url");
     sqlx::any::install_default_drivers();
-    let admin = sqlx::AnyPool::connect(&url).await.expect("connect to the test PostgreSQL server");
+    let admin = sqlx::AnyPool::connect(&url)
+        .await
+        .expect("connect to the test PostgreSQL server");
     let mut b = [0u8; 8];
     rand::rng().fill_bytes(&mut b);
     let name = format!("meshscale_test_{}", hex::encode(b));
-    admin.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create database");
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create database");
     admin.close().await;
     // postgres://user@host:port/db
     let rest = url.split("://").nth(1).expect("url scheme");
@@ -78,19 +83,30 @@ pub async fn fresh_postgres() -> FreshDb {
     let user = auth.split(':').next().unwrap_or("postgres").to_string();
     let hostport = hostpart.split('/').next().expect("url host");
     let (host, port) = hostport.rsplit_once(':').expect("url port");
-    FreshDb { name, host: host.to_string(), port: port.parse().expect("port"), user }
+    FreshDb {
+        name,
+        host: host.to_string(),
+        port: port.parse().expect("port"),
+        user,
+    }
 }
 
 pub fn postgres_target(db: &FreshDb) -> DatabaseTarget {
     DatabaseTarget::Postgres {
-        url: format!("postgres://{}@{}:{}/{}?sslmode=disable", db.user, db.host, db.port, db.name),
+        url: format!(
+            "postgres://{}@{}:{}/{}?sslmode=disable",
+            db.user, db.host, db.port, db.name
+        ),
         max_connections: 10,
     }
 }
 
 pub async fn target(kind: &Db, dir: &Path) -> DatabaseTarget {
     match kind {
-        Db::Sqlite => DatabaseTarget::Sqlite { path: dir.join("db.sqlite"), write_ahead_log: true },
+        Db::Sqlite => DatabaseTarget::Sqlite {
+            path: dir.join("db.sqlite"),
+            write_ahead_log: true,
+        },
         Db::Postgres => postgres_target(&fresh_postgres().await),
     }
 }

@@ -15,7 +15,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_meshscale");
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 pub struct Server {
@@ -60,7 +63,11 @@ pub async fn start(db: &Db, extra: &str) -> Server {
         metrics = s.metrics,
         data = s.dir.path().join("data").display(),
         socket = s.socket.display(),
-        grpc = if extra.contains("grpc_listen_addr") { "" } else { "grpc_listen_addr: \"\"\n" },
+        grpc = if extra.contains("grpc_listen_addr") {
+            ""
+        } else {
+            "grpc_listen_addr: \"\"\n"
+        },
     );
     std::fs::write(&s.config, config).expect("write config");
     s.spawn().await;
@@ -69,7 +76,11 @@ pub async fn start(db: &Db, extra: &str) -> Server {
 
 impl Server {
     pub async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let child = Command::new(BIN)
             .args(["serve", "-c"])
             .arg(&self.config)
@@ -82,15 +93,23 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + START_DEADLINE;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("meshscale serve exited early with {status}:\n{}", self.log_text());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "meshscale serve exited early with {status}:\n{}",
+                    self.log_text()
+                );
             }
-            if matches!(http_get(self.http, "/health").await, Ok((200, _))) && self.socket.exists() {
+            if matches!(http_get(self.http, "/health").await, Ok((200, _))) && self.socket.exists()
+            {
                 return;
             }
-            assert!(Instant::now() < deadline, "server did not become healthy:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "server did not become healthy:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -99,10 +118,16 @@ impl Server {
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
             }
             let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
-            assert!(matches!(status, Ok(Ok(s)) if s.success()), "server did not stop cleanly: {status:?}\n{}", self.log_text());
+            assert!(
+                matches!(status, Ok(Ok(s)) if s.success()),
+                "server did not stop cleanly: {status:?}\n{}",
+                self.log_text()
+            );
         }
     }
 
@@ -117,7 +142,10 @@ impl Server {
 
     pub async fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(BIN);
-        cmd.arg("-c").arg(&self.config).args(args).stdin(Stdio::null());
+        cmd.arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -141,8 +169,16 @@ impl Server {
     pub async fn fails(&self, args: &[&str]) -> String {
         let out = self.cli(args).await;
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(1), "meshscale {args:?} should fail with 1; stderr: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "meshscale {args:?}: one line on stderr, got {stderr:?}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "meshscale {args:?} should fail with 1; stderr: {stderr}"
+        );
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "meshscale {args:?}: one line on stderr, got {stderr:?}"
+        );
         stderr.trim_end().to_string()
     }
 
@@ -150,7 +186,8 @@ impl Server {
         let mut full = args.to_vec();
         full.extend(["-o", "json"]);
         let text = self.ok(&full).await;
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("meshscale {args:?} -o json: {e}: {text}"))
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("meshscale {args:?} -o json: {e}: {text}"))
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -163,14 +200,24 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::other("connect timeout"))??;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
         .await
         .map_err(|_| std::io::Error::other("read timeout"))??;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((code, body))
 }
 
