@@ -27,4 +27,14 @@ step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests (SQLite and PostgreSQL at $MESHSCALE_TEST_POSTGRES_URL)"
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'pg_stop; rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+# cargo prints one result line per test binary; add them up into one closing line.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

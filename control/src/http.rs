@@ -86,7 +86,7 @@ async fn metrics(State(state): State<SharedState>) -> Response {
     // Node states are read at scrape time, so the gauge is never stale.
     match state.store.count_nodes().await {
         Ok(counts) => {
-            let online = state.presence.online_nodes().len() as i64;
+            let online = state.hub.online_count() as i64;
             let offline = (counts.total - counts.expired - online).max(0);
             state
                 .metrics

@@ -110,6 +110,21 @@ impl PendingRegistrations {
         (e.created.elapsed() < self.ttl).then_some(e.node)
     }
 
+    pub fn contains(&self, id: &str) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.get(id).is_some_and(|e| e.created.elapsed() < self.ttl)
+    }
+
+    /// For a client polling on its login URL: a receiver told the node id
+    /// when an admin approves. A newer poll replaces an older one's.
+    pub fn wait(&self, id: &str) -> Option<oneshot::Receiver<i64>> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = entries.get_mut(id).filter(|e| e.created.elapsed() < self.ttl)?;
+        let (tx, rx) = oneshot::channel();
+        entry.node.on_approved = Some(tx);
+        Some(rx)
+    }
+
     /// Puts back an entry whose approval failed, so the admin can retry.
     pub fn restore(&self, id: String, node: PendingNode) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
@@ -172,6 +187,18 @@ mod tests {
             q.insert(Some("abc".into()), node()),
             Err(PendingError::Duplicate(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_poll_learns_the_node_id() {
+        let p = PendingRegistrations::default();
+        let id = p.insert(None, node()).unwrap();
+        assert!(p.contains(&id));
+        let rx = p.wait(&id).unwrap();
+        let mut entry = p.take(&id).unwrap();
+        entry.on_approved.take().unwrap().send(42).unwrap();
+        assert_eq!(rx.await.unwrap(), 42);
+        assert!(p.wait(&id).is_none());
     }
 
     #[test]

@@ -11,10 +11,12 @@ use crate::admin;
 use crate::config::Config;
 use crate::http;
 use crate::metrics::Metrics;
+use crate::mapper::{Hub, Live, Tailnet};
+use crate::noise::{NoiseServer, ServerKey};
 use crate::pending::PendingRegistrations;
-use crate::presence::Presence;
-use crate::state::AppState;
+use crate::state::{AppState, SharedState};
 use crate::store::Store;
+use crate::{derpmap, listener, protocol};
 
 pub fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
@@ -66,13 +68,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
+    let noise_key = ServerKey::load_or_create(&config.noise_private_key_path())
+        .with_context(|| format!("noise.private_key_path {}", config.noise_private_key_path().display()))?;
+    let tls = if config.tls_cert_path.is_empty() {
+        None
+    } else {
+        Some(listener::tls_acceptor(config.tls_cert_path.as_ref(), config.tls_key_path.as_ref())?)
+    };
+    let hub = Arc::new(Hub::new(tailnet(&config)?));
+    let nodes = store.list_nodes_live().await.context("cannot load the nodes")?;
+    hub.load(nodes.into_iter().map(|(n, live)| {
+        let last_seen = n.last_seen;
+        (n, Live::from_store(&live, last_seen))
+    }).collect());
+
     let state = Arc::new(AppState {
         config: config.clone(),
         store,
-        presence: Presence::default(),
+        hub,
         pending: PendingRegistrations::default(),
         metrics,
     });
+    protocol::schedule_all_ephemeral(&state).await;
+    let noise = Arc::new(NoiseServer::new(noise_key, {
+        let state = state.clone();
+        move |conn| {
+            let router = protocol::noise_router(state.clone());
+            Box::pin(async move {
+                let machine = conn.machine_key_text();
+                if let Err(e) = crate::noise::serve_http2(conn, router).await {
+                    tracing::debug!(machine = %&machine[..17.min(machine.len())], error = %e, "noise connection ended");
+                }
+            })
+        }
+    }));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -84,14 +113,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tracing::info!(addr = %config.listen_addr, server_url = %config.server_url, "serving HTTP");
-    let main_app = http::main_router(state.clone());
-    let shutdown = stopped();
-    tasks.spawn(async move {
-        axum::serve(main_listener, main_app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")
-    });
+    let main_app = main_app(&state, noise);
+    tasks.spawn(listener::serve(main_listener, tls, main_app, stopped()));
     tracing::info!(addr = %config.metrics_listen_addr, "serving metrics");
     let metrics_app = http::metrics_router(state.clone());
     let shutdown = stopped();
@@ -142,4 +165,27 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
     }
+}
+
+/// Everything on `listen_addr`: health, the Noise entry points, the login page.
+fn main_app(state: &SharedState, noise: Arc<NoiseServer>) -> axum::Router {
+    http::main_router(state.clone())
+        .merge(crate::noise::router(noise))
+        .merge(protocol::public_router(state.clone()))
+}
+
+/// Tailnet-wide settings for map responses, from the config.
+fn tailnet(config: &Config) -> anyhow::Result<Tailnet> {
+    let (host, _, _) = derpmap::server_host_port(&config.server_url);
+    let base_domain = config.dns.magic_dns.then(|| config.dns.base_domain.clone());
+    Ok(Tailnet {
+        domain: base_domain.clone().unwrap_or(host),
+        base_domain,
+        derp_map: derpmap::build(config)?,
+        dns: crate::mapper::view::dns_config(
+            config.dns.magic_dns,
+            &config.dns.base_domain,
+            &config.dns.nameservers.global,
+        ),
+    })
 }

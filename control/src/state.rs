@@ -5,13 +5,14 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pending::PendingRegistrations;
-use crate::presence::Presence;
+use crate::mapper::Hub;
 use crate::store::Store;
 
 pub struct AppState {
     pub config: Config,
     pub store: Store,
-    pub presence: Presence,
+    /// The tailnet as live map sessions see it; also who is online.
+    pub hub: Arc<Hub>,
     pub pending: PendingRegistrations,
     pub metrics: Metrics,
 }

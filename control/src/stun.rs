@@ -29,7 +29,7 @@ const FINGERPRINT_ATTR_LEN: usize = 8;
 const FINGERPRINT_XOR: u32 = 0x5354_554e;
 
 /// Datagrams are read into a buffer of this size. A Tailscale binding
-/// request is 48 bytes; anything longer than the buffer is truncated by the
+/// request is 40 bytes; anything longer than the buffer is truncated by the
 /// kernel, fails the fingerprint check and is dropped.
 const RECV_BUFFER: usize = 2048;
 /// After a socket error, wait this long so a persistent error cannot spin.
@@ -98,7 +98,10 @@ pub fn binding_request(tx: TxId) -> Vec<u8> {
 /// Calls `f` with each attribute's type and value (padding excluded).
 /// Mirrors Tailscale's `foreachAttr`: values are padded to 4 bytes, and a
 /// value running past the end of the packet is malformed.
-fn for_each_attr(mut b: &[u8], mut f: impl FnMut(u16, &[u8]) -> Result<(), StunError>) -> Result<(), StunError> {
+fn for_each_attr(
+    mut b: &[u8],
+    mut f: impl FnMut(u16, &[u8]) -> Result<(), StunError>,
+) -> Result<(), StunError> {
     while !b.is_empty() {
         if b.len() < 4 {
             return Err(StunError::MalformedAttrs);
@@ -151,7 +154,10 @@ pub fn parse_binding_request(b: &[u8]) -> Result<TxId, StunError> {
     }
     // The fingerprint covers everything before its own 8-byte attribute.
     // The attribute walk above guarantees the packet is at least that long.
-    let covered = b.len().checked_sub(FINGERPRINT_ATTR_LEN).ok_or(StunError::MalformedAttrs)?;
+    let covered = b
+        .len()
+        .checked_sub(FINGERPRINT_ATTR_LEN)
+        .ok_or(StunError::MalformedAttrs)?;
     if got_fp != Some(fingerprint(&b[..covered])) {
         return Err(StunError::WrongFingerprint);
     }
@@ -198,7 +204,9 @@ pub fn parse_binding_response(b: &[u8]) -> Result<(TxId, SocketAddr), StunError>
         return Err(StunError::NotSuccessResponse);
     }
     let attrs_len = usize::from(u16::from_be_bytes([b[2], b[3]]));
-    let attrs = b[HEADER_LEN..].get(..attrs_len).ok_or(StunError::MalformedAttrs)?;
+    let attrs = b[HEADER_LEN..]
+        .get(..attrs_len)
+        .ok_or(StunError::MalformedAttrs)?;
 
     let mut xor_addr = None;
     let mut plain_addr = None;
@@ -217,7 +225,10 @@ pub fn parse_binding_response(b: &[u8]) -> Result<(TxId, SocketAddr), StunError>
         }
         Ok(())
     })?;
-    xor_addr.or(plain_addr).map(|a| (TxId(tx), a)).ok_or(StunError::NoAddress)
+    xor_addr
+        .or(plain_addr)
+        .map(|a| (TxId(tx), a))
+        .ok_or(StunError::NoAddress)
 }
 
 /// Decodes the shared layout of (XOR-)MAPPED-ADDRESS: reserved byte,
@@ -237,7 +248,9 @@ fn address_attr(value: &[u8]) -> Result<(IpAddr, u16), StunError> {
 }
 
 fn fixed<const N: usize>(b: &[u8]) -> Result<[u8; N], StunError> {
-    b.get(..N).and_then(|s| s.try_into().ok()).ok_or(StunError::MalformedAttrs)
+    b.get(..N)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(StunError::MalformedAttrs)
 }
 
 /// XOR-MAPPED-ADDRESS hides the address under cookie || transaction ID
@@ -321,7 +334,7 @@ mod tests {
     fn builds_requests_like_tailscale() {
         let req = binding_request(TX);
         assert_eq!(req, tailscale_request());
-        assert_eq!(req.len(), 48);
+        assert_eq!(req.len(), 40);
     }
 
     #[test]
@@ -335,25 +348,40 @@ mod tests {
     fn rejects_truncated_and_garbage() {
         let req = tailscale_request();
         for n in 0..req.len() {
-            assert!(parse_binding_request(&req[..n]).is_err(), "accepted a {n}-byte prefix");
+            assert!(
+                parse_binding_request(&req[..n]).is_err(),
+                "accepted a {n}-byte prefix"
+            );
         }
-        assert_eq!(parse_binding_request(b"hello world, this is not stun"), Err(StunError::NotStun));
+        assert_eq!(
+            parse_binding_request(b"hello world, this is not stun"),
+            Err(StunError::NotStun)
+        );
         assert_eq!(parse_binding_request(&[0xff; 64]), Err(StunError::NotStun));
         let mut trailing = req.clone();
         trailing.extend_from_slice(&[0, 0, 0]);
-        assert_eq!(parse_binding_request(&trailing), Err(StunError::MalformedAttrs));
+        assert_eq!(
+            parse_binding_request(&trailing),
+            Err(StunError::MalformedAttrs)
+        );
     }
 
     #[test]
     fn rejects_wrong_software_fingerprint_and_type() {
         let mut other_software = tailscale_request();
         other_software[24..32].copy_from_slice(b"othernod");
-        assert_eq!(parse_binding_request(&other_software), Err(StunError::WrongSoftware));
+        assert_eq!(
+            parse_binding_request(&other_software),
+            Err(StunError::WrongSoftware)
+        );
 
         let mut bad_fp = tailscale_request();
         let last = bad_fp.len() - 1;
         bad_fp[last] ^= 1;
-        assert_eq!(parse_binding_request(&bad_fp), Err(StunError::WrongFingerprint));
+        assert_eq!(
+            parse_binding_request(&bad_fp),
+            Err(StunError::WrongFingerprint)
+        );
 
         // Valid software but no fingerprint at all.
         let mut no_fp = tailscale_request();
@@ -364,7 +392,52 @@ mod tests {
         let mut response_type = tailscale_request();
         response_type[0] = 0x01;
         response_type[1] = 0x01;
-        assert_eq!(parse_binding_request(&response_type), Err(StunError::NotBindingRequest));
+        assert_eq!(
+            parse_binding_request(&response_type),
+            Err(StunError::NotBindingRequest)
+        );
+    }
+
+    /// Responses captured from real STUN servers, as listed in Tailscale's
+    /// `net/stun/stun_test.go`.
+    #[test]
+    fn matches_real_server_responses() {
+        let google = [
+            0x01, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42, 0x23, 0x60, 0xb1, 0x1e, 0x3e, 0xc6,
+            0x8f, 0xfa, 0x93, 0xe0, 0x80, 0x07, 0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0xc7, 0x86,
+            0x69, 0x57, 0x85, 0x6f,
+        ];
+        let tx = TxId([
+            0x23, 0x60, 0xb1, 0x1e, 0x3e, 0xc6, 0x8f, 0xfa, 0x93, 0xe0, 0x80, 0x07,
+        ]);
+        let addr = SocketAddr::from(([72, 69, 33, 45], 59028));
+        assert_eq!(binding_response(tx, addr), google);
+        assert_eq!(parse_binding_response(&google), Ok((tx, addr)));
+
+        // SOFTWARE with padding, then XOR-MAPPED-ADDRESS, FINGERPRINT, and
+        // trailing bytes past the declared length.
+        let pion = [
+            0x01, 0x01, 0x00, 0x24, 0x21, 0x12, 0xa4, 0x42, 0xeb, 0xc2, 0xd3, 0x6e, 0xf4, 0x71,
+            0x21, 0x7c, 0x4f, 0x3e, 0x30, 0x8e, 0x80, 0x22, 0x00, 0x0a, 0x65, 0x6e, 0x64, 0x70,
+            0x6f, 0x69, 0x6e, 0x74, 0x65, 0x72, 0x00, 0x00, 0x00, 0x20, 0x00, 0x08, 0x00, 0x01,
+            0xce, 0x66, 0x5e, 0x12, 0xa4, 0x43, 0x80, 0x28, 0x00, 0x04, 0xb6, 0x99, 0xbb, 0x02,
+            0x01, 0x01, 0x00, 0x24, 0x21, 0x12, 0xa4, 0x42,
+        ];
+        let (_, addr) = parse_binding_response(&pion).unwrap();
+        assert_eq!(addr, SocketAddr::from(([127, 0, 0, 1], 61300)));
+
+        // An IPv4 address sent as IPv4-mapped IPv6 comes out as IPv4.
+        let no_4in6 =
+            hex::decode("010100182112a4424fd5d202dcb37d31fc773306002000140002cd3d2112a4424fd5d202dcb382ce2dc3fcc7")
+                .unwrap();
+        let (_, addr) = parse_binding_response(&no_4in6).unwrap();
+        assert_eq!(addr, SocketAddr::from(([209, 180, 207, 193], 60463)));
+    }
+
+    #[test]
+    fn fingerprint_is_crc32_ieee() {
+        // The standard CRC-32/ISO-HDLC check value.
+        assert_eq!(crc32fast::hash(b"123456789"), 0xcbf4_3926);
     }
 
     #[test]
@@ -397,7 +470,10 @@ mod tests {
         let mapped = SocketAddr::from((Ipv4Addr::new(203, 0, 113, 9).to_ipv6_mapped(), 5000));
         let resp = binding_response(TX, mapped);
         assert_eq!(resp[25], 1, "family must be IPv4 for a mapped source");
-        assert_eq!(parse_binding_response(&resp), Ok((TX, SocketAddr::from(([203, 0, 113, 9], 5000)))));
+        assert_eq!(
+            parse_binding_response(&resp),
+            Ok((TX, SocketAddr::from(([203, 0, 113, 9], 5000))))
+        );
     }
 
     #[tokio::test]
@@ -417,17 +493,30 @@ mod tests {
         let mut truncated = tailscale_request();
         truncated.pop();
         client.send_to(&truncated, server_addr).await.unwrap();
-        client.send_to(&tailscale_request(), server_addr).await.unwrap();
+        client
+            .send_to(&tailscale_request(), server_addr)
+            .await
+            .unwrap();
 
         let mut buf = [0u8; 1500];
-        let (n, from) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf)).await.unwrap().unwrap();
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(from, server_addr);
         assert_eq!(parse_binding_response(&buf[..n]), Ok((TX, client_addr)));
         // Exactly one reply: the garbage got none.
-        assert!(tokio::time::timeout(Duration::from_millis(200), client.recv_from(&mut buf)).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), client.recv_from(&mut buf))
+                .await
+                .is_err()
+        );
 
         stop_tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
@@ -439,10 +528,19 @@ mod tests {
         let task = tokio::spawn(serve(server, std::future::pending()));
         let client = UdpSocket::bind("[::1]:0").await.unwrap();
         let tx = TxId::random();
-        client.send_to(&binding_request(tx), server_addr).await.unwrap();
+        client
+            .send_to(&binding_request(tx), server_addr)
+            .await
+            .unwrap();
         let mut buf = [0u8; 1500];
-        let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf)).await.unwrap().unwrap();
-        assert_eq!(parse_binding_response(&buf[..n]), Ok((tx, client.local_addr().unwrap())));
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            parse_binding_response(&buf[..n]),
+            Ok((tx, client.local_addr().unwrap()))
+        );
         task.abort();
     }
 }

@@ -31,7 +31,10 @@ pub fn encode_frame_into(out: &mut Vec<u8>, payload: &[u8], max: usize) -> Resul
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|_| payload.len() <= max)
-        .ok_or(FrameError::TooLarge { len: payload.len() as u64, max })?;
+        .ok_or(FrameError::TooLarge {
+            len: payload.len() as u64,
+            max,
+        })?;
     out.reserve(HEADER_LEN + payload.len());
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(payload);
@@ -55,7 +58,10 @@ pub fn decode_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, Fr
         return Ok(None);
     };
     let len = u32::from_le_bytes(*header);
-    let too_large = FrameError::TooLarge { len: u64::from(len), max };
+    let too_large = FrameError::TooLarge {
+        len: u64::from(len),
+        max,
+    };
     let end = usize::try_from(len)
         .ok()
         .filter(|l| *l <= max)
@@ -86,7 +92,11 @@ impl Default for FrameDecoder {
 impl FrameDecoder {
     /// A decoder refusing frames longer than `max_frame_len` bytes.
     pub fn new(max_frame_len: usize) -> Self {
-        Self { buf: Vec::new(), start: 0, max: max_frame_len }
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            max: max_frame_len,
+        }
     }
 
     /// Appends received bytes.
@@ -159,8 +169,12 @@ mod tests {
 
     #[test]
     fn decoder_handles_input_split_anywhere() {
-        let msgs: Vec<Vec<u8>> =
-            vec![b"{\"KeepAlive\":true}".to_vec(), Vec::new(), vec![0xff; 1000], b"x".to_vec()];
+        let msgs: Vec<Vec<u8>> = vec![
+            b"{\"KeepAlive\":true}".to_vec(),
+            Vec::new(),
+            vec![0xff; 1000],
+            b"x".to_vec(),
+        ];
         let mut stream = Vec::new();
         for m in &msgs {
             encode_frame_into(&mut stream, m, 4096).unwrap();
@@ -190,7 +204,13 @@ mod tests {
         let mut dec = FrameDecoder::new(max);
         dec.push(&u32::MAX.to_le_bytes());
         let err = dec.next_frame().unwrap_err();
-        assert_eq!(err, FrameError::TooLarge { len: u64::from(u32::MAX), max });
+        assert_eq!(
+            err,
+            FrameError::TooLarge {
+                len: u64::from(u32::MAX),
+                max
+            }
+        );
         // Sticky: the stream cannot be resynchronised.
         assert!(dec.next_frame().is_err());
         // A frame of exactly `max` is fine.

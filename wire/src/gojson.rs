@@ -69,7 +69,9 @@ pub fn parse_go_time(s: &str) -> Result<DateTime<Utc>, TimeError> {
 fn de_opt_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
     match Option::<String>::deserialize(d)? {
         None => Ok(None),
-        Some(s) => parse_go_time(&s).map(Some).map_err(serde::de::Error::custom),
+        Some(s) => parse_go_time(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
     }
 }
 
@@ -164,7 +166,9 @@ pub mod base64_bytes {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(Vec::new()),
-            Some(s) => STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom),
+            Some(s) => STANDARD
+                .decode(s.as_bytes())
+                .map_err(serde::de::Error::custom),
         }
     }
 }

@@ -36,12 +36,17 @@ fn parse_hex_key(s: &str, prefixes: &[&'static str]) -> Result<[u8; KEY_LEN], Ke
     if s.is_empty() {
         return Err(KeyParseError::Empty);
     }
-    let hex_part = prefixes
-        .iter()
-        .find_map(|p| s.strip_prefix(p))
-        .ok_or(KeyParseError::WrongPrefix { expected: prefixes[0] })?;
+    let hex_part =
+        prefixes
+            .iter()
+            .find_map(|p| s.strip_prefix(p))
+            .ok_or(KeyParseError::WrongPrefix {
+                expected: prefixes[0],
+            })?;
     if hex_part.len() != HEX_LEN {
-        return Err(KeyParseError::WrongLength { got: hex_part.len() });
+        return Err(KeyParseError::WrongLength {
+            got: hex_part.len(),
+        });
     }
     let mut out = [0u8; KEY_LEN];
     hex::decode_to_slice(hex_part, &mut out).map_err(|_| KeyParseError::InvalidHex)?;

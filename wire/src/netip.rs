@@ -43,7 +43,10 @@ impl IpPrefix {
 
     /// The single-address prefix (`/32` or `/128`) used for node addresses.
     pub fn host(addr: IpAddr) -> Self {
-        Self { addr, bits: max_bits(&addr) }
+        Self {
+            addr,
+            bits: max_bits(&addr),
+        }
     }
 
     pub fn addr(&self) -> IpAddr {
@@ -65,7 +68,10 @@ impl IpPrefix {
             IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(self.bits))),
             IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(self.bits))),
         };
-        Self { addr, bits: self.bits }
+        Self {
+            addr,
+            bits: self.bits,
+        }
     }
 
     /// Whether `ip` lies inside the prefix. Addresses of the other family
@@ -93,18 +99,24 @@ fn max_bits(addr: &IpAddr) -> u8 {
 }
 
 fn mask32(bits: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(bits.min(32))).unwrap_or(0)
+    u32::MAX
+        .checked_shl(32 - u32::from(bits.min(32)))
+        .unwrap_or(0)
 }
 
 fn mask128(bits: u8) -> u128 {
-    u128::MAX.checked_shl(128 - u32::from(bits.min(128))).unwrap_or(0)
+    u128::MAX
+        .checked_shl(128 - u32::from(bits.min(128)))
+        .unwrap_or(0)
 }
 
 impl FromStr for IpPrefix {
     type Err = PrefixError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, bits) = s.split_once('/').ok_or_else(|| PrefixError::MissingSlash(s.into()))?;
+        let (addr, bits) = s
+            .split_once('/')
+            .ok_or_else(|| PrefixError::MissingSlash(s.into()))?;
         // std's parser already refuses zones ("fe80::1%eth0"), like Go's.
         let addr: IpAddr = addr.parse().map_err(|_| PrefixError::BadAddr(s.into()))?;
         let digits_ok = !bits.is_empty()

@@ -29,17 +29,21 @@ mod noise;
 mod register;
 mod ssh;
 
-pub use derp::{DerpAdmitClientRequest, DerpAdmitClientResponse, DerpHomeParams, DerpMap, DerpNode, DerpRegion};
+pub use derp::{
+    DerpAdmitClientRequest, DerpAdmitClientResponse, DerpHomeParams, DerpMap, DerpNode, DerpRegion,
+};
 pub use dns::{DnsConfig, DnsRecord, DnsResolver};
 pub use filter::{CapGrant, FilterRule, NetPortRange, PortRange};
 pub use hostinfo::{Hostinfo, Location, NetInfo, Service};
 pub use map::{
-    ClientVersion, ControlDialPlan, ControlIpCandidate, Debug, DisplayMessage, DisplayMessageAction,
-    EndpointType, MapRequest, MapResponse, PeerChange, PingRequest,
+    ClientVersion, ControlDialPlan, ControlIpCandidate, Debug, DisplayMessage,
+    DisplayMessageAction, EndpointType, MapRequest, MapResponse, PeerChange, PingRequest,
 };
 pub use node::{DERP_MAGIC_IP, Node, UserProfile, legacy_derp_string, parse_legacy_derp_string};
 pub use noise::{EarlyNoise, OverTlsPublicKeyResponse};
-pub use register::{Login, Oauth2Token, RegisterRequest, RegisterResponse, RegisterResponseAuth, User};
+pub use register::{
+    Login, Oauth2Token, RegisterRequest, RegisterResponse, RegisterResponseAuth, User,
+};
 pub use ssh::{SshAction, SshPolicy, SshPrincipal, SshRecorderFailureAction, SshRule};
 
 pub use crate::netip::IpPrefix;

@@ -5,7 +5,6 @@ use meshscale_api::v1;
 use prost_types::Timestamp;
 
 use crate::keys::{PREAUTH_KEY_KIND, masked};
-use crate::presence::Presence;
 use crate::store::{ApiKey, Node, PreAuthKey, User};
 
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
@@ -59,7 +58,7 @@ pub fn api_key(k: &ApiKey) -> v1::ApiKey {
     }
 }
 
-pub fn node(n: &Node, presence: &Presence, now: DateTime<Utc>) -> v1::Node {
+pub fn node(n: &Node, online: bool, now: DateTime<Utc>) -> v1::Node {
     let mut ips = Vec::with_capacity(2);
     if let Some(a) = n.ipv4 {
         ips.push(a.to_string());
@@ -88,7 +87,7 @@ pub fn node(n: &Node, presence: &Presence, now: DateTime<Utc>) -> v1::Node {
         register_method: method as i32,
         tags: n.tags.clone(),
         given_name: n.given_name.clone(),
-        online: presence.is_online(n.id),
+        online,
         ephemeral: n.ephemeral,
         expired: n.is_expired(now),
     }

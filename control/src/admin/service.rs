@@ -92,12 +92,12 @@ impl AdminService {
         let now = Utc::now();
         Ok(nodes
             .iter()
-            .map(|n| convert::node(n, &s.presence, now))
+            .map(|n| convert::node(n, s.hub.is_online(n.id), now))
             .collect())
     }
 
-    async fn node_message(&self, n: &crate::store::Node) -> Node {
-        convert::node(n, &self.state.presence, Utc::now())
+    fn node_message(&self, n: &crate::store::Node) -> Node {
+        convert::node(n, self.state.hub.is_online(n.id), Utc::now())
     }
 }
 
@@ -155,6 +155,9 @@ impl MeshscaleService for AdminService {
         let result = async {
             let id = id_arg(r.id, "id")?;
             let expelled = self.state.store.destroy_user(id).await.map_err(status)?;
+            for node_id in &expelled {
+                self.state.hub.remove(*node_id);
+            }
             tracing::info!(
                 user.id = id,
                 nodes = expelled.len(),
@@ -342,7 +345,7 @@ impl MeshscaleService for AdminService {
                 .await
                 .map_err(status)?;
             Ok(GetNodeResponse {
-                node: Some(self.node_message(&n).await),
+                node: Some(self.node_message(&n)),
             })
         }
         .await;
@@ -361,9 +364,10 @@ impl MeshscaleService for AdminService {
                 .set_node_tags(id_arg(r.node_id, "node_id")?, &r.tags)
                 .await
                 .map_err(status)?;
+            self.state.hub.upsert(n.clone());
             tracing::info!(node.id = n.id, tags = ?n.tags, "node tags set");
             Ok(SetTagsResponse {
-                node: Some(self.node_message(&n).await),
+                node: Some(self.node_message(&n)),
             })
         }
         .await;
@@ -398,12 +402,13 @@ impl MeshscaleService for AdminService {
             };
             match s.store.register_node(new).await {
                 Ok(n) => {
+                    s.hub.upsert(n.clone());
                     tracing::info!(node.id = n.id, node.name = %n.given_name, user.name = %user.name, "node registered");
                     if let Some(tx) = pending.on_approved.take() {
                         // The waiting client may have gone; its node stays registered all the same.
                         let _ = tx.send(n.id);
                     }
-                    Ok(RegisterNodeResponse { node: Some(self.node_message(&n).await) })
+                    Ok(RegisterNodeResponse { node: Some(self.node_message(&n)) })
                 }
                 Err(e) => {
                     s.pending.restore(r.key, pending);
@@ -422,6 +427,7 @@ impl MeshscaleService for AdminService {
         let r = req.into_inner();
         let result = async {
             let n = self.state.store.delete_node(id_arg(r.node_id, "node_id")?).await.map_err(status)?;
+            self.state.hub.remove(n.id);
             tracing::info!(node.id = n.id, node.name = %n.given_name, user.name = %n.user.name, "node deleted");
             Ok(DeleteNodeResponse {})
         }
@@ -447,8 +453,9 @@ impl MeshscaleService for AdminService {
                 }
             };
             let n = self.state.store.set_node_expiry(id, expiry).await.map_err(status)?;
+            self.state.hub.upsert(n.clone());
             tracing::info!(node.id = n.id, node.name = %n.given_name, expiry = ?n.expiry, "node expiry set");
-            Ok(ExpireNodeResponse { node: Some(self.node_message(&n).await) })
+            Ok(ExpireNodeResponse { node: Some(self.node_message(&n)) })
         }
         .await;
         self.finish("ExpireNode", result)
@@ -466,9 +473,10 @@ impl MeshscaleService for AdminService {
                 .rename_node(id_arg(r.node_id, "node_id")?, &r.new_name)
                 .await
                 .map_err(status)?;
+            self.state.hub.upsert(n.clone());
             tracing::info!(node.id = n.id, node.name = %n.given_name, "node renamed");
             Ok(RenameNodeResponse {
-                node: Some(self.node_message(&n).await),
+                node: Some(self.node_message(&n)),
             })
         }
         .await;
@@ -499,9 +507,10 @@ impl MeshscaleService for AdminService {
                 .move_node(id_arg(r.node_id, "node_id")?, id_arg(r.user, "user")?)
                 .await
                 .map_err(status)?;
+            self.state.hub.upsert(n.clone());
             tracing::info!(node.id = n.id, user.name = %n.user.name, "node moved");
             Ok(MoveNodeResponse {
-                node: Some(self.node_message(&n).await),
+                node: Some(self.node_message(&n)),
             })
         }
         .await;

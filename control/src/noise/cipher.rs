@@ -67,7 +67,9 @@ impl TransportCipher {
     pub fn seal(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<usize, RecordError> {
         let nonce = self.tx.next()?;
         // snow only fails here on a too-small `out`, which callers size.
-        self.state.write_message(nonce, plaintext, out).map_err(|_| RecordError::NonceExhausted)
+        self.state
+            .write_message(nonce, plaintext, out)
+            .map_err(|_| RecordError::NonceExhausted)
     }
 
     /// Decrypts `ciphertext` into `out` (which must hold `ciphertext.len() - 16`
@@ -83,10 +85,12 @@ impl TransportCipher {
             self.rx_broken = true;
             return Err(RecordError::Decrypt);
         }
-        self.state.read_message(nonce, ciphertext, out).map_err(|_| {
-            self.rx_broken = true;
-            RecordError::Decrypt
-        })
+        self.state
+            .read_message(nonce, ciphertext, out)
+            .map_err(|_| {
+                self.rx_broken = true;
+                RecordError::Decrypt
+            })
     }
 }
 

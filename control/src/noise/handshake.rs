@@ -45,7 +45,10 @@ impl<'a> Initiation<'a> {
     /// Checks the initiation in controlbase's order: total size, type, length.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, HandshakeError> {
         if bytes.len() != INITIATION_LEN {
-            return Err(HandshakeError::WrongSize { got: bytes.len(), want: INITIATION_LEN });
+            return Err(HandshakeError::WrongSize {
+                got: bytes.len(),
+                want: INITIATION_LEN,
+            });
         }
         let version = u16::from_be_bytes([bytes[0], bytes[1]]);
         if bytes[2] != MSG_INITIATION {
@@ -59,7 +62,10 @@ impl<'a> Initiation<'a> {
                 want: INITIATION_PAYLOAD_LEN as u16,
             });
         }
-        Ok(Self { version, noise_message: &bytes[INITIATION_HEADER_LEN..] })
+        Ok(Self {
+            version,
+            noise_message: &bytes[INITIATION_HEADER_LEN..],
+        })
     }
 
     /// The client's ephemeral public key, sent in the clear.
@@ -83,7 +89,10 @@ pub struct Accepted {
 impl std::fmt::Debug for Accepted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Accepted")
-            .field("machine_key", &super::key::machine_key_text(&self.machine_key))
+            .field(
+                "machine_key",
+                &super::key::machine_key_text(&self.machine_key),
+            )
             .field("protocol_version", &self.protocol_version)
             .finish_non_exhaustive()
     }
@@ -125,7 +134,9 @@ fn respond_inner(
 
     // -> e, es, s, ss (empty payload)
     let mut payload = [0u8; INITIATION_PAYLOAD_LEN];
-    let n = hs.read_message(init.noise_message, &mut payload).map_err(HandshakeError::Decrypt)?;
+    let n = hs
+        .read_message(init.noise_message, &mut payload)
+        .map_err(HandshakeError::Decrypt)?;
     if n != 0 {
         // Unreachable with a 96-byte IK message; refuse rather than ignore.
         return Err(HandshakeError::Decrypt(snow::Error::Input));
@@ -148,13 +159,20 @@ fn respond_inner(
     // <- e, ee, se (empty payload)
     let mut response = [0u8; RESPONSE_LEN];
     response[..3].copy_from_slice(&header(MSG_RESPONSE, RESPONSE_PAYLOAD_LEN as u16));
-    let n = hs.write_message(&[], &mut response[3..]).map_err(HandshakeError::Noise)?;
+    let n = hs
+        .write_message(&[], &mut response[3..])
+        .map_err(HandshakeError::Noise)?;
     if n != RESPONSE_PAYLOAD_LEN {
         return Err(HandshakeError::Noise(snow::Error::Input));
     }
 
     let transport = TransportCipher::from_handshake(hs).map_err(HandshakeError::Noise)?;
-    Ok(Accepted { response, machine_key, protocol_version: init.version, transport })
+    Ok(Accepted {
+        response,
+        machine_key,
+        protocol_version: init.version,
+        transport,
+    })
 }
 
 /// Whether `point` is of small order (on the curve or its twist): then
@@ -220,7 +238,10 @@ pub(crate) mod tests {
         let key = ServerKey::from_private(kat::SERVER_PRIV);
         let mut init = kat::initiation();
         init[1] ^= 1;
-        assert!(matches!(respond(&key, &init, 0), Err(HandshakeError::Decrypt(_))));
+        assert!(matches!(
+            respond(&key, &init, 0),
+            Err(HandshakeError::Decrypt(_))
+        ));
     }
 
     #[test]
@@ -230,30 +251,51 @@ pub(crate) mod tests {
 
         let err = respond(&key, &init[..100], 0).unwrap_err();
         assert!(matches!(err, HandshakeError::WrongSize { got: 100, .. }));
-        assert_eq!(err.client_message().as_deref(), Some("wrong handshake initiation size"));
-        assert!(matches!(respond(&key, &[], 0), Err(HandshakeError::WrongSize { .. })));
+        assert_eq!(
+            err.client_message().as_deref(),
+            Some("wrong handshake initiation size")
+        );
+        assert!(matches!(
+            respond(&key, &[], 0),
+            Err(HandshakeError::WrongSize { .. })
+        ));
         let mut long = init.clone();
         long.push(0);
-        assert!(matches!(respond(&key, &long, 0), Err(HandshakeError::WrongSize { .. })));
+        assert!(matches!(
+            respond(&key, &long, 0),
+            Err(HandshakeError::WrongSize { .. })
+        ));
 
         let mut wrong_type = init.clone();
         wrong_type[2] = 0x02;
         let err = respond(&key, &wrong_type, 0).unwrap_err();
         assert!(matches!(err, HandshakeError::WrongType(2)));
-        assert_eq!(err.client_message().as_deref(), Some("unexpected handshake message type"));
+        assert_eq!(
+            err.client_message().as_deref(),
+            Some("unexpected handshake message type")
+        );
 
         let mut wrong_len = init.clone();
         wrong_len[4] = 95;
         let err = respond(&key, &wrong_len, 0).unwrap_err();
         assert!(matches!(err, HandshakeError::WrongLength { got: 95, .. }));
-        assert_eq!(err.client_message().as_deref(), Some("wrong handshake initiation length"));
+        assert_eq!(
+            err.client_message().as_deref(),
+            Some("wrong handshake initiation length")
+        );
     }
 
     #[test]
     fn old_versions_are_refused_with_a_message() {
         let key = ServerKey::from_private(kat::SERVER_PRIV);
         let err = respond(&key, &kat::initiation(), 131).unwrap_err();
-        assert!(matches!(err, HandshakeError::UnsupportedVersion { version: 130, minimum: 131 }));
+        assert!(matches!(
+            err,
+            HandshakeError::UnsupportedVersion {
+                version: 130,
+                minimum: 131
+            }
+        ));
         let msg = err.client_message().unwrap();
         assert!(msg.contains("130") && msg.contains("131"), "{msg}");
         assert!(respond(&key, &kat::initiation(), 130).is_ok());
@@ -267,7 +309,10 @@ pub(crate) mod tests {
             init[i] ^= 0x80;
             let err = respond(&key, &init, 0).unwrap_err();
             assert!(
-                matches!(err, HandshakeError::Decrypt(_) | HandshakeError::LowOrderKey(_)),
+                matches!(
+                    err,
+                    HandshakeError::Decrypt(_) | HandshakeError::LowOrderKey(_)
+                ),
                 "byte {i}: {err}"
             );
             assert!(err.client_message().is_none());
@@ -277,7 +322,10 @@ pub(crate) mod tests {
     #[test]
     fn wrong_server_key_fails_to_decrypt() {
         let other = ServerKey::from_private([9; 32]);
-        assert!(matches!(respond(&other, &kat::initiation(), 0), Err(HandshakeError::Decrypt(_))));
+        assert!(matches!(
+            respond(&other, &kat::initiation(), 0),
+            Err(HandshakeError::Decrypt(_))
+        ));
     }
 
     #[test]

@@ -2,9 +2,16 @@
 //! controlbase's client and server written from the Go source without snow.
 //! Keys are fixed test values, not secrets.
 
-pub const SERVER_PRIV: [u8; 32] = hex32("0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20");
-pub const CLIENT_PUB: [u8; 32] = hex32("5714769d116bf76436ae74bc793d2c30ad1903c59ac5273805c7e2698b410c36");
-pub const SERVER_EPHEMERAL: [u8; 32] = hex32("030a11181f262d343b424950575e656c737a81888f969da4abb2b9c0c7ced5dc");
+pub const SERVER_PRIV: [u8; 32] =
+    hex32("0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20");
+pub const CLIENT_PRIV: [u8; 32] =
+    hex32("65666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f8081828384");
+pub const CLIENT_EPHEMERAL: [u8; 32] =
+    hex32("c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8");
+pub const CLIENT_PUB: [u8; 32] =
+    hex32("5714769d116bf76436ae74bc793d2c30ad1903c59ac5273805c7e2698b410c36");
+pub const SERVER_EPHEMERAL: [u8; 32] =
+    hex32("030a11181f262d343b424950575e656c737a81888f969da4abb2b9c0c7ced5dc");
 pub const VERSION: u16 = 130;
 
 const INITIATION: &str = "00820100604c29f4996985e80d247e80b70303824592ff9fbad74904ea7c3d2bda24e51c121394b94c7bf3032b1ee20037160d8bec09433c19d32d4764bb6923dbd8d2a6dcb3098065333f4ba5d4f135ef81a00d25fc67fafff20351b3e478b6c5932963bd";
@@ -15,7 +22,10 @@ const SERVER_RECORDS: [(&[u8], &str); 3] = [
     (b"world", "040015bb62edb79a10eb43bf8f2beebb657eaba3bd0f54ee"),
 ];
 const CLIENT_RECORDS: [(&[u8], &str); 2] = [
-    (b"PRI * HTTP/2.0", "04001e0961df075eac1e902339542220bdbd6ab4dc919053979f0876d750c3c08a"),
+    (
+        b"PRI * HTTP/2.0",
+        "04001e0961df075eac1e902339542220bdbd6ab4dc919053979f0876d750c3c08a",
+    ),
     (
         b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
         "040038ae00563a07ae66609b9d00ce6cc74a34d949899185ccef24338765282e342fa44e9c0c163d7e361fa5bdad4bd347c4e40361cc456962d2aa",
@@ -32,12 +42,18 @@ pub fn response() -> Vec<u8> {
 
 /// (plaintext, record) pairs the server sends first, in order.
 pub fn server_records() -> Vec<(&'static [u8], Vec<u8>)> {
-    SERVER_RECORDS.iter().map(|(p, r)| (*p, decode(r))).collect()
+    SERVER_RECORDS
+        .iter()
+        .map(|(p, r)| (*p, decode(r)))
+        .collect()
 }
 
 /// (plaintext, record) pairs the client sends first, in order.
 pub fn client_records() -> Vec<(&'static [u8], Vec<u8>)> {
-    CLIENT_RECORDS.iter().map(|(p, r)| (*p, decode(r))).collect()
+    CLIENT_RECORDS
+        .iter()
+        .map(|(p, r)| (*p, decode(r)))
+        .collect()
 }
 
 fn decode(s: &str) -> Vec<u8> {

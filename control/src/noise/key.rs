@@ -60,7 +60,11 @@ impl ServerKey {
                 reason: "not UTF-8 text",
             }
             .into()),
-            Err(source) => Err(KeyError::Read { path: path.to_owned(), source }.into()),
+            Err(source) => Err(KeyError::Read {
+                path: path.to_owned(),
+                source,
+            }
+            .into()),
         }
     }
 
@@ -78,7 +82,10 @@ impl ServerKey {
     }
 
     fn parse_file(path: &Path, text: &str) -> Result<Self, KeyError> {
-        let malformed = |reason| KeyError::Malformed { path: path.to_owned(), reason };
+        let malformed = |reason| KeyError::Malformed {
+            path: path.to_owned(),
+            reason,
+        };
         // Headscale trims surrounding whitespace, so hand-edited files work.
         let hex_part = text
             .trim()
@@ -96,8 +103,10 @@ impl ServerKey {
     fn create(path: &Path) -> Result<Self, NoiseError> {
         let key = Self::generate()?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            create_private_dir(dir)
-                .map_err(|source| KeyError::CreateDir { path: dir.to_owned(), source })?;
+            create_private_dir(dir).map_err(|source| KeyError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
         }
         match write_new_file(path, key.file_text().as_bytes()) {
             Ok(()) => {
@@ -107,11 +116,17 @@ impl ServerKey {
             // Another process (a second replica starting at the same time)
             // won the race: use its key rather than ours.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let text = fs::read_to_string(path)
-                    .map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
+                let text = fs::read_to_string(path).map_err(|source| KeyError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
                 Ok(Self::parse_file(path, &text)?)
             }
-            Err(source) => Err(KeyError::Write { path: path.to_owned(), source }.into()),
+            Err(source) => Err(KeyError::Write {
+                path: path.to_owned(),
+                source,
+            }
+            .into()),
         }
     }
 
@@ -122,7 +137,9 @@ impl ServerKey {
 
 impl fmt::Debug for ServerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerKey").field("public", &self.public_text()).finish_non_exhaustive()
+        f.debug_struct("ServerKey")
+            .field("public", &self.public_text())
+            .finish_non_exhaustive()
     }
 }
 
@@ -163,7 +180,10 @@ fn write_new_file(path: &Path, content: &[u8]) -> io::Result<()> {
 }
 
 fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".tmp-{}", std::process::id()));
     path.with_file_name(name)
 }
@@ -224,7 +244,11 @@ mod tests {
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("privkey:"));
         assert_eq!(text.len(), 8 + 64);
-        assert!(text[8..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(
+            text[8..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
         // No temporary file is left behind.
         assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
     }
@@ -268,9 +292,16 @@ mod tests {
             fs::write(&path, bad).unwrap();
             let err = ServerKey::load_or_create(&path).unwrap_err();
             let msg = err.to_string();
-            assert!(matches!(err, NoiseError::Key(KeyError::Malformed { .. })), "{msg}");
+            assert!(
+                matches!(err, NoiseError::Key(KeyError::Malformed { .. })),
+                "{msg}"
+            );
             assert!(msg.contains("malformed"), "{msg}");
-            assert_eq!(fs::read_to_string(&path).unwrap(), bad, "file must not be replaced");
+            assert_eq!(
+                fs::read_to_string(&path).unwrap(),
+                bad,
+                "file must not be replaced"
+            );
         }
         fs::write(&path, [0xffu8, 0xfe]).unwrap();
         assert!(matches!(

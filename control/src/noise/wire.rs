@@ -41,7 +41,10 @@ const MAX_ERROR_TEXT: usize = u16::MAX as usize;
 
 /// Parses a 3-byte header into (type, payload length).
 pub fn parse_header(header: [u8; HEADER_LEN]) -> (u8, usize) {
-    (header[0], usize::from(u16::from_be_bytes([header[1], header[2]])))
+    (
+        header[0],
+        usize::from(u16::from_be_bytes([header[1], header[2]])),
+    )
 }
 
 /// Builds a 3-byte header.

@@ -127,3 +127,33 @@ pub struct NewNode {
     pub register_method: RegisterMethod,
     pub expiry: Option<DateTime<Utc>>,
 }
+
+/// What a node reports about itself on its map session (kept as JSON text:
+/// the store does not interpret it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeLive {
+    pub disco_key: String,
+    pub endpoints_json: String,
+    pub hostinfo_json: String,
+    pub hostname: String,
+}
+
+/// Why a pre-auth key did not admit a node. The texts reach the client
+/// (`tailscale up` prints them), so they say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthKeyError {
+    #[error("invalid auth key")]
+    Invalid,
+    #[error("auth key expired; create a new one with `meshscale preauthkeys create`")]
+    Expired,
+    #[error("auth key already used; single-use keys admit one node")]
+    Used,
+    #[error(transparent)]
+    Store(#[from] super::StoreError),
+}
+
+impl From<sqlx::Error> for AuthKeyError {
+    fn from(e: sqlx::Error) -> Self {
+        AuthKeyError::Store(e.into())
+    }
+}

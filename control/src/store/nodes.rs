@@ -7,9 +7,10 @@ use sqlx::{Any, Row, Transaction};
 
 use super::users::user_from_row;
 use super::{
-    NewNode, Node, RegisterMethod, Store, StoreError, flag, from_ms, is_unique_violation, now,
+    AuthKeyError, NewNode, Node, NodeLive, PreAuthKey, RegisterMethod, Store, StoreError, flag, from_ms, is_unique_violation, now,
     tags_from_json, tags_to_json, to_ms, validate_tags,
 };
+use crate::keys::{self, PREAUTH_KEY_KIND};
 use crate::names::{given_name_candidate, sanitize_hostname, validate_dns_label};
 
 const NODE_SELECT: &str = "SELECT n.id, n.machine_key, n.node_key, n.disco_key, n.hostname, n.given_name, \
@@ -60,80 +61,86 @@ impl Store {
         self.timed("register_node", async {
             let _guard = self.write_lock.lock().await;
             let mut tx = self.pool.begin().await?;
-            let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM nodes WHERE machine_key = $1")
-                .bind(&new.machine_key)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let user_exists: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1")
-                .bind(new.user_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if user_exists.is_none() {
-                return Err(StoreError::NotFound(format!("user {}", new.user_id)));
-            }
-            let t = to_ms(now());
-            let id = match existing {
-                Some(id) => {
-                    sqlx::query(
-                        "UPDATE nodes SET node_key = $1, disco_key = $2, hostname = $3, user_id = $4, tags = $5, \
-                         ephemeral = $6, auth_key_id = $7, register_method = $8, expiry = $9, updated_at = $10 \
-                         WHERE id = $11",
-                    )
-                    .bind(&new.node_key)
-                    .bind(&new.disco_key)
-                    .bind(&new.hostname)
-                    .bind(new.user_id)
-                    .bind(tags_to_json(&new.tags))
-                    .bind(flag(new.ephemeral))
-                    .bind(new.auth_key_id)
-                    .bind(new.register_method as i64)
-                    .bind(new.expiry.map(to_ms))
-                    .bind(t)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                    id
-                }
-                None => {
-                    let ipv4 = self.allocate_v4(&mut tx).await?;
-                    let ipv6 = self.allocate_v6(&mut tx).await?;
-                    let given_name = free_given_name(&mut tx, &sanitize_hostname(&new.hostname)).await?;
-                    let row = sqlx::query(
-                        "INSERT INTO nodes (machine_key, node_key, disco_key, hostname, given_name, user_id, ipv4, ipv6, \
-                         tags, ephemeral, auth_key_id, register_method, expiry, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) RETURNING id",
-                    )
-                    .bind(&new.machine_key)
-                    .bind(&new.node_key)
-                    .bind(&new.disco_key)
-                    .bind(&new.hostname)
-                    .bind(&given_name)
-                    .bind(new.user_id)
-                    .bind(ipv4.to_string())
-                    .bind(ipv6.to_string())
-                    .bind(tags_to_json(&new.tags))
-                    .bind(flag(new.ephemeral))
-                    .bind(new.auth_key_id)
-                    .bind(new.register_method as i64)
-                    .bind(new.expiry.map(to_ms))
-                    .bind(t)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(|e| {
-                        if is_unique_violation(&e) {
-                            // Another replica took the same address or name between our read and write.
-                            StoreError::Unavailable("concurrent registration conflict, retry".into())
-                        } else {
-                            e.into()
-                        }
-                    })?;
-                    row.try_get("id")?
-                }
-            };
+            let id = self.upsert_node_tx(&mut tx, &new).await?;
             tx.commit().await?;
             self.node(id).await
         })
         .await
+    }
+
+    /// Inserts a new node or re-admits a known machine key, inside the caller's transaction.
+    async fn upsert_node_tx(&self, tx: &mut Transaction<'static, Any>, new: &NewNode) -> Result<i64, StoreError> {
+        let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM nodes WHERE machine_key = $1")
+            .bind(&new.machine_key)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let user_exists: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1")
+            .bind(new.user_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if user_exists.is_none() {
+            return Err(StoreError::NotFound(format!("user {}", new.user_id)));
+        }
+        let t = to_ms(now());
+        let id = match existing {
+            Some(id) => {
+                sqlx::query(
+                    "UPDATE nodes SET node_key = $1, disco_key = $2, hostname = $3, user_id = $4, tags = $5, \
+                     ephemeral = $6, auth_key_id = $7, register_method = $8, expiry = $9, updated_at = $10 \
+                     WHERE id = $11",
+                )
+                .bind(&new.node_key)
+                .bind(&new.disco_key)
+                .bind(&new.hostname)
+                .bind(new.user_id)
+                .bind(tags_to_json(&new.tags))
+                .bind(flag(new.ephemeral))
+                .bind(new.auth_key_id)
+                .bind(new.register_method as i64)
+                .bind(new.expiry.map(to_ms))
+                .bind(t)
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+                id
+            }
+            None => {
+                let ipv4 = self.allocate_v4(tx).await?;
+                let ipv6 = self.allocate_v6(tx).await?;
+                let given_name = free_given_name(tx, &sanitize_hostname(&new.hostname)).await?;
+                let row = sqlx::query(
+                    "INSERT INTO nodes (machine_key, node_key, disco_key, hostname, given_name, user_id, ipv4, ipv6, \
+                     tags, ephemeral, auth_key_id, register_method, expiry, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) RETURNING id",
+                )
+                .bind(&new.machine_key)
+                .bind(&new.node_key)
+                .bind(&new.disco_key)
+                .bind(&new.hostname)
+                .bind(&given_name)
+                .bind(new.user_id)
+                .bind(ipv4.to_string())
+                .bind(ipv6.to_string())
+                .bind(tags_to_json(&new.tags))
+                .bind(flag(new.ephemeral))
+                .bind(new.auth_key_id)
+                .bind(new.register_method as i64)
+                .bind(new.expiry.map(to_ms))
+                .bind(t)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        // Another replica took the same address or name between our read and write.
+                        StoreError::Unavailable("concurrent registration conflict, retry".into())
+                    } else {
+                        e.into()
+                    }
+                })?;
+                row.try_get("id")?
+            }
+        };
+        Ok(id)
     }
 
     async fn allocate_v4(
@@ -208,6 +215,34 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
             Ok(row.map(|r| node_from_row(&r)).transpose()?)
+        })
+        .await
+    }
+
+    pub async fn node_by_node_key(&self, node_key: &str) -> Result<Option<Node>, StoreError> {
+        self.timed("node_by_node_key", async {
+            let row = sqlx::query(&format!("{NODE_SELECT} WHERE n.node_key = $1"))
+                .bind(node_key)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(row.map(|r| node_from_row(&r)).transpose()?)
+        })
+        .await
+    }
+
+    /// Replaces the node's WireGuard key (the client rotated it).
+    pub async fn set_node_key(&self, id: i64, node_key: &str) -> Result<Node, StoreError> {
+        self.timed("set_node_key", async {
+            let r = sqlx::query("UPDATE nodes SET node_key = $1, updated_at = $2 WHERE id = $3")
+                .bind(node_key)
+                .bind(to_ms(now()))
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("node {id}")));
+            }
+            self.node(id).await
         })
         .await
     }
@@ -320,6 +355,146 @@ impl Store {
             self.node(id).await
         })
         .await
+    }
+
+    /// Records what a node reports on its map session: its disco key,
+    /// endpoints and Hostinfo (JSON text, stored as received after parsing).
+    pub async fn update_node_live(&self, id: i64, live: &NodeLive) -> Result<(), StoreError> {
+        self.timed("update_node_live", async {
+            sqlx::query(
+                "UPDATE nodes SET disco_key = $1, endpoints = $2, hostinfo = $3, hostname = $4, last_seen = $5 \
+                 WHERE id = $6",
+            )
+            .bind(&live.disco_key)
+            .bind(&live.endpoints_json)
+            .bind(&live.hostinfo_json)
+            .bind(&live.hostname)
+            .bind(to_ms(now()))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn touch_last_seen(&self, id: i64, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.timed("touch_last_seen", async {
+            sqlx::query("UPDATE nodes SET last_seen = $1 WHERE id = $2")
+                .bind(to_ms(at))
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// What the node last reported, for building its view for peers after a restart.
+    pub async fn node_live(&self, id: i64) -> Result<NodeLive, StoreError> {
+        let row = sqlx::query("SELECT disco_key, endpoints, hostinfo, hostname FROM nodes WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
+        Ok(NodeLive {
+            disco_key: row.try_get("disco_key")?,
+            endpoints_json: row.try_get("endpoints")?,
+            hostinfo_json: row.try_get("hostinfo")?,
+            hostname: row.try_get("hostname")?,
+        })
+    }
+
+    /// Every node with what it last reported, in one query (map building at start-up).
+    pub async fn list_nodes_live(&self) -> Result<Vec<(Node, NodeLive)>, StoreError> {
+        self.timed("list_nodes_live", async {
+            let rows = sqlx::query(&format!(
+                "{} ORDER BY n.id",
+                NODE_SELECT.replace("SELECT n.id,", "SELECT n.endpoints, n.hostinfo, n.id,")
+            ))
+            .fetch_all(&self.pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let node = node_from_row(r)?;
+                let live = NodeLive {
+                    disco_key: node.disco_key.clone(),
+                    endpoints_json: r.try_get("endpoints")?,
+                    hostinfo_json: r.try_get("hostinfo")?,
+                    hostname: node.hostname.clone(),
+                };
+                out.push((node, live));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Admits a node with a pre-auth key, consuming a single-use key in the
+    /// same transaction: if the registration fails, the key stays unused; two
+    /// racing registrations with one single-use key cannot both succeed.
+    pub async fn register_with_preauth_key(
+        &self,
+        presented: &str,
+        mut new: NewNode,
+    ) -> Result<(Node, PreAuthKey), AuthKeyError> {
+        validate_tags(&new.tags)?;
+        let parsed = keys::parse(PREAUTH_KEY_KIND, presented).ok_or(AuthKeyError::Invalid)?;
+        let result = self
+            .timed("register_with_preauth_key", async {
+                let _guard = self.write_lock.lock().await;
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query(
+                    "SELECT id, hash, user_id, reusable, ephemeral, used, tags, expiration FROM pre_auth_keys WHERE prefix = $1",
+                )
+                .bind(parsed.prefix)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else { return Ok(Err(AuthKeyError::Invalid)) };
+                let hash: String = row.try_get("hash")?;
+                if !parsed.matches(&hash) {
+                    return Ok(Err(AuthKeyError::Invalid));
+                }
+                let key_id: i64 = row.try_get("id")?;
+                if row.try_get::<i64, _>("expiration")? <= to_ms(now()) {
+                    return Ok(Err(AuthKeyError::Expired));
+                }
+                let reusable = row.try_get::<i64, _>("reusable")? != 0;
+                let used = row.try_get::<i64, _>("used")? != 0;
+                if used && !reusable {
+                    // The same machine retrying with the key it registered with is a re-login, not a second use.
+                    let same: Option<i64> = sqlx::query_scalar(
+                        "SELECT id FROM nodes WHERE machine_key = $1 AND auth_key_id = $2",
+                    )
+                    .bind(&new.machine_key)
+                    .bind(key_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if same.is_none() {
+                        return Ok(Err(AuthKeyError::Used));
+                    }
+                }
+                let Some(user_id) = row.try_get::<Option<i64>, _>("user_id")? else {
+                    return Ok(Err(AuthKeyError::Invalid));
+                };
+                new.user_id = user_id;
+                new.ephemeral = row.try_get::<i64, _>("ephemeral")? != 0;
+                new.auth_key_id = Some(key_id);
+                new.register_method = RegisterMethod::AuthKey;
+                let key_tags = tags_from_json(&row.try_get::<String, _>("tags")?);
+                if !key_tags.is_empty() {
+                    new.tags = key_tags;
+                }
+                if !reusable {
+                    sqlx::query("UPDATE pre_auth_keys SET used = 1 WHERE id = $1").bind(key_id).execute(&mut *tx).await?;
+                }
+                let id = self.upsert_node_tx(&mut tx, &new).await?;
+                tx.commit().await?;
+                Ok(Ok((id, key_id)))
+            })
+            .await?;
+        let (id, key_id) = result?;
+        Ok((self.node(id).await?, self.preauth_key_by_id(key_id).await?))
     }
 
     pub async fn count_nodes(&self) -> Result<NodeCounts, StoreError> {

@@ -20,11 +20,18 @@ pub struct DerpMap {
     /// the previous map in the stream; the first map of a stream must set
     /// it. `null` region entries, which Headscale once sent and the Go
     /// client drops, are dropped on input.
-    #[serde(deserialize_with = "regions_without_nulls", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        deserialize_with = "regions_without_nulls",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub regions: Option<BTreeMap<DerpRegionId, DerpRegion>>,
     /// Use only these regions, not Tailscale's defaults. Go's JSON tag is
     /// lowerCamel here.
-    #[serde(rename = "omitDefaultRegions", alias = "OmitDefaultRegions", skip_serializing_if = "gojson::is_false")]
+    #[serde(
+        rename = "omitDefaultRegions",
+        alias = "OmitDefaultRegions",
+        skip_serializing_if = "gojson::is_false"
+    )]
     pub omit_default_regions: bool,
 }
 
@@ -32,7 +39,11 @@ fn regions_without_nulls<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<BTreeMap<DerpRegionId, DerpRegion>>, D::Error> {
     let raw: Option<BTreeMap<DerpRegionId, Option<DerpRegion>>> = Option::deserialize(d)?;
-    Ok(raw.map(|m| m.into_iter().filter_map(|(id, r)| r.map(|r| (id, r))).collect()))
+    Ok(raw.map(|m| {
+        m.into_iter()
+            .filter_map(|(id, r)| r.map(|r| (id, r)))
+            .collect()
+    }))
 }
 
 /// Home-region selection tuning (`tailcfg.DERPHomeParams`).

@@ -73,17 +73,31 @@ pub struct Hostinfo {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub go_version: String,
     /// Routes the client offers to serve (subnet router / exit node).
-    #[serde(rename = "RoutableIPs", deserialize_with = "gojson::nullable", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "RoutableIPs",
+        deserialize_with = "gojson::nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub routable_ips: Vec<IpPrefix>,
     /// ACL tags the client asks for (`--advertise-tags`).
-    #[serde(deserialize_with = "gojson::nullable", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        deserialize_with = "gojson::nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub request_tags: Vec<String>,
-    #[serde(deserialize_with = "gojson::nullable", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        deserialize_with = "gojson::nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub services: Vec<Service>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub net_info: Option<NetInfo>,
     /// Advertised SSH host keys; non-empty means Tailscale SSH is enabled.
-    #[serde(rename = "sshHostKeys", deserialize_with = "gojson::nullable", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "sshHostKeys",
+        deserialize_with = "gojson::nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub ssh_host_keys: Vec<String>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub cloud: String,
@@ -147,7 +161,10 @@ pub struct Location {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct NetInfo {
-    #[serde(rename = "MappingVariesByDestIP", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "MappingVariesByDestIP",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mapping_varies_by_dest_ip: Option<bool>,
     #[serde(rename = "WorkingIPv6", skip_serializing_if = "Option::is_none")]
     pub working_ipv6: Option<bool>,
@@ -172,7 +189,11 @@ pub struct NetInfo {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub link_type: String,
     /// Seconds to each DERP region, keyed `"<region>-v4"` / `"<region>-v6"`.
-    #[serde(rename = "DERPLatency", deserialize_with = "gojson::nullable", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        rename = "DERPLatency",
+        deserialize_with = "gojson::nullable",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub derp_latency: BTreeMap<String, f64>,
     /// Linux firewall mode and reason, e.g. `"nft-forced"`.
     #[serde(skip_serializing_if = "String::is_empty")]

@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{CapMap, CapabilityVersion, DerpRegionId, DnsResolver, Hostinfo, IpPrefix, NodeId, StableNodeId, UserId};
+use super::{
+    CapMap, CapabilityVersion, DerpRegionId, DnsResolver, Hostinfo, IpPrefix, NodeId, StableNodeId,
+    UserId,
+};
 use crate::gojson;
 use crate::key::{DiscoPublic, MachinePublic, NodePublic};
 
@@ -60,7 +63,10 @@ pub struct Node {
     #[serde(rename = "AllowedIPs", skip_serializing_if = "Option::is_none")]
     pub allowed_ips: Option<Vec<IpPrefix>>,
     /// UDP `ip:port` candidates for direct connections.
-    #[serde(deserialize_with = "gojson::nullable", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        deserialize_with = "gojson::nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub endpoints: Vec<String>,
     /// Legacy home DERP as `"127.3.3.40:<region>"`; see
     /// [`Node::home_derp_region`].
@@ -77,10 +83,16 @@ pub struct Node {
     #[serde(skip_serializing_if = "gojson::is_zero_i64")]
     pub cap: CapabilityVersion,
     /// ACL tags (`"tag:x"`).
-    #[serde(deserialize_with = "gojson::nullable", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        deserialize_with = "gojson::nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub tags: Vec<String>,
     /// Subnet routes this node is the primary router for.
-    #[serde(deserialize_with = "gojson::nullable", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        deserialize_with = "gojson::nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub primary_routes: Vec<IpPrefix>,
     /// When the node was last online; not updated while online. Headscale
     /// only sends it for offline peers (with `Online` it confuses clients).
@@ -94,12 +106,21 @@ pub struct Node {
     #[serde(skip_serializing_if = "gojson::is_false")]
     pub machine_authorized: bool,
     /// Deprecated capability list; clients fold it into `cap_map`.
-    #[serde(deserialize_with = "gojson::nullable", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        deserialize_with = "gojson::nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub capabilities: Vec<String>,
-    #[serde(deserialize_with = "gojson::nullable_map_values", skip_serializing_if = "CapMap::is_empty")]
+    #[serde(
+        deserialize_with = "gojson::nullable_map_values",
+        skip_serializing_if = "CapMap::is_empty"
+    )]
     pub cap_map: CapMap,
     /// Not signed by tailnet lock; may only reach peerapi.
-    #[serde(rename = "UnsignedPeerAPIOnly", skip_serializing_if = "gojson::is_false")]
+    #[serde(
+        rename = "UnsignedPeerAPIOnly",
+        skip_serializing_if = "gojson::is_false"
+    )]
     pub unsigned_peer_api_only: bool,
     /// Filled in by clients, not by control; servers should leave it empty.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -107,7 +128,10 @@ pub struct Node {
     /// Filled in by clients, not by control; servers should leave it empty.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub computed_name_with_host: String,
-    #[serde(rename = "DataPlaneAuditLogID", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "DataPlaneAuditLogID",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub data_plane_audit_log_id: String,
     /// The key has expired. Clients only ever flip this false → true.
     #[serde(skip_serializing_if = "gojson::is_false")]
@@ -124,7 +148,11 @@ pub struct Node {
     /// May not initiate connections.
     #[serde(skip_serializing_if = "gojson::is_false")]
     pub is_jailed: bool,
-    #[serde(rename = "ExitNodeDNSResolvers", deserialize_with = "gojson::nullable", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "ExitNodeDNSResolvers",
+        deserialize_with = "gojson::nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub exit_node_dns_resolvers: Vec<DnsResolver>,
 }
 
@@ -151,7 +179,10 @@ pub struct UserProfile {
     pub display_name: String,
     #[serde(rename = "ProfilePicURL", skip_serializing_if = "String::is_empty")]
     pub profile_pic_url: String,
-    #[serde(deserialize_with = "gojson::nullable", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        deserialize_with = "gojson::nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub groups: Vec<String>,
 }
 
@@ -163,12 +194,26 @@ mod tests {
     fn legacy_derp_strings() {
         assert_eq!(legacy_derp_string(999), "127.3.3.40:999");
         assert_eq!(parse_legacy_derp_string("127.3.3.40:999"), Some(999));
-        for bad in ["", "127.3.3.40", "127.3.3.40:", "127.3.3.40:0", "127.3.3.41:1", "127.3.3.40:x"] {
+        for bad in [
+            "",
+            "127.3.3.40",
+            "127.3.3.40:",
+            "127.3.3.40:0",
+            "127.3.3.41:1",
+            "127.3.3.40:x",
+        ] {
             assert_eq!(parse_legacy_derp_string(bad), None, "{bad:?}");
         }
-        let n = Node { legacy_derp: "127.3.3.40:7".into(), ..Node::default() };
+        let n = Node {
+            legacy_derp: "127.3.3.40:7".into(),
+            ..Node::default()
+        };
         assert_eq!(n.home_derp_region(), Some(7));
-        let n = Node { home_derp: 9, legacy_derp: "127.3.3.40:7".into(), ..Node::default() };
+        let n = Node {
+            home_derp: 9,
+            legacy_derp: "127.3.3.40:7".into(),
+            ..Node::default()
+        };
         assert_eq!(n.home_derp_region(), Some(9));
     }
 }

@@ -41,18 +41,34 @@ pub struct RegisterRequest {
     #[serde(default, skip_serializing_if = "gojson::is_false")]
     pub ephemeral: bool,
     /// Tailnet lock: the node's own signature, re-signed for a new key.
-    #[serde(default, with = "gojson::base64_bytes", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        with = "gojson::base64_bytes",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub node_key_signature: Vec<u8>,
     /// Device-certificate signing scheme, as Go's text form
     /// (`"signature-v2"`); absent for unsigned requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_type: Option<String>,
     /// When the client built the request.
-    #[serde(default, with = "gojson::opt_time", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "gojson::opt_time",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timestamp: Option<DateTime<Utc>>,
-    #[serde(default, with = "gojson::base64_bytes", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        with = "gojson::base64_bytes",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub device_cert: Vec<u8>,
-    #[serde(default, with = "gojson::base64_bytes", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        with = "gojson::base64_bytes",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub signature: Vec<u8>,
     /// Optional hint naming the tailnet to join (`"required:"` prefix = must).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -121,7 +137,11 @@ pub struct Oauth2Token {
     pub token_type: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub refresh_token: String,
-    #[serde(default, with = "gojson::zero_time", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "gojson::zero_time",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub expiry: Option<DateTime<Utc>>,
 }
 
@@ -155,7 +175,11 @@ pub struct RegisterResponse {
     #[serde(rename = "AuthURL", default, skip_serializing_if = "String::is_empty")]
     pub auth_url: String,
     /// Tailnet lock: the current signature, to be re-signed for a new key.
-    #[serde(default, with = "gojson::base64_bytes", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        with = "gojson::base64_bytes",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub node_key_signature: Vec<u8>,
     /// Non-empty on failure; the other fields are then ignored.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -170,9 +194,17 @@ pub struct User {
     pub id: UserId,
     #[serde(default)]
     pub display_name: String,
-    #[serde(rename = "ProfilePicURL", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "ProfilePicURL",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub profile_pic_url: String,
-    #[serde(default, with = "gojson::zero_time", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "gojson::zero_time",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub created: Option<DateTime<Utc>>,
 }
 
@@ -189,6 +221,10 @@ pub struct Login {
     pub login_name: String,
     #[serde(default)]
     pub display_name: String,
-    #[serde(rename = "ProfilePicURL", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "ProfilePicURL",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub profile_pic_url: String,
 }
