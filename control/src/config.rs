@@ -455,6 +455,10 @@ impl Config {
         self.in_data_dir(&self.noise.private_key_path, "noise_private.key")
     }
 
+    pub fn derp_private_key_path(&self) -> PathBuf {
+        self.in_data_dir(&self.derp.server.private_key_path, "derp_server_private.key")
+    }
+
     pub fn database_target(&self) -> Result<DatabaseTarget, ConfigError> {
         match self.database.kind.as_str() {
             "sqlite" | "sqlite3" => Ok(DatabaseTarget::Sqlite {

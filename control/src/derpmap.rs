@@ -101,8 +101,7 @@ mod tests {
 
     #[test]
     fn embedded_region_is_announced() {
-        let mut c = Config::default();
-        c.server_url = "https://10.0.0.1:8443".into();
+        let mut c = Config { server_url: "https://10.0.0.1:8443".into(), ..Config::default() };
         c.derp.server.stun_listen_addr = "0.0.0.0:3479".into();
         let m = build(&c).unwrap();
         let r = &m.regions.as_ref().unwrap()[&999];
@@ -118,7 +117,7 @@ mod tests {
         let f = dir.path().join("derp.json");
         std::fs::write(&f, r#"{"Regions":{"900":{"RegionID":900,"RegionCode":"x","RegionName":"X","Nodes":[{"Name":"900a","RegionID":900,"HostName":"derp.example"}]}}}"#).unwrap();
         let mut c = Config::default();
-        c.derp.paths = vec![f.display().to_string()];
+        c.derp.paths.push(f.display().to_string());
         let m = build(&c).unwrap();
         assert_eq!(m.regions.unwrap().len(), 2);
         std::fs::write(&f, "nope: [").unwrap();

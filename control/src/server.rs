@@ -11,6 +11,7 @@ use crate::admin;
 use crate::config::Config;
 use crate::http;
 use crate::metrics::Metrics;
+use crate::derp::{Relay, RelayConfig};
 use crate::mapper::{Hub, Live, Tailnet};
 use crate::noise::{NoiseServer, ServerKey};
 use crate::pending::PendingRegistrations;
@@ -90,6 +91,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
     });
     protocol::schedule_all_ephemeral(&state).await;
+    let relay = if config.derp.server.enabled { Some(derp_relay(&config, &state)?) } else { None };
+    let stun_socket = if config.derp.server.enabled {
+        let addr = &config.derp.server.stun_listen_addr;
+        Some(
+            tokio::net::UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (derp.server.stun_listen_addr)"))?,
+        )
+    } else {
+        None
+    };
     let noise = Arc::new(NoiseServer::new(noise_key, {
         let state = state.clone();
         move |conn| {
@@ -113,7 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tracing::info!(addr = %config.listen_addr, server_url = %config.server_url, "serving HTTP");
-    let main_app = main_app(&state, noise);
+    let main_app = main_app(&state, noise, relay.clone());
     tasks.spawn(listener::serve(main_listener, tls, main_app, stopped()));
     tracing::info!(addr = %config.metrics_listen_addr, "serving metrics");
     let metrics_app = http::metrics_router(state.clone());
@@ -124,6 +136,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .context("metrics server failed")
     });
+    if let Some(socket) = stun_socket {
+        tracing::info!(addr = %config.derp.server.stun_listen_addr, "serving STUN");
+        let shutdown = stopped();
+        tasks.spawn(async move {
+            crate::stun::serve(socket, shutdown).await;
+            Ok(())
+        });
+    }
     tracing::info!(path = %unix_path.display(), "serving admin API on unix socket");
     tasks.spawn(admin::serve_unix(state.clone(), unix_listener, stopped()));
     if let Some(l) = grpc_listener {
@@ -143,6 +163,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     };
     let _ = stop_tx.send(true);
+    if let Some(relay) = &relay {
+        relay.shutdown();
+    }
     while tasks.join_next().await.is_some() {}
     state.store.close().await;
     let _ = std::fs::remove_file(&unix_path);
@@ -168,10 +191,38 @@ async fn shutdown_signal() {
 }
 
 /// Everything on `listen_addr`: health, the Noise entry points, the login page.
-fn main_app(state: &SharedState, noise: Arc<NoiseServer>) -> axum::Router {
-    http::main_router(state.clone())
+fn main_app(state: &SharedState, noise: Arc<NoiseServer>, relay: Option<Arc<Relay>>) -> axum::Router {
+    let app = http::main_router(state.clone())
         .merge(crate::noise::router(noise))
-        .merge(protocol::public_router(state.clone()))
+        .merge(protocol::public_router(state.clone()));
+    match relay {
+        Some(relay) => app.merge(crate::derp::router(relay)),
+        None => app,
+    }
+}
+
+/// The embedded DERP relay, admitting only node keys of registered, unexpired nodes
+/// (Headscale's `verify_clients`): the relay is not an open proxy for strangers.
+fn derp_relay(config: &Config, state: &SharedState) -> anyhow::Result<Arc<Relay>> {
+    let path = config.derp_private_key_path();
+    let key = crate::derp::load_or_create_server_key(&path)
+        .with_context(|| format!("derp.server.private_key_path {}", path.display()))?;
+    let store_state = state.clone();
+    let verifier = crate::derp::Verifier::new_async(move |node_key: [u8; 32]| {
+        let state = store_state.clone();
+        async move {
+            let text = meshscale_wire::key::NodePublic::from_bytes(node_key).to_string();
+            match state.store.node_by_node_key(&text).await {
+                Ok(Some(node)) => !node.is_expired(chrono::Utc::now()),
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "DERP admission: store lookup failed");
+                    false
+                }
+            }
+        }
+    });
+    Ok(Relay::new(key, RelayConfig { verifier: Some(verifier), ..RelayConfig::default() }))
 }
 
 /// Tailnet-wide settings for map responses, from the config.

@@ -254,7 +254,12 @@ impl Relay {
             registry: &self.registry,
             peer: &peer,
         };
-        tracing::debug!(version = info.version, can_ack_pings = info.can_ack_pings, app = %info.app_name, "DERP client connected");
+        tracing::debug!(
+            version = info.version,
+            can_ack_pings = info.can_ack_pings,
+            app = %info.app_name,
+            "DERP client connected"
+        );
 
         let mut out = BytesMut::new();
         let server_info = serde_json::to_vec(&ServerInfo::default())

@@ -300,3 +300,94 @@ fn queue(member: &mut Member, frame: &Arc<Frame>) {
         Err(mpsc::error::TrySendError::Closed(_)) => false,
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshscale_wire::tailcfg::{DerpMap, DnsConfig};
+
+    fn tailnet() -> Tailnet {
+        Tailnet { base_domain: None, domain: "mesh".into(), derp_map: DerpMap::default(), dns: DnsConfig::default() }
+    }
+
+    fn record(id: i64) -> store::Node {
+        store::Node {
+            id,
+            machine_key: format!("mkey:{:0>64}", id),
+            node_key: format!("nodekey:{:0>64}", id),
+            disco_key: String::new(),
+            hostname: format!("n{id}"),
+            given_name: format!("n{id}"),
+            user: store::User {
+                id: 1,
+                name: "vpn1".into(),
+                display_name: String::new(),
+                email: String::new(),
+                profile_pic_url: String::new(),
+                created_at: Utc::now(),
+            },
+            ipv4: None,
+            ipv6: None,
+            tags: vec![],
+            ephemeral: false,
+            auth_key_id: None,
+            register_method: store::RegisterMethod::AuthKey,
+            expiry: None,
+            last_seen: None,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn decode(f: &Frame) -> MapResponse {
+        serde_json::from_slice(f.json()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn sessions_get_a_full_map_then_only_deltas() {
+        let hub = Arc::new(Hub::new(tailnet()));
+        hub.upsert(record(1));
+        let mut s1 = hub.subscribe(1).unwrap();
+        let first = decode(&s1.first);
+        assert_eq!(first.node.as_ref().unwrap().id, 1);
+        assert!(first.peers.is_empty() && first.derp_map.is_some() && first.packet_filters.contains_key("base"));
+        assert!(hub.is_online(1));
+
+        hub.upsert(record(2));
+        let joined = decode(&s1.frames.recv().await.unwrap());
+        assert_eq!(joined.peers_changed.len(), 1);
+        assert!(joined.peers.is_empty() && joined.node.is_none() && joined.derp_map.is_none(), "a delta, not a full map");
+
+        let s2 = hub.subscribe(2).unwrap();
+        assert_eq!(decode(&s2.first).peers.len(), 1);
+        let online = decode(&s1.frames.recv().await.unwrap());
+        assert_eq!(online.peers_changed_patch[0].online, Some(true));
+
+        hub.update_live(2, |l| l.endpoints = vec!["10.0.0.2:41641".into()]);
+        let patch = decode(&s1.frames.recv().await.unwrap());
+        assert_eq!(patch.peers_changed_patch[0].endpoints, ["10.0.0.2:41641"]);
+
+        drop(s2);
+        let offline = decode(&s1.frames.recv().await.unwrap());
+        assert_eq!(offline.peers_changed_patch[0].online, Some(false));
+        assert!(!hub.is_online(2));
+
+        hub.remove(2);
+        assert_eq!(decode(&s1.frames.recv().await.unwrap()).peers_removed, [2]);
+        assert!(s1.frames.try_recv().is_err(), "nothing else queued");
+    }
+
+    #[tokio::test]
+    async fn a_session_that_stops_reading_is_cut_off_not_waited_for() {
+        let hub = Arc::new(Hub::new(tailnet()));
+        hub.upsert(record(1));
+        let mut slow = hub.subscribe(1).unwrap();
+        for i in 0..(SESSION_QUEUE as i64 + 10) {
+            hub.upsert(record(100 + i));
+        }
+        let mut received = 0;
+        while slow.frames.recv().await.is_some() {
+            received += 1;
+        }
+        assert_eq!(received, SESSION_QUEUE, "the queue was drained, then closed");
+    }
+}

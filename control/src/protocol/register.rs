@@ -157,17 +157,15 @@ async fn decide(state: &SharedState, machine_key: &str, req: RegisterRequest) ->
     }
 
     // A client polling for the outcome of an interactive login.
-    if !req.followup.is_empty() {
-        if let Some(id) = followup_id(&req.followup) {
-            if let Some(approved) = state.pending.wait(&id) {
-                return match tokio::time::timeout(FOLLOWUP_WAIT, approved).await {
-                    Ok(Ok(node_id)) => Ok(authorized(&state.store.get_node(node_id).await?)),
-                    _ => Ok(RegisterResponse { auth_url: req.followup.clone(), ..RegisterResponse::default() }),
-                };
-            }
-        }
-        // Approved already, or the request expired: fall through.
+    if let Some(id) = (!req.followup.is_empty()).then(|| followup_id(&req.followup)).flatten()
+        && let Some(approved) = state.pending.wait(&id)
+    {
+        return match tokio::time::timeout(FOLLOWUP_WAIT, approved).await {
+            Ok(Ok(node_id)) => Ok(authorized(&state.store.get_node(node_id).await?)),
+            _ => Ok(RegisterResponse { auth_url: req.followup.clone(), ..RegisterResponse::default() }),
+        };
     }
+    // A follow-up for a login approved already, or expired: fall through.
 
     // A known machine: "I'm back", or a node-key rotation.
     if let Some(node) = existing {
