@@ -456,7 +456,10 @@ impl Config {
     }
 
     pub fn derp_private_key_path(&self) -> PathBuf {
-        self.in_data_dir(&self.derp.server.private_key_path, "derp_server_private.key")
+        self.in_data_dir(
+            &self.derp.server.private_key_path,
+            "derp_server_private.key",
+        )
     }
 
     pub fn database_target(&self) -> Result<DatabaseTarget, ConfigError> {

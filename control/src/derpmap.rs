@@ -14,12 +14,17 @@ const MAX_DERP_MAP_BYTES: u64 = 4 * 1024 * 1024;
 /// Host and port clients use to reach this server, from `server_url`.
 pub fn server_host_port(server_url: &str) -> (String, u16, bool) {
     let https = server_url.starts_with("https://");
-    let rest = server_url.trim_start_matches("https://").trim_start_matches("http://");
+    let rest = server_url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     let authority = rest.split('/').next().unwrap_or_default();
     let default_port = if https { 443 } else { 80 };
     if let Some(v6) = authority.strip_prefix('[') {
         let (host, after) = v6.split_once(']').unwrap_or((v6, ""));
-        let port = after.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(default_port);
+        let port = after
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(default_port);
         return (host.to_string(), port, https);
     }
     match authority.rsplit_once(':') {
@@ -67,25 +72,41 @@ pub fn build(config: &Config) -> Result<DerpMap, ConfigError> {
             },
         );
     }
-    Ok(DerpMap { regions: Some(regions), ..DerpMap::default() })
+    Ok(DerpMap {
+        regions: Some(regions),
+        ..DerpMap::default()
+    })
 }
 
 fn load_file(path: &Path) -> Result<DerpMap, ConfigError> {
     let key = || "derp.paths".to_string();
-    let meta = std::fs::metadata(path)
-        .map_err(|e| ConfigError::Key { key: key(), problem: format!("{}: {e}", path.display()) })?;
+    let meta = std::fs::metadata(path).map_err(|e| ConfigError::Key {
+        key: key(),
+        problem: format!("{}: {e}", path.display()),
+    })?;
     if meta.len() > MAX_DERP_MAP_BYTES {
-        return Err(ConfigError::Key { key: key(), problem: format!("{} is too large", path.display()) });
+        return Err(ConfigError::Key {
+            key: key(),
+            problem: format!("{} is too large", path.display()),
+        });
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::Key { key: key(), problem: format!("{}: {e}", path.display()) })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Key {
+        key: key(),
+        problem: format!("{}: {e}", path.display()),
+    })?;
     // YAML is a superset of JSON: Headscale's DERP map files come in either.
-    let value: serde_yaml::Value = serde_yaml::from_str(&text)
-        .map_err(|e| ConfigError::Key { key: key(), problem: format!("{}: {e}", path.display()) })?;
-    let json = serde_json::to_value(value)
-        .map_err(|e| ConfigError::Key { key: key(), problem: format!("{}: {e}", path.display()) })?;
-    serde_json::from_value(json)
-        .map_err(|e| ConfigError::Key { key: key(), problem: format!("{}: not a DERP map: {e}", path.display()) })
+    let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| ConfigError::Key {
+        key: key(),
+        problem: format!("{}: {e}", path.display()),
+    })?;
+    let json = serde_json::to_value(value).map_err(|e| ConfigError::Key {
+        key: key(),
+        problem: format!("{}: {e}", path.display()),
+    })?;
+    serde_json::from_value(json).map_err(|e| ConfigError::Key {
+        key: key(),
+        problem: format!("{}: not a DERP map: {e}", path.display()),
+    })
 }
 
 #[cfg(test)]
@@ -94,19 +115,38 @@ mod tests {
 
     #[test]
     fn host_and_port_from_server_url() {
-        assert_eq!(server_host_port("https://mesh.example.com"), ("mesh.example.com".into(), 443, true));
-        assert_eq!(server_host_port("http://10.0.0.1:8080/"), ("10.0.0.1".into(), 8080, false));
-        assert_eq!(server_host_port("https://[fd00::1]:8443"), ("fd00::1".into(), 8443, true));
+        assert_eq!(
+            server_host_port("https://mesh.example.com"),
+            ("mesh.example.com".into(), 443, true)
+        );
+        assert_eq!(
+            server_host_port("http://10.0.0.1:8080/"),
+            ("10.0.0.1".into(), 8080, false)
+        );
+        assert_eq!(
+            server_host_port("https://[fd00::1]:8443"),
+            ("fd00::1".into(), 8443, true)
+        );
     }
 
     #[test]
     fn embedded_region_is_announced() {
-        let mut c = Config { server_url: "https://10.0.0.1:8443".into(), ..Config::default() };
+        let mut c = Config {
+            server_url: "https://10.0.0.1:8443".into(),
+            ..Config::default()
+        };
         c.derp.server.stun_listen_addr = "0.0.0.0:3479".into();
         let m = build(&c).unwrap();
         let r = &m.regions.as_ref().unwrap()[&999];
         assert_eq!(r.region_code, "meshscale");
-        assert_eq!((r.nodes[0].host_name.as_str(), r.nodes[0].derp_port, r.nodes[0].stun_port), ("10.0.0.1", 8443, 3479));
+        assert_eq!(
+            (
+                r.nodes[0].host_name.as_str(),
+                r.nodes[0].derp_port,
+                r.nodes[0].stun_port
+            ),
+            ("10.0.0.1", 8443, 3479)
+        );
         let json = serde_json::to_string(&m).unwrap();
         assert!(json.contains(r#""Regions":{"999":"#), "{json}");
     }

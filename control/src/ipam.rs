@@ -170,6 +170,45 @@ impl Prefix6 {
     }
 }
 
+/// What address allocation needs to know about a family, so one allocator serves both.
+pub trait AddressFamily: fmt::Display {
+    type Addr: Copy + fmt::Display + FromStr;
+    /// The family's row in the allocator table and its column in `nodes`.
+    const CURSOR: &'static str;
+    const COLUMN: &'static str;
+    const NAME: &'static str;
+    fn candidates(
+        &self,
+        cursor: Option<Self::Addr>,
+    ) -> Box<dyn Iterator<Item = Self::Addr> + Send + '_>;
+}
+
+impl AddressFamily for Prefix4 {
+    type Addr = Ipv4Addr;
+    const CURSOR: &'static str = "v4";
+    const COLUMN: &'static str = "ipv4";
+    const NAME: &'static str = "IPv4";
+    fn candidates(
+        &self,
+        cursor: Option<Ipv4Addr>,
+    ) -> Box<dyn Iterator<Item = Ipv4Addr> + Send + '_> {
+        Box::new(Prefix4::candidates(self, cursor))
+    }
+}
+
+impl AddressFamily for Prefix6 {
+    type Addr = Ipv6Addr;
+    const CURSOR: &'static str = "v6";
+    const COLUMN: &'static str = "ipv6";
+    const NAME: &'static str = "IPv6";
+    fn candidates(
+        &self,
+        cursor: Option<Ipv6Addr>,
+    ) -> Box<dyn Iterator<Item = Ipv6Addr> + Send + '_> {
+        Box::new(Prefix6::candidates(self, cursor))
+    }
+}
+
 /// `RangeInclusive<u128>` is not an iterator in std; this is.
 struct U128Range {
     next: u128,

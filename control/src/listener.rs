@@ -28,12 +28,21 @@ pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcce
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
         .with_context(|| format!("cannot read tls_cert_path {}", cert_path.display()))?
         .collect::<Result<_, _>>()
-        .with_context(|| format!("tls_cert_path {} is not a PEM certificate chain", cert_path.display()))?;
+        .with_context(|| {
+            format!(
+                "tls_cert_path {} is not a PEM certificate chain",
+                cert_path.display()
+            )
+        })?;
     if certs.is_empty() {
         anyhow::bail!("tls_cert_path {} holds no certificate", cert_path.display());
     }
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .with_context(|| format!("tls_key_path {} is not a PEM private key", key_path.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_path).with_context(|| {
+        format!(
+            "tls_key_path {} is not a PEM private key",
+            key_path.display()
+        )
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -55,7 +64,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().header_read_timeout(HEADER_READ_TIMEOUT).timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .http1()
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .timer(hyper_util::rt::TokioTimer::new());
     let builder = Arc::new(builder);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -77,18 +89,28 @@ pub async fn serve(
         // Detached: long-lived map streams and DERP sessions end when their peers go.
         tokio::spawn(async move {
             let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
                     }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                },
-                None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await,
+                }
+                None => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                        .await
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

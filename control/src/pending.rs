@@ -112,14 +112,18 @@ impl PendingRegistrations {
 
     pub fn contains(&self, id: &str) -> bool {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.get(id).is_some_and(|e| e.created.elapsed() < self.ttl)
+        entries
+            .get(id)
+            .is_some_and(|e| e.created.elapsed() < self.ttl)
     }
 
     /// For a client polling on its login URL: a receiver told the node id
     /// when an admin approves. A newer poll replaces an older one's.
     pub fn wait(&self, id: &str) -> Option<oneshot::Receiver<i64>> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = entries.get_mut(id).filter(|e| e.created.elapsed() < self.ttl)?;
+        let entry = entries
+            .get_mut(id)
+            .filter(|e| e.created.elapsed() < self.ttl)?;
         let (tx, rx) = oneshot::channel();
         entry.node.on_approved = Some(tx);
         Some(rx)

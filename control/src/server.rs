@@ -9,10 +9,10 @@ use tokio::sync::watch;
 
 use crate::admin;
 use crate::config::Config;
-use crate::http;
-use crate::metrics::Metrics;
 use crate::derp::{Relay, RelayConfig};
+use crate::http;
 use crate::mapper::{Hub, Live, Tailnet};
+use crate::metrics::Metrics;
 use crate::noise::{NoiseServer, ServerKey};
 use crate::pending::PendingRegistrations;
 use crate::state::{AppState, SharedState};
@@ -69,19 +69,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
-    let noise_key = ServerKey::load_or_create(&config.noise_private_key_path())
-        .with_context(|| format!("noise.private_key_path {}", config.noise_private_key_path().display()))?;
+    let noise_key =
+        ServerKey::load_or_create(&config.noise_private_key_path()).with_context(|| {
+            format!(
+                "noise.private_key_path {}",
+                config.noise_private_key_path().display()
+            )
+        })?;
     let tls = if config.tls_cert_path.is_empty() {
         None
     } else {
-        Some(listener::tls_acceptor(config.tls_cert_path.as_ref(), config.tls_key_path.as_ref())?)
+        Some(listener::tls_acceptor(
+            config.tls_cert_path.as_ref(),
+            config.tls_key_path.as_ref(),
+        )?)
     };
     let hub = Arc::new(Hub::new(tailnet(&config)?));
-    let nodes = store.list_nodes_live().await.context("cannot load the nodes")?;
-    hub.load(nodes.into_iter().map(|(n, live)| {
-        let last_seen = n.last_seen;
-        (n, Live::from_store(&live, last_seen))
-    }).collect());
+    let nodes = store
+        .list_nodes_live()
+        .await
+        .context("cannot load the nodes")?;
+    hub.load(
+        nodes
+            .into_iter()
+            .map(|(n, live)| {
+                let last_seen = n.last_seen;
+                (n, Live::from_store(&live, last_seen))
+            })
+            .collect(),
+    );
 
     let state = Arc::new(AppState {
         config: config.clone(),
@@ -91,17 +107,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
     });
     protocol::schedule_all_ephemeral(&state).await;
-    let relay = if config.derp.server.enabled { Some(derp_relay(&config, &state)?) } else { None };
-    let stun_socket = if config.derp.server.enabled {
-        let addr = &config.derp.server.stun_listen_addr;
-        Some(
-            tokio::net::UdpSocket::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (derp.server.stun_listen_addr)"))?,
-        )
+    let relay = if config.derp.server.enabled {
+        Some(derp_relay(&config, &state)?)
     } else {
         None
     };
+    let stun_socket =
+        if config.derp.server.enabled {
+            let addr = &config.derp.server.stun_listen_addr;
+            Some(tokio::net::UdpSocket::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} (derp.server.stun_listen_addr)")
+            })?)
+        } else {
+            None
+        };
     let noise = Arc::new(NoiseServer::new(noise_key, {
         let state = state.clone();
         move |conn| {
@@ -191,7 +210,11 @@ async fn shutdown_signal() {
 }
 
 /// Everything on `listen_addr`: health, the Noise entry points, the login page.
-fn main_app(state: &SharedState, noise: Arc<NoiseServer>, relay: Option<Arc<Relay>>) -> axum::Router {
+fn main_app(
+    state: &SharedState,
+    noise: Arc<NoiseServer>,
+    relay: Option<Arc<Relay>>,
+) -> axum::Router {
     let app = http::main_router(state.clone())
         .merge(crate::noise::router(noise))
         .merge(protocol::public_router(state.clone()));
@@ -222,7 +245,13 @@ fn derp_relay(config: &Config, state: &SharedState) -> anyhow::Result<Arc<Relay>
             }
         }
     });
-    Ok(Relay::new(key, RelayConfig { verifier: Some(verifier), ..RelayConfig::default() }))
+    Ok(Relay::new(
+        key,
+        RelayConfig {
+            verifier: Some(verifier),
+            ..RelayConfig::default()
+        },
+    ))
 }
 
 /// Tailnet-wide settings for map responses, from the config.

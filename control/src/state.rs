@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::mapper::Hub;
 use crate::metrics::Metrics;
 use crate::pending::PendingRegistrations;
-use crate::mapper::Hub;
 use crate::store::Store;
 
 pub struct AppState {

@@ -18,12 +18,15 @@ pub struct Frame {
 
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Frame").field("json_len", &self.json.len()).finish()
+        f.debug_struct("Frame")
+            .field("json_len", &self.json.len())
+            .finish()
     }
 }
 
 /// `{"KeepAlive":true}` exactly: clients cache its compressed bytes and skip decoding it.
-pub static KEEP_ALIVE: LazyLock<Arc<Frame>> = LazyLock::new(|| Arc::new(Frame::from_json(br#"{"KeepAlive":true}"#.to_vec())));
+pub static KEEP_ALIVE: LazyLock<Arc<Frame>> =
+    LazyLock::new(|| Arc::new(Frame::from_json(br#"{"KeepAlive":true}"#.to_vec())));
 
 fn length_prefixed(body: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(4 + body.len());
@@ -34,12 +37,18 @@ fn length_prefixed(body: &[u8]) -> Bytes {
 
 impl Frame {
     pub fn from_json(json: Vec<u8>) -> Frame {
-        Frame { json, plain: OnceLock::new(), zstd: OnceLock::new() }
+        Frame {
+            json,
+            plain: OnceLock::new(),
+            zstd: OnceLock::new(),
+        }
     }
 
     pub fn encode(msg: &MapResponse) -> Arc<Frame> {
         // Serializing our own types cannot fail (no maps with non-string keys, no fallible Serialize impls).
-        Arc::new(Frame::from_json(serde_json::to_vec(msg).unwrap_or_default()))
+        Arc::new(Frame::from_json(
+            serde_json::to_vec(msg).unwrap_or_default(),
+        ))
     }
 
     pub fn json(&self) -> &[u8] {
@@ -56,7 +65,9 @@ impl Frame {
                 })
                 .clone()
         } else {
-            self.plain.get_or_init(|| length_prefixed(&self.json)).clone()
+            self.plain
+                .get_or_init(|| length_prefixed(&self.json))
+                .clone()
         }
     }
 }
@@ -74,7 +85,10 @@ mod tests {
         let z = f.wire(true);
         let len = u32::from_le_bytes([z[0], z[1], z[2], z[3]]) as usize;
         assert_eq!(len, z.len() - 4);
-        assert_eq!(zstd::bulk::decompress(&z[4..], 1024).unwrap(), br#"{"KeepAlive":true}"#);
+        assert_eq!(
+            zstd::bulk::decompress(&z[4..], 1024).unwrap(),
+            br#"{"KeepAlive":true}"#
+        );
         assert!(Arc::ptr_eq(&KEEP_ALIVE, &KEEP_ALIVE));
     }
 }

@@ -62,7 +62,11 @@ impl Drop for Subscription {
 
 impl Hub {
     pub fn new(tailnet: Tailnet) -> Hub {
-        Hub { tailnet, state: Mutex::new(State::default()), next_session: AtomicU64::new(1) }
+        Hub {
+            tailnet,
+            state: Mutex::new(State::default()),
+            next_session: AtomicU64::new(1),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -78,16 +82,31 @@ impl Hub {
         let mut st = self.lock();
         for (record, live) in nodes {
             let view = self.view(&record, &live, false);
-            st.members.insert(record.id, Member { record, live, view, sessions: Vec::new() });
+            st.members.insert(
+                record.id,
+                Member {
+                    record,
+                    live,
+                    view,
+                    sessions: Vec::new(),
+                },
+            );
         }
     }
 
     pub fn is_online(&self, node_id: i64) -> bool {
-        self.lock().members.get(&node_id).is_some_and(|m| m.live.online)
+        self.lock()
+            .members
+            .get(&node_id)
+            .is_some_and(|m| m.live.online)
     }
 
     pub fn online_count(&self) -> usize {
-        self.lock().members.values().filter(|m| m.live.online).count()
+        self.lock()
+            .members
+            .values()
+            .filter(|m| m.live.online)
+            .count()
     }
 
     pub fn live(&self, node_id: i64) -> Option<Live> {
@@ -99,7 +118,11 @@ impl Hub {
         let mut st = self.lock();
         let id = record.id;
         let profile = user_profile(&record.user);
-        let live = st.members.get(&id).map(|m| m.live.clone()).unwrap_or_default();
+        let live = st
+            .members
+            .get(&id)
+            .map(|m| m.live.clone())
+            .unwrap_or_default();
         let view = self.view(&record, &live, false);
         let self_view = self.view(&record, &live, true);
         let member = st.members.entry(id).or_insert_with(|| Member {
@@ -152,11 +175,23 @@ impl Hub {
         if after == before {
             return None;
         }
-        member.view = node_view(&member.record, &member.live, &self.tailnet, Utc::now(), false);
+        member.view = node_view(
+            &member.record,
+            &member.live,
+            &self.tailnet,
+            Utc::now(),
+            false,
+        );
         let msg = if after.hostinfo != before.hostinfo {
-            MapResponse { peers_changed: vec![member.view.clone()], ..MapResponse::default() }
+            MapResponse {
+                peers_changed: vec![member.view.clone()],
+                ..MapResponse::default()
+            }
         } else {
-            let mut patch = PeerChange { node_id, ..PeerChange::default() };
+            let mut patch = PeerChange {
+                node_id,
+                ..PeerChange::default()
+            };
             if after.endpoints != before.endpoints {
                 patch.endpoints = after.endpoints.clone();
             }
@@ -169,9 +204,15 @@ impl Hub {
             if after.capver != before.capver {
                 patch.cap = after.capver;
             }
-            MapResponse { peers_changed_patch: vec![patch], ..MapResponse::default() }
+            MapResponse {
+                peers_changed_patch: vec![patch],
+                ..MapResponse::default()
+            }
         };
-        let frame = Frame::encode(&MapResponse { control_time: Some(Utc::now()), ..msg });
+        let frame = Frame::encode(&MapResponse {
+            control_time: Some(Utc::now()),
+            ..msg
+        });
         broadcast(&mut st, Some(node_id), &frame);
         Some(after)
     }
@@ -187,48 +228,71 @@ impl Hub {
             let came_online = !member.live.online;
             member.live.online = true;
             member.live.last_seen = Some(Utc::now());
-            member.view = node_view(&member.record, &member.live, &self.tailnet, Utc::now(), false);
+            member.view = node_view(
+                &member.record,
+                &member.live,
+                &self.tailnet,
+                Utc::now(),
+                false,
+            );
             member.sessions.push((session_id, tx));
-            let self_view = node_view(&member.record, &member.live, &self.tailnet, Utc::now(), true);
             if came_online {
                 let frame = online_patch(node_id, true);
                 broadcast(&mut st, Some(node_id), &frame);
             }
-            let mut profiles: BTreeMap<i64, UserProfile> = BTreeMap::new();
-            let mut peers = Vec::with_capacity(st.members.len().saturating_sub(1));
-            for (id, m) in &st.members {
-                profiles.entry(m.record.user.id).or_insert_with(|| user_profile(&m.record.user));
-                if *id != node_id {
-                    peers.push(m.view.clone());
-                }
-            }
-            (self_view, peers, profiles.into_values().collect::<Vec<_>>())
+            self.collect_full(&st, node_id)?
         };
         // Encoding the full map happens outside the lock: it is the one O(N) step.
         let first = Frame::encode(&self.full_map(self_view, peers, profiles));
-        Some(Subscription { first, frames: rx, hub: self.clone(), node_id, session_id })
+        Some(Subscription {
+            first,
+            frames: rx,
+            hub: self.clone(),
+            node_id,
+            session_id,
+        })
     }
 
     /// A one-shot map (a non-streaming request): the same content as a session's first message.
     pub fn snapshot(&self, node_id: i64) -> Option<Arc<Frame>> {
-        let (self_view, peers, profiles) = {
-            let st = self.lock();
-            let member = st.members.get(&node_id)?;
-            let self_view = node_view(&member.record, &member.live, &self.tailnet, Utc::now(), true);
-            let mut profiles: BTreeMap<i64, UserProfile> = BTreeMap::new();
-            let mut peers = Vec::new();
-            for (id, m) in &st.members {
-                profiles.entry(m.record.user.id).or_insert_with(|| user_profile(&m.record.user));
-                if *id != node_id {
-                    peers.push(m.view.clone());
-                }
-            }
-            (self_view, peers, profiles.into_values().collect::<Vec<_>>())
-        };
+        let (self_view, peers, profiles) = self.collect_full(&self.lock(), node_id)?;
         Some(Frame::encode(&self.full_map(self_view, peers, profiles)))
     }
 
-    fn full_map(&self, self_view: Node, peers: Vec<Node>, profiles: Vec<UserProfile>) -> MapResponse {
+    /// Everything a full map needs, cloned out of the locked state: the
+    /// node's own view, every peer's cached view, and their owners' profiles.
+    fn collect_full(
+        &self,
+        st: &State,
+        node_id: i64,
+    ) -> Option<(Node, Vec<Node>, Vec<UserProfile>)> {
+        let member = st.members.get(&node_id)?;
+        let self_view = node_view(
+            &member.record,
+            &member.live,
+            &self.tailnet,
+            Utc::now(),
+            true,
+        );
+        let mut profiles: BTreeMap<i64, UserProfile> = BTreeMap::new();
+        let mut peers = Vec::with_capacity(st.members.len().saturating_sub(1));
+        for (id, m) in &st.members {
+            profiles
+                .entry(m.record.user.id)
+                .or_insert_with(|| user_profile(&m.record.user));
+            if *id != node_id {
+                peers.push(m.view.clone());
+            }
+        }
+        Some((self_view, peers, profiles.into_values().collect()))
+    }
+
+    fn full_map(
+        &self,
+        self_view: Node,
+        peers: Vec<Node>,
+        profiles: Vec<UserProfile>,
+    ) -> MapResponse {
         let mut filters = BTreeMap::new();
         filters.insert("base".to_string(), Some(allow_all_filter()));
         MapResponse {
@@ -241,19 +305,30 @@ impl Hub {
             packet_filters: filters,
             user_profiles: profiles,
             control_time: Some(Utc::now()),
-            debug: Some(MapDebug { disable_log_tail: true, ..MapDebug::default() }),
+            debug: Some(MapDebug {
+                disable_log_tail: true,
+                ..MapDebug::default()
+            }),
             ..MapResponse::default()
         }
     }
 
     fn unsubscribe(&self, node_id: i64, session_id: u64) {
         let mut st = self.lock();
-        let Some(member) = st.members.get_mut(&node_id) else { return };
+        let Some(member) = st.members.get_mut(&node_id) else {
+            return;
+        };
         member.sessions.retain(|(id, _)| *id != session_id);
         if member.sessions.is_empty() && member.live.online {
             member.live.online = false;
             member.live.last_seen = Some(Utc::now());
-            member.view = node_view(&member.record, &member.live, &self.tailnet, Utc::now(), false);
+            member.view = node_view(
+                &member.record,
+                &member.live,
+                &self.tailnet,
+                Utc::now(),
+                false,
+            );
             let frame = online_patch(node_id, false);
             broadcast(&mut st, Some(node_id), &frame);
         }
@@ -291,14 +366,20 @@ fn send_to(st: &mut State, node_id: i64, frame: &Arc<Frame>) {
 }
 
 fn queue(member: &mut Member, frame: &Arc<Frame>) {
-    member.sessions.retain(|(session, tx)| match tx.try_send(frame.clone()) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            tracing::warn!(node.id = member.record.id, session, "map session too slow; closing it");
-            false
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
-    });
+    member
+        .sessions
+        .retain(|(session, tx)| match tx.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    node.id = member.record.id,
+                    session,
+                    "map session too slow; closing it"
+                );
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
 }
 
 #[cfg(test)]
@@ -307,7 +388,12 @@ mod tests {
     use meshscale_wire::tailcfg::{DerpMap, DnsConfig};
 
     fn tailnet() -> Tailnet {
-        Tailnet { base_domain: None, domain: "mesh".into(), derp_map: DerpMap::default(), dns: DnsConfig::default() }
+        Tailnet {
+            base_domain: None,
+            domain: "mesh".into(),
+            derp_map: DerpMap::default(),
+            dns: DnsConfig::default(),
+        }
     }
 
     fn record(id: i64) -> store::Node {
@@ -349,13 +435,20 @@ mod tests {
         let mut s1 = hub.subscribe(1).unwrap();
         let first = decode(&s1.first);
         assert_eq!(first.node.as_ref().unwrap().id, 1);
-        assert!(first.peers.is_empty() && first.derp_map.is_some() && first.packet_filters.contains_key("base"));
+        assert!(
+            first.peers.is_empty()
+                && first.derp_map.is_some()
+                && first.packet_filters.contains_key("base")
+        );
         assert!(hub.is_online(1));
 
         hub.upsert(record(2));
         let joined = decode(&s1.frames.recv().await.unwrap());
         assert_eq!(joined.peers_changed.len(), 1);
-        assert!(joined.peers.is_empty() && joined.node.is_none() && joined.derp_map.is_none(), "a delta, not a full map");
+        assert!(
+            joined.peers.is_empty() && joined.node.is_none() && joined.derp_map.is_none(),
+            "a delta, not a full map"
+        );
 
         let s2 = hub.subscribe(2).unwrap();
         assert_eq!(decode(&s2.first).peers.len(), 1);
@@ -388,6 +481,9 @@ mod tests {
         while slow.frames.recv().await.is_some() {
             received += 1;
         }
-        assert_eq!(received, SESSION_QUEUE, "the queue was drained, then closed");
+        assert_eq!(
+            received, SESSION_QUEUE,
+            "the queue was drained, then closed"
+        );
     }
 }

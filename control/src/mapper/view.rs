@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use meshscale_wire::key::{DiscoPublic, MachinePublic, NodePublic};
 use meshscale_wire::tailcfg::{
-    CapabilityVersion, DerpMap, DnsConfig, DnsResolver, FilterRule, Hostinfo, IpPrefix, NetPortRange, Node,
-    PortRange, UserProfile, legacy_derp_string,
+    CapabilityVersion, DerpMap, DnsConfig, DnsResolver, FilterRule, Hostinfo, IpPrefix,
+    NetPortRange, Node, PortRange, UserProfile, legacy_derp_string,
 };
 
 use crate::store;
@@ -28,7 +28,10 @@ pub struct Live {
 impl Live {
     /// The node's home DERP region, as its netcheck chose it.
     pub fn home_derp(&self) -> i64 {
-        self.hostinfo.as_ref().and_then(|h| h.net_info.as_ref()).map_or(0, |n| n.preferred_derp)
+        self.hostinfo
+            .as_ref()
+            .and_then(|h| h.net_info.as_ref())
+            .map_or(0, |n| n.preferred_derp)
     }
 
     /// Rebuilds what the store kept from the last session.
@@ -45,7 +48,11 @@ impl Live {
 
     pub fn to_store(&self, hostname: &str) -> store::NodeLive {
         store::NodeLive {
-            disco_key: if self.disco_key.is_zero() { String::new() } else { self.disco_key.to_string() },
+            disco_key: if self.disco_key.is_zero() {
+                String::new()
+            } else {
+                self.disco_key.to_string()
+            },
             endpoints_json: serde_json::to_string(&self.endpoints).unwrap_or_else(|_| "[]".into()),
             hostinfo_json: self
                 .hostinfo
@@ -79,7 +86,13 @@ pub fn fqdn(given_name: &str, tailnet: &Tailnet) -> String {
 }
 
 /// How `node` looks to others (and, with `is_self`, to itself).
-pub fn node_view(node: &store::Node, live: &Live, tailnet: &Tailnet, now: DateTime<Utc>, is_self: bool) -> Node {
+pub fn node_view(
+    node: &store::Node,
+    live: &Live,
+    tailnet: &Tailnet,
+    now: DateTime<Utc>,
+    is_self: bool,
+) -> Node {
     let mut addresses = Vec::with_capacity(2);
     if let Some(a) = node.ipv4 {
         addresses.push(IpPrefix::host(IpAddr::V4(a)));
@@ -106,7 +119,11 @@ pub fn node_view(node: &store::Node, live: &Live, tailnet: &Tailnet, now: DateTi
         allowed_ips: Some(addresses.clone()),
         addresses,
         endpoints: live.endpoints.clone(),
-        legacy_derp: if home_derp > 0 { legacy_derp_string(home_derp) } else { String::new() },
+        legacy_derp: if home_derp > 0 {
+            legacy_derp_string(home_derp)
+        } else {
+            String::new()
+        },
         home_derp,
         hostinfo: Some(live.hostinfo.clone().unwrap_or_default()),
         created: Some(node.created_at),
@@ -123,10 +140,18 @@ pub fn node_view(node: &store::Node, live: &Live, tailnet: &Tailnet, now: DateTi
 }
 
 pub fn user_profile(u: &store::User) -> UserProfile {
-    let login_name = if u.email.is_empty() { u.name.clone() } else { u.email.clone() };
+    let login_name = if u.email.is_empty() {
+        u.name.clone()
+    } else {
+        u.email.clone()
+    };
     UserProfile {
         id: u.id,
-        display_name: if u.display_name.is_empty() { u.name.clone() } else { u.display_name.clone() },
+        display_name: if u.display_name.is_empty() {
+            u.name.clone()
+        } else {
+            u.display_name.clone()
+        },
         login_name,
         profile_pic_url: u.profile_pic_url.clone(),
         groups: vec![],
@@ -137,15 +162,29 @@ pub fn user_profile(u: &store::User) -> UserProfile {
 pub fn allow_all_filter() -> Vec<FilterRule> {
     vec![FilterRule {
         src_ips: vec!["*".into()],
-        dst_ports: vec![NetPortRange { ip: "*".into(), bits: None, ports: PortRange::ANY }],
+        dst_ports: vec![NetPortRange {
+            ip: "*".into(),
+            bits: None,
+            ports: PortRange::ANY,
+        }],
         ..FilterRule::default()
     }]
 }
 
 pub fn dns_config(magic_dns: bool, base_domain: &str, nameservers: &[String]) -> DnsConfig {
     DnsConfig {
-        resolvers: nameservers.iter().map(|a| DnsResolver { addr: a.clone(), ..DnsResolver::default() }).collect(),
-        domains: if magic_dns { vec![base_domain.to_string()] } else { vec![] },
+        resolvers: nameservers
+            .iter()
+            .map(|a| DnsResolver {
+                addr: a.clone(),
+                ..DnsResolver::default()
+            })
+            .collect(),
+        domains: if magic_dns {
+            vec![base_domain.to_string()]
+        } else {
+            vec![]
+        },
         proxied: magic_dns,
         ..DnsConfig::default()
     }
@@ -196,9 +235,16 @@ mod tests {
 
     #[test]
     fn view_has_what_clients_need_to_run() {
-        let mut live = Live { online: true, last_seen: Some(Utc::now()), ..Live::default() };
+        let mut live = Live {
+            online: true,
+            last_seen: Some(Utc::now()),
+            ..Live::default()
+        };
         live.hostinfo = Some(Hostinfo {
-            net_info: Some(NetInfo { preferred_derp: 999, ..NetInfo::default() }),
+            net_info: Some(NetInfo {
+                preferred_derp: 999,
+                ..NetInfo::default()
+            }),
             ..Hostinfo::default()
         });
         let v = node_view(&record(), &live, &tailnet(), Utc::now(), true);
@@ -209,7 +255,10 @@ mod tests {
         assert_eq!(v.legacy_derp, "127.3.3.40:999");
         assert_eq!(v.last_seen, None, "online peers carry no LastSeen");
         let json = serde_json::to_string(&v).unwrap();
-        assert!(json.contains(r#""Addresses":["100.64.0.7/32","fd7a:115c:a1e0::7/128"]"#), "{json}");
+        assert!(
+            json.contains(r#""Addresses":["100.64.0.7/32","fd7a:115c:a1e0::7/128"]"#),
+            "{json}"
+        );
         assert!(json.contains(CAP_ADMIN));
     }
 
@@ -219,6 +268,9 @@ mod tests {
         r.expiry = Some(Utc::now() - chrono::Duration::seconds(5));
         let v = node_view(&r, &Live::default(), &tailnet(), Utc::now(), false);
         assert!(v.expired && !v.machine_authorized);
-        assert!(v.cap_map.is_empty(), "peers do not get the self capabilities");
+        assert!(
+            v.cap_map.is_empty(),
+            "peers do not get the self capabilities"
+        );
     }
 }

@@ -5,7 +5,9 @@ use crate::state::SharedState;
 
 /// Deletes `node_id` after the timeout unless it has come back online by then.
 pub fn schedule_ephemeral_deletion(state: SharedState, node_id: i64) {
-    let Ok(timeout) = state.config.ephemeral_inactivity_timeout() else { return };
+    let Ok(timeout) = state.config.ephemeral_inactivity_timeout() else {
+        return;
+    };
     tokio::spawn(async move {
         tokio::time::sleep(timeout).await;
         if state.hub.is_online(node_id) {
@@ -17,7 +19,9 @@ pub fn schedule_ephemeral_deletion(state: SharedState, node_id: i64) {
                     state.hub.remove(node_id);
                     tracing::info!(node.id = node_id, node.name = %node.given_name, "ephemeral node removed after inactivity");
                 }
-                Err(e) => tracing::warn!(node.id = node_id, error = %e, "cannot remove ephemeral node"),
+                Err(e) => {
+                    tracing::warn!(node.id = node_id, error = %e, "cannot remove ephemeral node")
+                }
             },
             _ => {}
         }

@@ -34,7 +34,9 @@ pub async fn map(
 ) -> Response {
     let req: MapRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid map request: {e}")).into_response(),
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("invalid map request: {e}")).into_response();
+        }
     };
     if req.version < super::MIN_CAPABILITY_VERSION {
         return unsupported_version(req.version).into_response();
@@ -71,7 +73,11 @@ async fn serve_map(state: SharedState, node: Node, mut req: MapRequest) -> Respo
             .map(|h| h.hostname.clone())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| node.hostname.clone());
-        if let Err(e) = state.store.update_node_live(node.id, &live.to_store(&hostname)).await {
+        if let Err(e) = state
+            .store
+            .update_node_live(node.id, &live.to_store(&hostname))
+            .await
+        {
             tracing::warn!(error = %e, "cannot persist the node's endpoints");
         }
     }
@@ -98,7 +104,11 @@ async fn serve_map(state: SharedState, node: Node, mut req: MapRequest) -> Respo
 }
 
 fn frame_response(body: Body) -> Response {
-    ([(header::CONTENT_TYPE, "application/json; charset=utf-8")], body).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 /// Forwards the session's messages to the HTTP body until the client goes.

@@ -36,7 +36,9 @@ pub fn noise_router(state: SharedState) -> Router {
 
 /// Routes on the main (plain HTTP/TLS) listener.
 pub fn public_router(state: SharedState) -> Router {
-    Router::new().route("/register/{id}", get(page::register_page)).with_state(state)
+    Router::new()
+        .route("/register/{id}", get(page::register_page))
+        .with_state(state)
 }
 
 fn unsupported_version(version: i64) -> (StatusCode, String) {

@@ -30,7 +30,13 @@ pub async fn register(
 ) -> Response {
     let req: RegisterRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid register request: {e}")).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("invalid register request: {e}"),
+            )
+                .into_response();
+        }
     };
     if req.version < super::MIN_CAPABILITY_VERSION {
         return unsupported_version(req.version).into_response();
@@ -62,8 +68,16 @@ fn is_zero_time(t: &DateTime<Utc>) -> bool {
 
 fn authorized(node: &Node) -> RegisterResponse {
     let u = &node.user;
-    let display = if u.display_name.is_empty() { u.name.clone() } else { u.display_name.clone() };
-    let login_name = if u.email.is_empty() { u.name.clone() } else { u.email.clone() };
+    let display = if u.display_name.is_empty() {
+        u.name.clone()
+    } else {
+        u.display_name.clone()
+    };
+    let login_name = if u.email.is_empty() {
+        u.name.clone()
+    } else {
+        u.email.clone()
+    };
     let expired = node.is_expired(Utc::now());
     RegisterResponse {
         user: WireUser {
@@ -86,10 +100,17 @@ fn authorized(node: &Node) -> RegisterResponse {
 }
 
 fn refused(message: impl Into<String>) -> RegisterResponse {
-    RegisterResponse { error: message.into(), ..RegisterResponse::default() }
+    RegisterResponse {
+        error: message.into(),
+        ..RegisterResponse::default()
+    }
 }
 
-async fn decide(state: &SharedState, machine_key: &str, req: RegisterRequest) -> Result<RegisterResponse, StoreError> {
+async fn decide(
+    state: &SharedState,
+    machine_key: &str,
+    req: RegisterRequest,
+) -> Result<RegisterResponse, StoreError> {
     let now = Utc::now();
     let node_key = req.node_key.to_string();
     if req.node_key.is_zero() {
@@ -105,7 +126,10 @@ async fn decide(state: &SharedState, machine_key: &str, req: RegisterRequest) ->
     // Logout: an expiry in the past.
     if !is_zero_time(&req.expiry) && req.expiry <= now {
         let Some(node) = existing.filter(|n| n.node_key == node_key) else {
-            return Ok(RegisterResponse { node_key_expired: true, ..RegisterResponse::default() });
+            return Ok(RegisterResponse {
+                node_key_expired: true,
+                ..RegisterResponse::default()
+            });
         };
         if node.ephemeral {
             state.store.delete_node(node.id).await?;
@@ -116,7 +140,10 @@ async fn decide(state: &SharedState, machine_key: &str, req: RegisterRequest) ->
             tracing::info!(node.id = node.id, "node logged out");
             state.hub.upsert(node);
         }
-        return Ok(RegisterResponse { node_key_expired: true, ..RegisterResponse::default() });
+        return Ok(RegisterResponse {
+            node_key_expired: true,
+            ..RegisterResponse::default()
+        });
     }
 
     let hostname = req
@@ -125,17 +152,29 @@ async fn decide(state: &SharedState, machine_key: &str, req: RegisterRequest) ->
         .map(|h| h.hostname.clone())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "node".to_string());
-    let request_tags = req.hostinfo.as_ref().map(|h| h.request_tags.clone()).unwrap_or_default();
+    let request_tags = req
+        .hostinfo
+        .as_ref()
+        .map(|h| h.request_tags.clone())
+        .unwrap_or_default();
 
     // A pre-auth key.
-    if let Some(key) = req.auth.as_ref().map(|a| a.auth_key.trim()).filter(|k| !k.is_empty()) {
+    if let Some(key) = req
+        .auth
+        .as_ref()
+        .map(|a| a.auth_key.trim())
+        .filter(|k| !k.is_empty())
+    {
         let new = NewNode {
             machine_key: machine_key.to_string(),
             node_key: node_key.clone(),
             disco_key: String::new(),
             hostname,
             user_id: 0,
-            tags: request_tags.into_iter().filter(|t| t.starts_with("tag:")).collect(),
+            tags: request_tags
+                .into_iter()
+                .filter(|t| t.starts_with("tag:"))
+                .collect(),
             ephemeral: false,
             auth_key_id: None,
             register_method: RegisterMethod::AuthKey,
@@ -157,12 +196,17 @@ async fn decide(state: &SharedState, machine_key: &str, req: RegisterRequest) ->
     }
 
     // A client polling for the outcome of an interactive login.
-    if let Some(id) = (!req.followup.is_empty()).then(|| followup_id(&req.followup)).flatten()
+    if let Some(id) = (!req.followup.is_empty())
+        .then(|| followup_id(&req.followup))
+        .flatten()
         && let Some(approved) = state.pending.wait(&id)
     {
         return match tokio::time::timeout(FOLLOWUP_WAIT, approved).await {
             Ok(Ok(node_id)) => Ok(authorized(&state.store.get_node(node_id).await?)),
-            _ => Ok(RegisterResponse { auth_url: req.followup.clone(), ..RegisterResponse::default() }),
+            _ => Ok(RegisterResponse {
+                auth_url: req.followup.clone(),
+                ..RegisterResponse::default()
+            }),
         };
     }
     // A follow-up for a login approved already, or expired: fall through.
@@ -172,7 +216,10 @@ async fn decide(state: &SharedState, machine_key: &str, req: RegisterRequest) ->
         let rotating = !req.old_node_key.is_zero() && req.old_node_key.to_string() == node.node_key;
         if node.node_key == node_key || rotating {
             if node.is_expired(now) {
-                return Ok(RegisterResponse { node_key_expired: true, ..authorized(&node) });
+                return Ok(RegisterResponse {
+                    node_key_expired: true,
+                    ..authorized(&node)
+                });
             }
             let node = if rotating {
                 let n = state.store.set_node_key(node.id, &node_key).await?;
@@ -187,12 +234,23 @@ async fn decide(state: &SharedState, machine_key: &str, req: RegisterRequest) ->
     }
 
     // Interactive login: park the node until an admin admits it.
-    let pending = PendingNode { machine_key: machine_key.to_string(), node_key, hostname, on_approved: None };
+    let pending = PendingNode {
+        machine_key: machine_key.to_string(),
+        node_key,
+        hostname,
+        on_approved: None,
+    };
     match state.pending.insert(None, pending) {
         Ok(id) => {
-            let url = format!("{}/register/{id}", state.config.server_url.trim_end_matches('/'));
+            let url = format!(
+                "{}/register/{id}",
+                state.config.server_url.trim_end_matches('/')
+            );
             tracing::info!(registration_id = %id, "interactive login waiting for approval");
-            Ok(RegisterResponse { auth_url: url, ..RegisterResponse::default() })
+            Ok(RegisterResponse {
+                auth_url: url,
+                ..RegisterResponse::default()
+            })
         }
         Err(e) => Ok(refused(e.to_string())),
     }
@@ -210,7 +268,10 @@ mod tests {
 
     #[test]
     fn followup_ids() {
-        assert_eq!(followup_id("https://h:8080/register/abc123").as_deref(), Some("abc123"));
+        assert_eq!(
+            followup_id("https://h:8080/register/abc123").as_deref(),
+            Some("abc123")
+        );
         assert_eq!(followup_id("https://h/register/bad$id"), None);
     }
 

@@ -7,9 +7,10 @@ use sqlx::{Any, Row, Transaction};
 
 use super::users::user_from_row;
 use super::{
-    AuthKeyError, NewNode, Node, NodeLive, PreAuthKey, RegisterMethod, Store, StoreError, flag, from_ms, is_unique_violation, now,
-    tags_from_json, tags_to_json, to_ms, validate_tags,
+    AuthKeyError, NewNode, Node, NodeLive, PreAuthKey, RegisterMethod, Store, StoreError, flag,
+    from_ms, is_unique_violation, now, tags_from_json, tags_to_json, to_ms, validate_tags,
 };
+use crate::ipam::AddressFamily;
 use crate::keys::{self, PREAUTH_KEY_KIND};
 use crate::names::{given_name_candidate, sanitize_hostname, validate_dns_label};
 
@@ -69,11 +70,16 @@ impl Store {
     }
 
     /// Inserts a new node or re-admits a known machine key, inside the caller's transaction.
-    async fn upsert_node_tx(&self, tx: &mut Transaction<'static, Any>, new: &NewNode) -> Result<i64, StoreError> {
-        let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM nodes WHERE machine_key = $1")
-            .bind(&new.machine_key)
-            .fetch_optional(&mut **tx)
-            .await?;
+    async fn upsert_node_tx(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        new: &NewNode,
+    ) -> Result<i64, StoreError> {
+        let existing: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM nodes WHERE machine_key = $1")
+                .bind(&new.machine_key)
+                .fetch_optional(&mut **tx)
+                .await?;
         let user_exists: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1")
             .bind(new.user_id)
             .fetch_optional(&mut **tx)
@@ -147,50 +153,14 @@ impl Store {
         &self,
         tx: &mut Transaction<'static, Any>,
     ) -> Result<Ipv4Addr, StoreError> {
-        let prefix = self.prefixes.v4;
-        let cursor = lock_cursor(tx, "v4").await?.and_then(|s| s.parse().ok());
-        let mut chosen = None;
-        for candidate in prefix.candidates(cursor).take(CHEAP_PROBES) {
-            if !address_in_use(tx, "ipv4", &candidate.to_string()).await? {
-                chosen = Some(candidate);
-                break;
-            }
-        }
-        if chosen.is_none() {
-            let used = used_addresses(tx, "ipv4").await?;
-            chosen = prefix
-                .candidates(cursor)
-                .find(|a| !used.contains(&a.to_string()));
-        }
-        let a = chosen.ok_or_else(|| StoreError::Exhausted("IPv4", prefix.to_string()))?;
-        set_cursor(tx, "v4", &a.to_string()).await?;
-        Ok(a)
+        allocate(tx, &self.prefixes.v4).await
     }
 
     async fn allocate_v6(
         &self,
         tx: &mut Transaction<'static, Any>,
     ) -> Result<Ipv6Addr, StoreError> {
-        let prefix = self.prefixes.v6;
-        let cursor = lock_cursor(tx, "v6").await?.and_then(|s| s.parse().ok());
-        let mut chosen = None;
-        for candidate in prefix.candidates(cursor).take(CHEAP_PROBES) {
-            if !address_in_use(tx, "ipv6", &candidate.to_string()).await? {
-                chosen = Some(candidate);
-                break;
-            }
-        }
-        if chosen.is_none() {
-            let used = used_addresses(tx, "ipv6").await?;
-            // Bounded: a /48 never runs out, so this finds a free address within `used.len() + 1` steps.
-            chosen = prefix
-                .candidates(cursor)
-                .take(used.len() + 1)
-                .find(|a| !used.contains(&a.to_string()));
-        }
-        let a = chosen.ok_or_else(|| StoreError::Exhausted("IPv6", prefix.to_string()))?;
-        set_cursor(tx, "v6", &a.to_string()).await?;
-        Ok(a)
+        allocate(tx, &self.prefixes.v6).await
     }
 
     pub async fn node(&self, id: i64) -> Result<Node, StoreError> {
@@ -392,11 +362,12 @@ impl Store {
 
     /// What the node last reported, for building its view for peers after a restart.
     pub async fn node_live(&self, id: i64) -> Result<NodeLive, StoreError> {
-        let row = sqlx::query("SELECT disco_key, endpoints, hostinfo, hostname FROM nodes WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
+        let row =
+            sqlx::query("SELECT disco_key, endpoints, hostinfo, hostname FROM nodes WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
         Ok(NodeLive {
             disco_key: row.try_get("disco_key")?,
             endpoints_json: row.try_get("endpoints")?,
@@ -511,6 +482,34 @@ impl Store {
         })
         .await
     }
+}
+
+/// The next free address of one family, walking forward from the cursor.
+async fn allocate<P: AddressFamily>(
+    tx: &mut Transaction<'static, Any>,
+    prefix: &P,
+) -> Result<P::Addr, StoreError> {
+    let cursor = lock_cursor(tx, P::CURSOR)
+        .await?
+        .and_then(|s| s.parse().ok());
+    let mut chosen = None;
+    for candidate in prefix.candidates(cursor).take(CHEAP_PROBES) {
+        if !address_in_use(tx, P::COLUMN, &candidate.to_string()).await? {
+            chosen = Some(candidate);
+            break;
+        }
+    }
+    if chosen.is_none() {
+        let used = used_addresses(tx, P::COLUMN).await?;
+        // Among `used.len() + 1` distinct candidates at least one is free, if the range has that many.
+        chosen = prefix
+            .candidates(cursor)
+            .take(used.len() + 1)
+            .find(|a| !used.contains(&a.to_string()));
+    }
+    let a = chosen.ok_or_else(|| StoreError::Exhausted(P::NAME, prefix.to_string()))?;
+    set_cursor(tx, P::CURSOR, &a.to_string()).await?;
+    Ok(a)
 }
 
 /// Takes the allocator's row lock (PostgreSQL) or write lock (SQLite) first,

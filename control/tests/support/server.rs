@@ -101,8 +101,7 @@ impl Server {
                     self.log_text()
                 );
             }
-            if matches!(http_get(self.http, "/health").await, Ok((200, _))) && self.socket.exists()
-            {
+            if self.is_ready().await {
                 return;
             }
             assert!(
@@ -111,6 +110,20 @@ impl Server {
                 self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Healthy over plain HTTP; with TLS on the main listener (no HTTPS client
+    /// here), accepting connections and serving the admin socket.
+    async fn is_ready(&self) -> bool {
+        if !self.socket.exists() {
+            return false;
+        }
+        let tls = std::fs::read_to_string(&self.config).is_ok_and(|c| c.contains("tls_cert_path"));
+        if tls {
+            tokio::net::TcpStream::connect(self.http).await.is_ok()
+        } else {
+            matches!(http_get(self.http, "/health").await, Ok((200, _)))
         }
     }
 
