@@ -26,6 +26,13 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "build"
+# The end-to-end scenarios (e2e/tests) run the real `meshscale` binary; build it
+# first and tell them where it is, so they never test a stale one.
+cargo build --workspace --bins --locked
+export MESHSCALE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/meshscale"
+case $MESHSCALE_BIN in /*) ;; *) MESHSCALE_BIN="$PWD/$MESHSCALE_BIN" ;; esac
+
 step "tests (SQLite and PostgreSQL at $MESHSCALE_TEST_POSTGRES_URL)"
 log=$(mktemp)
 trap 'pg_stop; rm -f "$log"' EXIT

@@ -186,7 +186,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         relay.shutdown();
     }
     while tasks.join_next().await.is_some() {}
-    state.store.close().await;
+    // The store is left to close with the process: connections still being
+    // served would otherwise fail their last queries against a closed pool.
     let _ = std::fs::remove_file(&unix_path);
     outcome
 }

@@ -149,12 +149,22 @@ impl Hub {
         send_to(&mut st, id, &to_self);
     }
 
-    /// A node is gone: its sessions end and every peer drops it.
+    /// A node is gone: every peer drops it, and its own sessions get a last
+    /// message saying its key has expired before they end. Without that last
+    /// message a client keeps its old netmap and retries forever instead of
+    /// asking its user to log in again (Headscale issue 3410).
     pub fn remove(&self, node_id: i64) {
         let mut st = self.lock();
-        if st.members.remove(&node_id).is_none() {
-            return;
-        }
+        let Some(mut member) = st.members.remove(&node_id) else { return };
+        let now = Utc::now();
+        let mut record = member.record.clone();
+        record.expiry = Some(now - chrono::Duration::seconds(1));
+        let last = Frame::encode(&MapResponse {
+            node: Some(node_view(&record, &member.live, &self.tailnet, now, true)),
+            control_time: Some(now),
+            ..MapResponse::default()
+        });
+        queue(&mut member, &last);
         let frame = Frame::encode(&MapResponse {
             peers_removed: vec![node_id],
             control_time: Some(Utc::now()),
@@ -467,6 +477,18 @@ mod tests {
         hub.remove(2);
         assert_eq!(decode(&s1.frames.recv().await.unwrap()).peers_removed, [2]);
         assert!(s1.frames.try_recv().is_err(), "nothing else queued");
+    }
+
+    #[tokio::test]
+    async fn a_removed_node_is_told_its_key_expired_then_its_session_ends() {
+        let hub = Arc::new(Hub::new(tailnet()));
+        hub.upsert(record(1));
+        let mut s = hub.subscribe(1).unwrap();
+        hub.remove(1);
+        let last = decode(&s.frames.recv().await.unwrap());
+        let me = last.node.unwrap();
+        assert!(me.expired && !me.machine_authorized);
+        assert!(s.frames.recv().await.is_none(), "the session ends after that");
     }
 
     #[tokio::test]

@@ -44,7 +44,10 @@ pub async fn map(
     let machine_key = peer.machine_key_text();
     let node = match state.store.node_by_machine_key(&machine_key).await {
         Ok(Some(n)) if n.node_key == req.node_key.to_string() => n,
-        Ok(_) => return (StatusCode::NOT_FOUND, "node not found").into_response(),
+        Ok(_) => {
+            tracing::info!(machine = %&machine_key[..17], "map request from a machine with no such node; it must log in again");
+            return (StatusCode::NOT_FOUND, "node not found").into_response();
+        }
         Err(e) => {
             tracing::warn!(error = %e, "map: store lookup failed");
             return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response();
