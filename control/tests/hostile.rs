@@ -4,10 +4,10 @@
 //! handshakes. The server must answer with an error status or close the
 //! connection, never crash, and keep serving honest clients afterwards.
 
-mod support;
 #[allow(dead_code)]
 #[path = "support/mesh.rs"]
 mod mesh;
+mod support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -26,8 +26,8 @@ use meshscale_controlclient::noise::{HandshakeError, TransportCipher};
 use meshscale_controlclient::{
     ClientError, ConnectOptions, ControlClient, MachineKey, NodeKey, ServerUrl, requests,
 };
-use meshscale_wire::MachinePublic;
 use meshscale_wire::tailcfg::EndpointType;
+use meshscale_wire::{MachinePublic, NodePublic};
 use support::backends;
 use support::server::{Server, http_get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -87,7 +87,11 @@ async fn raw_http(addr: SocketAddr, head: &str) -> u16 {
 
 async fn assert_healthy(s: &Server, ctx: &str) {
     let (status, body) = http_get(s.http, "/health").await.expect("/health answers");
-    assert_eq!((status, body.trim()), (200, r#"{"status":"pass"}"#), "{ctx}");
+    assert_eq!(
+        (status, body.trim()),
+        (200, r#"{"status":"pass"}"#),
+        "{ctx}"
+    );
 }
 
 /// A new node registers and its map stream stays usable: it sees a second
@@ -132,14 +136,21 @@ async fn malformed_upgrades_handshakes_and_records() {
         let addr = s.http;
         let bare = "POST /ts2021 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
         assert_eq!(
-            raw_http(addr, &format!("{bare}X-Tailscale-Handshake: {}\r\n\r\n", b64(&good))).await,
+            raw_http(
+                addr,
+                &format!("{bare}X-Tailscale-Handshake: {}\r\n\r\n", b64(&good))
+            )
+            .await,
             400,
             "{ctx}: no Upgrade header"
         );
         assert_eq!(
             raw_http(
                 addr,
-                &format!("{bare}Upgrade: h2c\r\nX-Tailscale-Handshake: {}\r\n\r\n", b64(&good))
+                &format!(
+                    "{bare}Upgrade: h2c\r\nX-Tailscale-Handshake: {}\r\n\r\n",
+                    b64(&good)
+                )
             )
             .await,
             400,
@@ -169,14 +180,19 @@ async fn malformed_upgrades_handshakes_and_records() {
                 }
                 other => panic!("{ctx}: want {want:?}, got {other:?}"),
             }
-            assert!(closed_by_server(&mut io).await, "{ctx}: open after {want:?}");
+            assert!(
+                closed_by_server(&mut io).await,
+                "{ctx}: open after {want:?}"
+            );
         }
 
         // Crypto failures: closed without a word.
         let mut tampered = good;
         tampered[60] ^= 1;
         let stranger = MachineKey::generate().unwrap().public();
-        let for_another_server = *Initiator::new(&machine, &stranger, 133).unwrap().initiation();
+        let for_another_server = *Initiator::new(&machine, &stranger, 133)
+            .unwrap()
+            .initiation();
         let mut low_order = good;
         low_order[5..37].copy_from_slice(&[0; 32]);
         for (init, why) in [
@@ -186,7 +202,10 @@ async fn malformed_upgrades_handshakes_and_records() {
         ] {
             let mut io = d.upgrade(&b64(&init)).await.expect("101");
             assert!(
-                matches!(read_handshake_response(&mut io).await, Err(HandshakeError::Io(_))),
+                matches!(
+                    read_handshake_response(&mut io).await,
+                    Err(HandshakeError::Io(_))
+                ),
                 "{ctx}: {why}"
             );
         }
@@ -198,8 +217,12 @@ async fn malformed_upgrades_handshakes_and_records() {
         let garbage_preface = {
             let (_, mut c) = handshaken(&d, &server).await;
             let mut rec = Vec::new();
-            seal_record(&mut c, b"GET / HTTP/1.1\r\n\r\n not an HTTP/2 preface", &mut rec)
-                .unwrap();
+            seal_record(
+                &mut c,
+                b"GET / HTTP/1.1\r\n\r\n not an HTTP/2 preface",
+                &mut rec,
+            )
+            .unwrap();
             rec
         };
         let cases: Vec<(&str, Box<dyn Fn(&mut TransportCipher) -> Vec<u8>>)> = vec![
@@ -219,7 +242,10 @@ async fn malformed_upgrades_handshakes_and_records() {
                     v
                 }),
             ),
-            ("record shorter than a tag", Box::new(|_| vec![0x04, 0, 3, 1, 2, 3])),
+            (
+                "record shorter than a tag",
+                Box::new(|_| vec![0x04, 0, 3, 1, 2, 3]),
+            ),
             ("empty record header", Box::new(|_| vec![0x04, 0, 0])),
             (
                 "wrong record type",
@@ -283,7 +309,9 @@ async fn garbage_inside_noise_and_foreign_node_keys() {
         let (mut victim_stream, _) = victim.stream().await;
         let mallory = TestNode::join(&s, "mallory", &key).await;
         wait_for_delta(&mut victim_stream, "mallory joining", |r| {
-            r.peers_changed.iter().any(|p| p.key == mallory.node.public())
+            r.peers_changed
+                .iter()
+                .any(|p| p.key == mallory.node.public())
         })
         .await;
         let c = &mallory.client;
@@ -350,7 +378,10 @@ async fn garbage_inside_noise_and_foreign_node_keys() {
             "{ctx}: foreign endpoint update: {err}"
         );
         for (why, req) in [
-            ("register", requests::register_plain(victim.node.public(), mallory.hostinfo())),
+            (
+                "register",
+                requests::register_plain(victim.node.public(), mallory.hostinfo()),
+            ),
             (
                 "register with a key",
                 requests::register_with_auth_key(victim.node.public(), &key, mallory.hostinfo()),
@@ -382,7 +413,9 @@ async fn garbage_inside_noise_and_foreign_node_keys() {
         let honest = TestNode::join(&s, "later", &key).await;
         let next = wait_for_delta(&mut victim_stream, "an honest join", |_| true).await;
         assert!(
-            next.peers_changed.iter().any(|p| p.key == honest.node.public()),
+            next.peers_changed
+                .iter()
+                .any(|p| p.key == honest.node.public()),
             "{ctx}: unexpected delta before the honest join: {next:?}"
         );
 
@@ -410,7 +443,10 @@ async fn registration_storm() {
             ..ConnectOptions::default()
         };
 
-        let (mut admitted, mut refused, mut failed) = (0usize, Vec::new(), Vec::new());
+        let mut admitted = 0usize;
+        let mut refused = Vec::new(); // 200 with an Error: a clean refusal
+        let mut shed = Vec::new(); // an error status: a clean "try later"
+        let mut broken = Vec::new(); // anything else: resets, hangs, garbage
         let started = std::time::Instant::now();
         for batch in 0..STORM / BATCH {
             let mut set = JoinSet::new();
@@ -418,43 +454,76 @@ async fn registration_storm() {
                 let (d, opts, key) = (d.clone(), opts.clone(), key.clone());
                 set.spawn(async move {
                     let machine = MachineKey::generate().unwrap();
-                    let node = NodeKey::generate().unwrap();
+                    // The node key is only an identifier to the server; random
+                    // bytes spare a (slow, unoptimised) scalar multiplication.
+                    let node = NodePublic::from_bytes(rand::random());
                     // Same hostname for all: name de-duplication under load too.
-                    let req = requests::register_with_auth_key(
-                        node.public(),
-                        &key,
-                        requests::hostinfo("storm"),
-                    );
+                    let req =
+                        requests::register_with_auth_key(node, &key, requests::hostinfo("storm"));
                     let attempt = async {
                         let c = ControlClient::connect_with(&d, &machine, opts).await?;
                         c.register(req).await
                     };
-                    (batch * BATCH + i, tokio::time::timeout(Duration::from_secs(120), attempt).await)
+                    let outcome = tokio::time::timeout(Duration::from_secs(120), attempt).await;
+                    (batch * BATCH + i, outcome)
                 });
             }
             while let Some(joined) = set.join_next().await {
                 let (i, outcome) = joined.expect("client task did not panic");
                 match outcome {
-                    Err(_) => panic!("{ctx}: client {i} hung for 120 s"),
+                    Err(_) => broken.push((i, "no answer within 120 s".to_string())),
                     Ok(Ok(r)) if authorized(&r) => admitted += 1,
                     Ok(Ok(r)) => refused.push((i, r.error)),
-                    Ok(Err(e)) => failed.push((i, e.to_string())),
+                    Ok(Err(e @ (ClientError::Status { .. } | ClientError::RateLimited { .. }))) => {
+                        shed.push((i, e.to_string()))
+                    }
+                    Ok(Err(e)) => broken.push((i, e.to_string())),
                 }
             }
         }
         eprintln!(
-            "{ctx}: storm of {STORM} in batches of {BATCH}: {admitted} admitted, {} refused, {} \
-             failed, {:?}; first refusals {:?}, first failures {:?}",
-            refused.len(),
-            failed.len(),
+            "{ctx}: storm of {STORM} in batches of {BATCH} took {:?}: {admitted} admitted, {} \
+             refused, {} shed with an error status, {} broken",
             started.elapsed(),
-            refused.iter().take(3).collect::<Vec<_>>(),
-            failed.iter().take(3).collect::<Vec<_>>(),
+            refused.len(),
+            shed.len(),
+            broken.len(),
         );
+        if !(refused.is_empty() && shed.is_empty() && broken.is_empty()) {
+            let log = s.log_text();
+            let why: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .take(10)
+                .collect();
+            eprintln!(
+                "{ctx}: first refusals {:?}\nfirst sheds {:?}\nfirst broken {:?}\nserver \
+                 warnings:\n{}",
+                &refused[..refused.len().min(3)],
+                &shed[..shed.len().min(3)],
+                &broken[..broken.len().min(3)],
+                why.join("\n")
+            );
+        }
+        assert!(
+            broken.is_empty(),
+            "{ctx}: clients got no clean answer: {broken:?}"
+        );
+        assert!(
+            refused.is_empty(),
+            "{ctx}: a reusable key was refused: {refused:?}"
+        );
+        assert!(admitted > 0, "{ctx}: nobody admitted");
         assert_healthy(&s, ctx).await;
 
         let listed = nodes(&s).await;
-        assert_eq!(listed.len(), admitted, "{ctx}: every admitted node, nothing else");
+        // A shed request may have committed before its answer failed.
+        assert!(
+            (admitted..=admitted + shed.len()).contains(&listed.len()),
+            "{ctx}: {} nodes listed, {admitted} admitted, {} shed",
+            listed.len(),
+            shed.len()
+        );
         let mut v4 = HashSet::new();
         let mut v6 = HashSet::new();
         let mut names = HashSet::new();
@@ -469,11 +538,6 @@ async fn registration_storm() {
                 n["given_name"]
             );
         }
-        assert!(
-            refused.is_empty() && failed.is_empty(),
-            "{ctx}: with a reusable key every client should be admitted; refused {refused:?}, \
-             failed {failed:?}"
-        );
         assert_honest_clients_served(&s, &key, ctx).await;
     }
 }
@@ -484,7 +548,9 @@ async fn registration_storm() {
 fn failing_initiations(server: &MachinePublic) -> Vec<String> {
     let machine = MachineKey::generate().unwrap();
     let stranger = MachineKey::generate().unwrap().public();
-    let for_stranger = *Initiator::new(&machine, &stranger, 133).unwrap().initiation();
+    let for_stranger = *Initiator::new(&machine, &stranger, 133)
+        .unwrap()
+        .initiation();
     let mut wrong_type = *Initiator::new(&machine, server, 133).unwrap().initiation();
     wrong_type[2] = 0x02;
     let old = *Initiator::new(&machine, server, 100).unwrap().initiation();

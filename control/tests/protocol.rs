@@ -2,10 +2,10 @@
 //! PostgreSQL, driven by `meshscale-controlclient` over Noise + HTTP/2,
 //! with the admin CLI acting on the same server.
 
-mod support;
 #[allow(dead_code)]
 #[path = "support/mesh.rs"]
 mod mesh;
+mod support;
 
 use std::time::Duration;
 
@@ -131,13 +131,9 @@ async fn interactive_login() {
             "{ctx}: {page}"
         );
 
-        // The follow-up long-polls until an admin admits the node.
-        let waiting = {
-            let client = n.client.clone();
-            let req =
-                requests::register_followup(n.node.public(), &r.auth_url, n.hostinfo());
-            tokio::spawn(async move { client.register(req).await })
-        };
+        // An admin admits it; the client's follow-up with the AuthURL then
+        // learns it is authorized. (Follow-ups already waiting when the admin
+        // acts are covered by the racing test below.)
         assert_eq!(
             s.ok(&["nodes", "register", "--key", &id, "--user", "vpn1"])
                 .await
@@ -145,26 +141,24 @@ async fn interactive_login() {
             "Node registered",
             "{ctx}"
         );
-        let r = tokio::time::timeout(DEADLINE, waiting)
-            .await
-            .expect("follow-up answered after approval")
-            .unwrap()
-            .expect("follow-up");
-        assert!(authorized(&r), "{ctx}: {r:?}");
-        // A later follow-up with the same URL is answered at once.
         let r = tokio::time::timeout(
             DEADLINE,
             n.client.register(requests::register_followup(
                 n.node.public(),
-                &prefix_id(&prefix, &id),
+                &r.auth_url,
                 n.hostinfo(),
             )),
         )
         .await
-        .expect("second follow-up answered")
+        .expect("follow-up answered")
         .expect("register");
         assert!(authorized(&r), "{ctx}: {r:?}");
-        let listed = node_by_key(&s, &n.node).await.expect("admitted node listed");
+        let (status, page) = http_get(s.http, &format!("/register/{id}")).await.unwrap();
+        assert_eq!(status, 200, "{ctx}");
+        assert!(page.contains("No machine is waiting"), "{ctx}: {page}");
+        let listed = node_by_key(&s, &n.node)
+            .await
+            .expect("admitted node listed");
         assert_eq!(listed["user"]["name"], "vpn1", "{ctx}");
         assert_eq!(listed["register_method"], "REGISTER_METHOD_CLI", "{ctx}");
         let (_, first) = n.stream().await;
@@ -172,8 +166,73 @@ async fn interactive_login() {
     }
 }
 
-fn prefix_id(prefix: &str, id: &str) -> String {
-    format!("{prefix}{id}")
+/// Follow-ups that arrive while an admin approval is in flight must get
+/// the approval's outcome (or be told to keep waiting on the same URL),
+/// never a new AuthURL: a client shown a new URL waits on a registration
+/// nobody will approve. Several pollers keep a follow-up in flight the whole
+/// time, so the window between the approval taking the pending login and
+/// storing the node is hit every run, not by luck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followups_racing_an_approval_never_get_a_new_url() {
+    for db in backends() {
+        let ctx = db.name();
+        let s = start_mesh(&db, &extra_config()).await;
+        s.ok(&["users", "create", "vpn1"]).await;
+        let n = TestNode::new(&s, "racer").await;
+        let r = n
+            .client
+            .register(requests::register_plain(n.node.public(), n.hostinfo()))
+            .await
+            .unwrap();
+        let url = r.auth_url.clone();
+        let id = url.rsplit('/').next().unwrap().to_string();
+        let approved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut pollers = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            let (client, url, approved) = (n.client.clone(), url.clone(), approved.clone());
+            let req = requests::register_followup(n.node.public(), &url, n.hostinfo());
+            pollers.spawn(async move {
+                let deadline = tokio::time::Instant::now() + DEADLINE;
+                let mut seen = Vec::new();
+                loop {
+                    let r = client.register(req.clone()).await.expect("follow-up");
+                    if authorized(&r) {
+                        return seen;
+                    }
+                    if r.auth_url != url {
+                        seen.push(r.auth_url.clone());
+                    }
+                    // Pending ids live 15 minutes: stop once the approval is
+                    // long done rather than wait on a stray new id.
+                    if approved.load(std::sync::atomic::Ordering::SeqCst)
+                        || tokio::time::Instant::now() > deadline
+                    {
+                        seen.push(format!("still not authorized: {r:?}"));
+                        return seen;
+                    }
+                }
+            });
+        }
+        s.ok(&["nodes", "register", "--key", &id, "--user", "vpn1"])
+            .await;
+        approved.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut wrong = Vec::new();
+        while let Some(seen) = pollers.join_next().await {
+            wrong.extend(seen.unwrap());
+        }
+        if !wrong.is_empty() {
+            let log = s.log_text();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("registration_id") || l.contains("node registered"))
+                .collect();
+            panic!(
+                "{ctx}: follow-ups of {url} got other answers than the approval: {wrong:?}\n\
+                 server log:\n{}",
+                lines.join("\n")
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +255,10 @@ async fn relogin_key_rotation_and_logout() {
         assert!(authorized(&r), "{ctx}: {r:?}");
         let r = again
             .client
-            .register(requests::register_plain(node_key.public(), again.hostinfo()))
+            .register(requests::register_plain(
+                node_key.public(),
+                again.hostinfo(),
+            ))
             .await
             .unwrap();
         assert!(authorized(&r), "{ctx}: I'm back: {r:?}");
@@ -220,7 +282,9 @@ async fn relogin_key_rotation_and_logout() {
             .await
             .unwrap();
         assert!(authorized(&r), "{ctx}: rotation: {r:?}");
-        let rotated = node_by_key(&s, &new_key).await.expect("listed under the new key");
+        let rotated = node_by_key(&s, &new_key)
+            .await
+            .expect("listed under the new key");
         assert_eq!(
             (&rotated["id"], &rotated["ip_addresses"]),
             (&before["id"], &before["ip_addresses"]),
@@ -251,10 +315,16 @@ async fn relogin_key_rotation_and_logout() {
         assert_eq!(listed["expired"], true, "{ctx}: {listed}");
         let r = rotated_node
             .client
-            .register(requests::register_plain(new_key.public(), rotated_node.hostinfo()))
+            .register(requests::register_plain(
+                new_key.public(),
+                rotated_node.hostinfo(),
+            ))
             .await
             .unwrap();
-        assert!(r.node_key_expired && !authorized(&r), "{ctx}: after logout: {r:?}");
+        assert!(
+            r.node_key_expired && !authorized(&r),
+            "{ctx}: after logout: {r:?}"
+        );
     }
 }
 
@@ -398,7 +468,10 @@ async fn map_stream_full_map_then_deltas() {
             .iter()
             .find(|p| p.node_id == n2_id)
             .unwrap();
-        assert!(p.last_seen.is_some(), "{ctx}: offline patch carries LastSeen");
+        assert!(
+            p.last_seen.is_some(),
+            "{ctx}: offline patch carries LastSeen"
+        );
 
         // Deleting node 2 removes it from node 1's peers.
         s.ok(&["nodes", "delete", "-i", &n2_id.to_string(), "--force"])
@@ -528,7 +601,11 @@ async fn server_key_and_early_payload() {
         .await
         .expect("connect with a known key");
     let wrong = ConnectOptions {
-        server_key: Some(meshscale_controlclient::MachineKey::generate().unwrap().public()),
+        server_key: Some(
+            meshscale_controlclient::MachineKey::generate()
+                .unwrap()
+                .public(),
+        ),
         ..ConnectOptions::default()
     };
     let err = ControlClient::connect(&server_url(&s), &machine, wrong)
@@ -548,4 +625,84 @@ async fn server_key_and_early_payload() {
         err.to_string().contains("unsupported client version"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_with_an_extra_ca() {
+    for db in backends() {
+        let ctx = db.name();
+        let certs = tempfile::tempdir().unwrap();
+        let (ca, cert, key_file) = mesh::write_test_certs(certs.path());
+        let ca_pem = std::fs::read(&ca).unwrap();
+        let mut s = support::server::start(&db, &extra_config()).await;
+        let tls = mesh::TlsServer::start(&mut s, &cert, &key_file, &ca_pem).await;
+        s.ok(&["users", "create", "vpn1"]).await;
+        let key = preauth_key(&s, "vpn1", &[]).await;
+
+        // /key over verified TLS, the upgrade over TLS, then the protocol.
+        let machine = meshscale_controlclient::MachineKey::generate().unwrap();
+        let with_ca = ConnectOptions {
+            extra_ca_pem: Some(ca_pem.clone()),
+            ..ConnectOptions::default()
+        };
+        let client = ControlClient::connect(&tls.url, &machine, with_ca)
+            .await
+            .unwrap_or_else(|e| panic!("{ctx}: connect over TLS: {e}"));
+        let node = NodeKey::generate().unwrap();
+        let r = client
+            .register(requests::register_with_auth_key(
+                node.public(),
+                &key,
+                requests::hostinfo("tls-node"),
+            ))
+            .await
+            .unwrap();
+        assert!(authorized(&r), "{ctx}: {r:?}");
+        let mut stream = client
+            .map_stream(requests::map_stream(
+                node.public(),
+                meshscale_controlclient::DiscoKey::generate()
+                    .unwrap()
+                    .public(),
+                requests::hostinfo("tls-node"),
+            ))
+            .await
+            .unwrap();
+        let first = mesh::next_message(&mut stream, "map over TLS").await;
+        assert_eq!(
+            first.response.node.expect("self").key,
+            node.public(),
+            "{ctx}"
+        );
+
+        // Without the CA, /key (verified like any HTTPS) fails...
+        let err = ControlClient::connect(&tls.url, &machine, ConnectOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Dial(meshscale_controlclient::dial::DialError::Tls { .. })
+            ),
+            "{ctx}: {err}"
+        );
+        // ...but with the server key already known, the upgrade only logs
+        // the certificate problem, as Go does: Noise authenticates.
+        let known = ConnectOptions {
+            server_key: Some(client.server_key()),
+            ..ConnectOptions::default()
+        };
+        let again = ControlClient::connect(&tls.url, &machine, known)
+            .await
+            .unwrap_or_else(|e| panic!("{ctx}: upgrade without the CA: {e}"));
+        let r = again
+            .register(requests::register_plain(
+                node.public(),
+                requests::hostinfo("tls-node"),
+            ))
+            .await
+            .unwrap();
+        assert!(authorized(&r), "{ctx}: {r:?}");
+        drop((stream, client, again, tls));
+    }
 }

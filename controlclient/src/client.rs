@@ -214,17 +214,15 @@ impl ControlClient {
     /// The server's early payload, or `None` if it went straight to HTTP/2.
     pub async fn early_payload(&self) -> Result<Option<EarlyNoise>, ClientError> {
         let mut rx = self.early.clone();
-        let state = tokio::time::timeout(
-            self.timeout,
-            rx.wait_for(|s| *s != EarlyPayload::Pending),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout {
-            what: "early payload",
-            after: self.timeout,
-        })?
-        .map_err(|_| ClientError::Closed)?
-        .clone();
+        let state =
+            tokio::time::timeout(self.timeout, rx.wait_for(|s| *s != EarlyPayload::Pending))
+                .await
+                .map_err(|_| ClientError::Timeout {
+                    what: "early payload",
+                    after: self.timeout,
+                })?
+                .map_err(|_| ClientError::Closed)?
+                .clone();
         match state {
             EarlyPayload::Received(e) => Ok(Some(e)),
             EarlyPayload::Absent | EarlyPayload::Pending => Ok(None),
@@ -244,7 +242,10 @@ impl ControlClient {
     /// it: a refusal is `Ok` with `error` set, interactive login is `Ok`
     /// with `auth_url` set (poll again with `followup`). A `version` of 0
     /// is replaced by the connection's protocol version.
-    pub async fn register(&self, mut req: RegisterRequest) -> Result<RegisterResponse, ClientError> {
+    pub async fn register(
+        &self,
+        mut req: RegisterRequest,
+    ) -> Result<RegisterResponse, ClientError> {
         req.version = self.version(req.version);
         let path = "/machine/register";
         let body = encode(&req)?;
@@ -302,12 +303,14 @@ impl ControlClient {
         let lb = [req.node_key];
         let send = self.send(Method::POST, path, body, &lb);
         let resp = match self.limits.map_watchdog {
-            Some(d) => tokio::time::timeout(d, send)
-                .await
-                .map_err(|_| ClientError::Timeout {
-                    what: "map response",
-                    after: d,
-                })??,
+            Some(d) => {
+                tokio::time::timeout(d, send)
+                    .await
+                    .map_err(|_| ClientError::Timeout {
+                        what: "map response",
+                        after: d,
+                    })??
+            }
             None => send.await?,
         };
         if resp.status() != StatusCode::OK {

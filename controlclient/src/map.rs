@@ -297,7 +297,10 @@ mod tests {
         let wire = zstd_frame(KEEP_ALIVE_JSON);
         d.push(&wire[..wire.len() - 1]);
         assert!(d.next_message().unwrap().is_none());
-        assert!(matches!(d.finish(), Err(MapError::Frame(FrameError::Truncated { .. }))));
+        assert!(matches!(
+            d.finish(),
+            Err(MapError::Frame(FrameError::Truncated { .. }))
+        ));
 
         // Garbage of every small size never panics.
         for len in 0..64usize {

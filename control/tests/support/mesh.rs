@@ -8,6 +8,8 @@
 //! as it is for the other test files.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use meshscale_controlclient::requests;
@@ -25,22 +27,49 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// Starts `meshscale serve` with `extra` config and the embedded DERP
 /// server on (region 999 in every DERP map).
 ///
-/// `server::start` writes `derp.server.enabled: false` and a repeated YAML
-/// key would be refused, so the server is started once, stopped, given the
-/// DERP settings in place and started again on the same database.
+/// `server::start` writes `derp.server.enabled: false`, and a repeated YAML
+/// key would be refused, so the first server is replaced by one started from
+/// an edited config (see [`move_to_fresh_addresses`]).
 pub async fn start_mesh(db: &Db, extra: &str) -> Server {
     let mut s = start(db, extra).await;
-    s.stop().await;
-    let config = std::fs::read_to_string(&s.config).expect("read config");
+    let config = move_to_fresh_addresses(&mut s, "run2");
     let disabled = "derp:\n  server:\n    enabled: false\n";
-    assert!(config.contains(disabled), "unexpected config layout:\n{config}");
+    assert!(
+        config.contains(disabled),
+        "unexpected config layout:\n{config}"
+    );
     let enabled = format!(
         "derp:\n  server:\n    enabled: true\n    stun_listen_addr: 127.0.0.1:{}\n",
         free_port()
     );
     std::fs::write(&s.config, config.replacen(disabled, &enabled, 1)).expect("write config");
+    // `spawn` replaces the running child, whose drop SIGKILLs it: no
+    // SIGTERM, which `meshscale serve` only handles once fully started.
     s.spawn().await;
     s
+}
+
+/// Rewrites `s`'s config (and `s`) to fresh loopback ports and a fresh
+/// admin socket under `<dir>/<run_dir>`, so a second server can start while
+/// the first still holds the old ones. Returns the new config text, not yet
+/// written.
+pub fn move_to_fresh_addresses(s: &mut Server, run_dir: &str) -> String {
+    let mut config = std::fs::read_to_string(&s.config).expect("read config");
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let socket = s.dir.path().join(run_dir).join("meshscale.sock");
+    for (old, new) in [
+        (s.http.to_string(), http.to_string()),
+        (s.metrics.to_string(), metrics.to_string()),
+        (s.socket.display().to_string(), socket.display().to_string()),
+    ] {
+        assert!(config.contains(&old), "{old} not in config:\n{config}");
+        config = config.replace(&old, &new);
+    }
+    s.http = http;
+    s.metrics = metrics;
+    s.socket = socket;
+    config
 }
 
 pub fn server_url(s: &Server) -> String {
@@ -84,7 +113,14 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// Creates a pre-auth key for `user` with extra CLI flags.
 pub async fn preauth_key(s: &Server, user: &str, flags: &[&str]) -> String {
-    let mut args = vec!["preauthkeys", "create", "--user", user, "--expiration", "1h"];
+    let mut args = vec![
+        "preauthkeys",
+        "create",
+        "--user",
+        user,
+        "--expiration",
+        "1h",
+    ];
     args.extend_from_slice(flags);
     let key = s.ok(&args).await.trim().to_string();
     assert!(key.starts_with("mskey-auth-"), "{key}");
@@ -255,5 +291,107 @@ pub async fn stream_ends(stream: &mut MapStream) -> bool {
             Ok(Some(Err(_))) | Ok(None) => return true,
             Err(_) => return false,
         }
+    }
+}
+
+/// A throwaway CA and a server certificate for 127.0.0.1 and localhost,
+/// written as PEM files into `dir`: `(ca, cert, key)` paths.
+pub fn write_test_certs(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf cert");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).expect("write CA");
+    std::fs::write(&paths.1, leaf.pem()).expect("write cert");
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).expect("write key");
+    paths
+}
+
+/// `meshscale serve` on TLS, from `s`'s config moved to fresh addresses
+/// and its own data directory (`server::Server` waits for plain-HTTP
+/// health, so this child is managed here). `s`'s own server keeps running,
+/// idle, until `s` is dropped; with PostgreSQL both share the database, as
+/// replicas would. The TLS child is killed when dropped.
+pub struct TlsServer {
+    child: tokio::process::Child,
+    pub url: String,
+}
+
+impl TlsServer {
+    pub async fn start(
+        s: &mut Server,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca_pem: &[u8],
+    ) -> TlsServer {
+        let config = move_to_fresh_addresses(s, "run-tls");
+        let plain = format!("server_url: http://{}\n", s.http);
+        assert!(
+            config.contains(&plain),
+            "unexpected config layout:\n{config}"
+        );
+        let data = format!("data_dir: {}\n", s.data_dir().display());
+        assert!(
+            config.contains(&data),
+            "unexpected config layout:\n{config}"
+        );
+        let url = format!("https://{}", s.http);
+        let config = config
+            .replacen(&plain, &format!("server_url: {url}\n"), 1)
+            .replacen(
+                &data,
+                &format!("data_dir: {}\n", s.dir.path().join("data-tls").display()),
+                1,
+            )
+            + &format!(
+                "tls_cert_path: {}\ntls_key_path: {}\n",
+                cert.display(),
+                key.display()
+            );
+        std::fs::write(&s.config, config).expect("write config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&s.log)
+            .expect("log file");
+        let child = tokio::process::Command::new(crate::support::server::BIN)
+            .args(["serve", "-c"])
+            .arg(&s.config)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn meshscale serve");
+        let mut server = TlsServer { child, url };
+        let parsed: meshscale_controlclient::ServerUrl = server.url.parse().expect("url");
+        let dialer = meshscale_controlclient::dial::Dialer::new(parsed, Some(ca_pem), DEADLINE)
+            .expect("dialer");
+        let child = &mut server.child;
+        poll_until("TLS server answering /key", || {
+            let dialer = dialer.clone();
+            let exited = child.try_wait().ok().flatten();
+            async move {
+                if let Some(status) = exited {
+                    panic!("meshscale serve exited with {status}");
+                }
+                dialer.fetch_server_key(133).await.ok().map(|_| ())
+            }
+        })
+        .await;
+        poll_until("admin socket", || async { s.socket.exists().then_some(()) }).await;
+        server
     }
 }

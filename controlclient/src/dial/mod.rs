@@ -156,7 +156,10 @@ impl Dialer {
     }
 
     /// `GET /key?v=<capver>`: the server's Noise public key.
-    pub async fn fetch_server_key(&self, capability_version: u16) -> Result<MachinePublic, DialError> {
+    pub async fn fetch_server_key(
+        &self,
+        capability_version: u16,
+    ) -> Result<MachinePublic, DialError> {
         self.timed(async {
             let transport = self.connect_transport_inner(true).await?;
             let req = Request::get(self.url.key_path(capability_version))
@@ -216,9 +219,7 @@ impl Dialer {
         if next != UPGRADE_PROTOCOL {
             return Err(DialError::WrongProtocol(next));
         }
-        let upgraded = hyper::upgrade::on(resp)
-            .await
-            .map_err(DialError::Upgrade)?;
+        let upgraded = hyper::upgrade::on(resp).await.map_err(DialError::Upgrade)?;
         // The HTTP/1 connection task has handed the socket over and ends.
         drop(conn);
         Ok(TokioIo::new(upgraded))
@@ -335,13 +336,22 @@ mod tests {
             r#"{{"legacyPublicKey":"mkey:{}","publicKey":"{key}"}}"#,
             "0".repeat(64)
         );
-        assert_eq!(parse_key_response(body.as_bytes()).unwrap().to_string(), key);
+        assert_eq!(
+            parse_key_response(body.as_bytes()).unwrap().to_string(),
+            key
+        );
         assert!(matches!(
             parse_key_response(format!(r#"{{"publicKey":"mkey:{}"}}"#, "0".repeat(64)).as_bytes()),
             Err(DialError::NoNoiseKey)
         ));
-        assert!(matches!(parse_key_response(b""), Err(DialError::NoNoiseKey)));
-        assert!(matches!(parse_key_response(b"{}"), Err(DialError::NoNoiseKey)));
+        assert!(matches!(
+            parse_key_response(b""),
+            Err(DialError::NoNoiseKey)
+        ));
+        assert!(matches!(
+            parse_key_response(b"{}"),
+            Err(DialError::NoNoiseKey)
+        ));
         assert!(matches!(
             parse_key_response(b"<html>"),
             Err(DialError::KeyJson(_))

@@ -117,7 +117,10 @@ impl Initiator {
 
     /// Consumes the server's response (`<- e, ee, se`) and returns the
     /// transport ciphers.
-    pub fn finish(mut self, response: &[u8; RESPONSE_LEN]) -> Result<TransportCipher, HandshakeError> {
+    pub fn finish(
+        mut self,
+        response: &[u8; RESPONSE_LEN],
+    ) -> Result<TransportCipher, HandshakeError> {
         let hdr = [response[0], response[1], response[2]];
         match parse_answer_header(hdr)? {
             AnswerHeader::Response => {}
@@ -189,7 +192,8 @@ mod tests {
 
     fn kat_initiator() -> Initiator {
         let machine =
-            MachineKey::from_private(MachinePrivate::from_bytes(kat::key(kat::CLIENT_PRIV))).unwrap();
+            MachineKey::from_private(MachinePrivate::from_bytes(kat::key(kat::CLIENT_PRIV)))
+                .unwrap();
         assert_eq!(machine.public().as_bytes(), &kat::key(kat::CLIENT_PUB));
         let server = MachinePublic::from_bytes(public_of(&kat::key(kat::SERVER_PRIV)).unwrap());
         Initiator::with_fixed_ephemeral(
@@ -238,7 +242,10 @@ mod tests {
 
     #[test]
     fn answer_headers() {
-        assert_eq!(parse_answer_header([2, 0, 48]).unwrap(), AnswerHeader::Response);
+        assert_eq!(
+            parse_answer_header([2, 0, 48]).unwrap(),
+            AnswerHeader::Response
+        );
         assert!(matches!(
             parse_answer_header([2, 0, 47]),
             Err(HandshakeError::WrongLength(47))
@@ -284,7 +291,10 @@ mod tests {
         assert_eq!(error_message("nope"), b"\x03\x00\x04nope");
         let long = "é".repeat(40_000);
         let msg = error_message(&long);
-        assert_eq!(msg.len() - 3, usize::from(u16::from_be_bytes([msg[1], msg[2]])));
+        assert_eq!(
+            msg.len() - 3,
+            usize::from(u16::from_be_bytes([msg[1], msg[2]]))
+        );
         assert!(std::str::from_utf8(&msg[3..]).is_ok());
     }
 

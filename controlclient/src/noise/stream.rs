@@ -48,7 +48,9 @@ pub fn seal_record(
     out: &mut Vec<u8>,
 ) -> Result<(), RecordError> {
     if plaintext.len() > MAX_PLAINTEXT_SIZE {
-        return Err(RecordError::TooLarge(HEADER_LEN + plaintext.len() + TAG_LEN));
+        return Err(RecordError::TooLarge(
+            HEADER_LEN + plaintext.len() + TAG_LEN,
+        ));
     }
     let start = out.len();
     let sealed_len = plaintext.len() + TAG_LEN;
@@ -273,7 +275,8 @@ mod tests {
 
     fn kat_cipher() -> TransportCipher {
         let machine =
-            MachineKey::from_private(MachinePrivate::from_bytes(kat::key(kat::CLIENT_PRIV))).unwrap();
+            MachineKey::from_private(MachinePrivate::from_bytes(kat::key(kat::CLIENT_PRIV)))
+                .unwrap();
         let server = MachinePublic::from_bytes(public_of(&kat::key(kat::SERVER_PRIV)).unwrap());
         let init = Initiator::with_fixed_ephemeral(
             &machine,

@@ -1,0 +1,207 @@
+//! The control-plane session: register (re-using the stored keys, so a
+//! restart is the same node), keep the map stream open, reconnect with
+//! back-off and jitter, and publish the netmap after each message. Endpoint
+//! changes from the data plane are pushed with a lite map update.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshscale_controlclient::{ClientError, ConnectOptions, ControlClient, DiscoKey, requests};
+use meshscale_wire::tailcfg::{EndpointType, Hostinfo, NetInfo};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::netmap::NetMap;
+use crate::state::Identity;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("registration refused by the server: {0}")]
+    Refused(String),
+    #[error(
+        "the server wants an interactive login ({0}); interactive login is not implemented yet: \
+         pass --authkey"
+    )]
+    NeedsLogin(String),
+    #[error("node key expired and no auth key to renew it")]
+    Expired,
+    #[error("map stream ended")]
+    StreamEnded,
+}
+
+impl ControlError {
+    /// Errors that retrying cannot fix.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, ControlError::Refused(_) | ControlError::NeedsLogin(_))
+    }
+}
+
+pub struct ControlConfig {
+    pub server_url: String,
+    pub auth_key: Option<String>,
+    pub hostname: String,
+    pub ephemeral: bool,
+    pub extra_ca_pem: Option<Vec<u8>>,
+}
+
+/// What the data plane tells control.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalInfo {
+    pub endpoints: Vec<SocketAddr>,
+    pub preferred_derp: i64,
+}
+
+fn hostinfo(cfg: &ControlConfig, local: &LocalInfo) -> Hostinfo {
+    let mut h = requests::hostinfo(&cfg.hostname);
+    h.ipn_version = concat!("meshscale-sidecar-", env!("CARGO_PKG_VERSION")).into();
+    h.net_info = Some(NetInfo {
+        preferred_derp: local.preferred_derp,
+        working_udp: Some(true),
+        ..NetInfo::default()
+    });
+    h
+}
+
+fn endpoints(local: &LocalInfo) -> Vec<(String, EndpointType)> {
+    local
+        .endpoints
+        .iter()
+        .map(|e| (e.to_string(), EndpointType::LOCAL))
+        .collect()
+}
+
+/// Runs until a fatal error; each map message updates `netmap_tx`.
+pub async fn run(
+    cfg: ControlConfig,
+    id: Identity,
+    disco: Arc<DiscoKey>,
+    netmap_tx: watch::Sender<Arc<NetMap>>,
+    mut local: watch::Receiver<LocalInfo>,
+) -> Result<(), ControlError> {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut registered = false;
+    loop {
+        match session(
+            &cfg,
+            &id,
+            &disco,
+            &netmap_tx,
+            &mut local,
+            &mut registered,
+            &mut backoff,
+        )
+        .await
+        {
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => {
+                let wait = backoff.next_delay();
+                warn!(error = %e, retry_in = ?wait, "control session ended");
+                tokio::time::sleep(wait).await;
+            }
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+async fn register(
+    client: &ControlClient,
+    cfg: &ControlConfig,
+    id: &Identity,
+    hi: Hostinfo,
+) -> Result<(), ControlError> {
+    // "I'm back" first: a restart must not spend a single-use key, and the
+    // server already knows a node key it registered.
+    let mut req = requests::register_plain(id.node.public(), hi.clone());
+    req.ephemeral = cfg.ephemeral;
+    let resp = client.register(req).await?;
+    if resp.machine_authorized && !resp.node_key_expired && resp.error.is_empty() {
+        info!(user = %resp.user.display_name, "registered (known node)");
+        return Ok(());
+    }
+    let Some(key) = &cfg.auth_key else {
+        if !resp.auth_url.is_empty() {
+            return Err(ControlError::NeedsLogin(resp.auth_url));
+        }
+        if resp.node_key_expired {
+            return Err(ControlError::Expired);
+        }
+        return Err(ControlError::Refused(resp.error));
+    };
+    let mut req = requests::register_with_auth_key(id.node.public(), key, hi);
+    req.ephemeral = cfg.ephemeral;
+    let resp = client.register(req).await?;
+    if !resp.error.is_empty() {
+        return Err(ControlError::Refused(resp.error));
+    }
+    if !resp.machine_authorized {
+        return Err(ControlError::Refused(
+            "the server did not authorize the node with this auth key".into(),
+        ));
+    }
+    info!(user = %resp.user.display_name, "registered with auth key");
+    Ok(())
+}
+
+async fn session(
+    cfg: &ControlConfig,
+    id: &Identity,
+    disco: &DiscoKey,
+    netmap_tx: &watch::Sender<Arc<NetMap>>,
+    local: &mut watch::Receiver<LocalInfo>,
+    registered: &mut bool,
+    backoff: &mut Backoff,
+) -> Result<(), ControlError> {
+    let opts = ConnectOptions {
+        extra_ca_pem: cfg.extra_ca_pem.clone(),
+        ..ConnectOptions::default()
+    };
+    let client = ControlClient::connect(&cfg.server_url, &id.machine, opts).await?;
+    let info = local.borrow_and_update().clone();
+    if !*registered {
+        register(&client, cfg, id, hostinfo(cfg, &info)).await?;
+        *registered = true;
+    }
+    let mut req = requests::map_stream(id.node.public(), disco.public(), hostinfo(cfg, &info));
+    let eps = endpoints(&info);
+    req.endpoints = eps.iter().map(|(e, _)| e.clone()).collect();
+    req.endpoint_types = eps.iter().map(|(_, t)| *t).collect();
+    let mut stream = client.map_stream(req).await?;
+    // The netmap is rebuilt per session: the first message is a full map.
+    let mut nm = NetMap::default();
+    loop {
+        tokio::select! {
+            msg = stream.next_message() => {
+                let msg = match msg {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => return Err(ClientError::from(e).into()),
+                    None => return Err(ControlError::StreamEnded),
+                };
+                backoff.reset();
+                let applied = nm.apply(&msg.response);
+                for a in &applied.refused_addresses {
+                    warn!(address = %a, "ignoring an address outside the mesh prefixes");
+                }
+                if applied != Default::default() {
+                    netmap_tx.send_replace(Arc::new(nm.clone()));
+                }
+            }
+            changed = local.changed() => {
+                if changed.is_err() {
+                    return Ok(()); // the data plane is gone: shutting down
+                }
+                let info = local.borrow_and_update().clone();
+                let req = requests::endpoint_update(
+                    id.node.public(),
+                    disco.public(),
+                    &endpoints(&info),
+                    hostinfo(cfg, &info),
+                );
+                client.map_update(req).await?;
+            }
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The reconnecting DERP session to our home region: TLS, `GET /derp`
+//! upgrade, `ServerKey → ClientInfo → ServerInfo`, then packets both ways.
+//! Outbound packets go through a bounded queue and are dropped while the
+//! relay is down (WireGuard retransmits; queueing stale packets would only
+//! add latency).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshscale_controlclient::NodeKey;
+use meshscale_wire::NodePublic;
+use meshscale_wire::tailcfg::{DerpMap, DerpRegionId};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tracing::{Instrument, debug, info, warn};
+
+use super::frame::{self, FrameError, FrameType};
+use crate::backoff::Backoff;
+use crate::nacl;
+
+/// Outbound packets waiting for the relay.
+const OUTBOUND_QUEUE: usize = 512;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Servers send KeepAlive every 60 s; twice that without any frame is dead.
+const READ_IDLE: Duration = Duration::from_secs(120);
+const MAX_HTTP_HEADER: usize = 8 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DerpError {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("DERP {0} timed out")]
+    Timeout(&'static str),
+    #[error("TLS to {host}: {source}")]
+    Tls {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid TLS server name {0:?}")]
+    ServerName(String),
+    #[error("DERP upgrade refused: {0}")]
+    Upgrade(String),
+    #[error("DERP I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("DERP handshake: expected {expected}, got frame type {got:#04x}")]
+    Unexpected { expected: &'static str, got: u8 },
+    #[error("DERP handshake: server info box: {0}")]
+    Box(#[from] nacl::BoxError),
+}
+
+/// Where the relay of one region is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DerpTarget {
+    pub region_id: DerpRegionId,
+    pub region_code: String,
+    pub host_name: String,
+    pub port: u16,
+    /// Forced address (the map's `IPv4`/`IPv6`), else DNS of `host_name`.
+    pub ip: Option<IpAddr>,
+    pub insecure_for_tests: bool,
+}
+
+impl DerpTarget {
+    /// The first non-STUN-only node of `region` in `map`.
+    pub fn from_map(map: &DerpMap, region: DerpRegionId) -> Option<DerpTarget> {
+        let r = map.regions.as_ref()?.get(&region)?;
+        let n = r.nodes.iter().find(|n| !n.stun_only)?;
+        let port = match n.derp_port {
+            0 => 443,
+            p => u16::try_from(p).ok()?,
+        };
+        let ip = [n.ipv4.as_str(), n.ipv6.as_str()]
+            .iter()
+            .find_map(|s| s.parse::<IpAddr>().ok());
+        Some(DerpTarget {
+            region_id: region,
+            region_code: r.region_code.clone(),
+            host_name: n.host_name.clone(),
+            port,
+            ip,
+            insecure_for_tests: n.insecure_for_tests,
+        })
+    }
+
+    /// The region to call home: the lowest id, as a deterministic choice
+    /// until latency measurement picks the nearest.
+    pub fn home(map: &DerpMap) -> Option<DerpTarget> {
+        let regions = map.regions.as_ref()?;
+        regions.keys().find_map(|id| DerpTarget::from_map(map, *id))
+    }
+}
+
+/// What the relay tells the data plane.
+#[derive(Debug)]
+pub enum DerpEvent {
+    Connected(DerpRegionId),
+    Disconnected(DerpRegionId),
+    Packet { src: NodePublic, data: Vec<u8> },
+    PeerGone(NodePublic),
+}
+
+/// TLS settings: verified, and (only for `InsecureForTests` nodes)
+/// unverified.
+#[derive(Clone)]
+pub struct DerpTls {
+    pub verified: Arc<ClientConfig>,
+    pub insecure: Arc<ClientConfig>,
+}
+
+/// The live session; dropping it stops the relay.
+#[derive(Debug)]
+pub struct DerpHandle {
+    pub target: DerpTarget,
+    tx: mpsc::Sender<(NodePublic, Vec<u8>)>,
+    task: JoinHandle<()>,
+}
+
+impl DerpHandle {
+    /// Queues a packet for `dst`; false if the queue is full.
+    pub fn send(&self, dst: NodePublic, data: Vec<u8>) -> bool {
+        self.tx.try_send((dst, data)).is_ok()
+    }
+}
+
+impl Drop for DerpHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the session to `target` as `node`.
+pub fn spawn(
+    target: DerpTarget,
+    node: NodeKey,
+    tls: DerpTls,
+    events: mpsc::Sender<DerpEvent>,
+) -> DerpHandle {
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let span = tracing::info_span!("derp", region = target.region_id, host = %target.host_name);
+    let task = tokio::spawn(run(target.clone(), node, tls, events, rx).instrument(span));
+    DerpHandle { target, tx, task }
+}
+
+async fn run(
+    target: DerpTarget,
+    node: NodeKey,
+    tls: DerpTls,
+    events: mpsc::Sender<DerpEvent>,
+    mut outbound: mpsc::Receiver<(NodePublic, Vec<u8>)>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let started = tokio::time::Instant::now();
+        match session(&target, &node, &tls, &events, &mut outbound).await {
+            Ok(()) => return, // the data plane went away
+            Err(e) => {
+                // A session that lived a while was a success: retry fast.
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff.reset();
+                }
+                let _ = events.send(DerpEvent::Disconnected(target.region_id)).await;
+                let wait = backoff.next_delay();
+                warn!(error = %e, retry_in = ?wait, "DERP session ended");
+                tokio::time::sleep(wait).await;
+            }
+        }
+        // Packets queued while down are stale by now.
+        while outbound.try_recv().is_ok() {}
+        if events.is_closed() {
+            return;
+        }
+    }
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+async fn dial(target: &DerpTarget, tls: &DerpTls) -> Result<Box<dyn Stream>, DerpError> {
+    let addr_text = format!("{}:{}", target.host_name, target.port);
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        match target.ip {
+            Some(ip) => TcpStream::connect(SocketAddr::new(ip, target.port)).await,
+            None => TcpStream::connect(&addr_text).await,
+        }
+    })
+    .await
+    .map_err(|_| DerpError::Timeout("connect"))?
+    .map_err(|source| DerpError::Connect {
+        addr: addr_text.clone(),
+        source,
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let config = if target.insecure_for_tests {
+        tls.insecure.clone()
+    } else {
+        tls.verified.clone()
+    };
+    let name = ServerName::try_from(target.host_name.clone())
+        .map_err(|_| DerpError::ServerName(target.host_name.clone()))?;
+    let stream = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| DerpError::Timeout("TLS handshake"))?
+    .map_err(|source| DerpError::Tls {
+        host: target.host_name.clone(),
+        source,
+    })?;
+    Ok(Box::new(stream))
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<(u8, Vec<u8>), DerpError> {
+    let mut h = [0u8; frame::HEADER_LEN];
+    r.read_exact(&mut h).await?;
+    let (t, len) = frame::parse_header(&h, frame::MAX_FRAME)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await?;
+    Ok((t, payload))
+}
+
+/// One connection: returns `Ok` only when the data plane is gone.
+async fn session(
+    target: &DerpTarget,
+    node: &NodeKey,
+    tls: &DerpTls,
+    events: &mpsc::Sender<DerpEvent>,
+    outbound: &mut mpsc::Receiver<(NodePublic, Vec<u8>)>,
+) -> Result<(), DerpError> {
+    let stream = dial(target, tls).await?;
+    let (r, mut w) = tokio::io::split(stream);
+    let mut r = BufReader::new(r);
+    let handshake = async {
+        let req = format!(
+            "GET /derp HTTP/1.1\r\nHost: {}\r\nUpgrade: DERP\r\nConnection: Upgrade\r\nUser-Agent: meshscale-sidecar\r\n\r\n",
+            target.host_name
+        );
+        w.write_all(req.as_bytes()).await?;
+        w.flush().await?;
+        let mut status = String::new();
+        let mut seen = 0usize;
+        loop {
+            let mut line = String::new();
+            let n = (&mut r)
+                .take((MAX_HTTP_HEADER - seen) as u64)
+                .read_line(&mut line)
+                .await?;
+            seen += n;
+            if n == 0 || seen >= MAX_HTTP_HEADER {
+                return Err(DerpError::Upgrade(
+                    "response headers too long or cut".into(),
+                ));
+            }
+            if status.is_empty() {
+                status = line.trim().to_string();
+            } else if line == "\r\n" || line == "\n" {
+                break;
+            }
+        }
+        if !status.contains(" 101") {
+            return Err(DerpError::Upgrade(status));
+        }
+        let (t, payload) = read_frame(&mut r).await?;
+        if t != FrameType::ServerKey as u8 {
+            return Err(DerpError::Unexpected {
+                expected: "ServerKey",
+                got: t,
+            });
+        }
+        let server_key = frame::parse_server_key(&payload)?;
+        let info = serde_json::json!({"version": frame::PROTOCOL_VERSION, "CanAckPings": true});
+        let sealed = nacl::seal(
+            node.private().as_bytes(),
+            server_key.as_bytes(),
+            info.to_string().as_bytes(),
+        )?;
+        let mut ci = node.public().as_bytes().to_vec();
+        ci.extend_from_slice(&sealed);
+        w.write_all(&frame::encode(FrameType::ClientInfo, &ci)?)
+            .await?;
+        w.flush().await?;
+        let (t, payload) = read_frame(&mut r).await?;
+        if t != FrameType::ServerInfo as u8 {
+            return Err(DerpError::Unexpected {
+                expected: "ServerInfo",
+                got: t,
+            });
+        }
+        // Opening proves the server holds the key it announced.
+        nacl::open(node.private().as_bytes(), server_key.as_bytes(), &payload)?;
+        // This is our home region: the server tells peers to find us here.
+        w.write_all(&frame::encode(FrameType::NotePreferred, &[1])?)
+            .await?;
+        w.flush().await?;
+        Ok::<_, DerpError>(())
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        .await
+        .map_err(|_| DerpError::Timeout("handshake"))??;
+    info!("DERP connected");
+    if events
+        .send(DerpEvent::Connected(target.region_id))
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+
+    let (pong_tx, mut pong_rx) = mpsc::channel::<[u8; 8]>(8);
+    let reader = async {
+        loop {
+            let (t, payload) = tokio::time::timeout(READ_IDLE, read_frame(&mut r))
+                .await
+                .map_err(|_| DerpError::Timeout("read (no frame for 120 s)"))??;
+            match t {
+                t if t == FrameType::RecvPacket as u8 => {
+                    let (src, data) = frame::parse_recv_packet(&payload)?;
+                    let ev = DerpEvent::Packet {
+                        src,
+                        data: data.to_vec(),
+                    };
+                    if events.send(ev).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                t if t == FrameType::Ping as u8 => {
+                    let _ = pong_tx.try_send(frame::parse_ping(&payload)?);
+                }
+                t if t == FrameType::PeerGone as u8 => {
+                    let k = frame::parse_peer_gone(&payload)?;
+                    let _ = events.send(DerpEvent::PeerGone(k)).await;
+                }
+                t if t == FrameType::Health as u8 => {
+                    let text = String::from_utf8_lossy(&payload);
+                    if !text.is_empty() {
+                        warn!(health = %text, "DERP server reports a problem");
+                    }
+                }
+                t if t == FrameType::Restarting as u8 => {
+                    return Err(DerpError::Upgrade("server is restarting".into()));
+                }
+                t if t == FrameType::KeepAlive as u8 => {}
+                other => debug!(frame_type = other, "ignoring DERP frame"),
+            }
+        }
+    };
+    let writer = async {
+        loop {
+            tokio::select! {
+                out = outbound.recv() => {
+                    let Some((dst, data)) = out else { return Ok(()) };
+                    match frame::send_packet(&dst, &data) {
+                        Ok(f) => w.write_all(&f).await?,
+                        Err(e) => debug!(error = %e, "not relaying packet"),
+                    }
+                }
+                Some(p) = pong_rx.recv() => {
+                    w.write_all(&frame::encode(FrameType::Pong, &p)?).await?;
+                }
+            }
+            w.flush().await?;
+        }
+    };
+    tokio::select! {
+        r = reader => r,
+        w = writer => w,
+    }
+}

@@ -1,0 +1,784 @@
+//! The data plane (Tailscale's `wgengine` + `magicsock`, reduced): one task
+//! owns the TUN device, the UDP socket, the DERP session and the WireGuard
+//! sessions, so no locks are needed around boringtun state.
+//!
+//! Paths: a peer is reached directly over UDP when a disco pong came back
+//! from one of its endpoints recently, else through DERP. WireGuard and
+//! disco share the UDP socket, told apart by the disco magic.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use boringtun::noise::{Tunn, TunnResult};
+use meshscale_controlclient::dial::TlsConfigs;
+use meshscale_controlclient::{DiscoKey, NodeKey};
+use meshscale_wire::NodePublic;
+use meshscale_wire::tailcfg::Node;
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_tun::Tun;
+use tracing::{debug, info, trace, warn};
+
+use crate::control::LocalInfo;
+use crate::derp::client::DerpTls;
+use crate::derp::{self, DerpEvent, DerpHandle, DerpTarget};
+use crate::disco::{self, Message, Ping, Pong};
+use crate::netmap::{self, NetMap};
+use crate::paths::{PeerPath, Via};
+use crate::tun;
+use crate::wg::WgPeers;
+
+/// Room for a packet of the TUN MTU plus WireGuard overhead, and for any
+/// datagram the network hands us.
+const BUF: usize = 65_536;
+const TICK: Duration = Duration::from_millis(250);
+/// How often peers' endpoints are probed with disco pings.
+const PING_ROUND: Duration = Duration::from_secs(3);
+const MAX_PENDING_PINGS: usize = 4096;
+const PENDING_TTL: Duration = Duration::from_secs(10);
+/// magicsock's fake address for "via DERP" (`127.3.3.40:<region>`).
+const DERP_MAGIC_IP: Ipv4Addr = Ipv4Addr::new(127, 3, 3, 40);
+
+/// Requests from the local API.
+pub enum Command {
+    Status(oneshot::Sender<StatusReport>),
+    Ping {
+        target: String,
+        reply: oneshot::Sender<Result<PingResult, String>>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PeerStatus {
+    pub id: i64,
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub user: String,
+    pub os: String,
+    pub online: Option<bool>,
+    /// `direct <addr>`, `relay "<code>"` or `idle`.
+    pub path: String,
+    pub active: bool,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct StatusReport {
+    pub state: String,
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub user: String,
+    pub derp: Option<String>,
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PingResult {
+    pub name: String,
+    pub ip: Option<IpAddr>,
+    /// `DERP(<code>)` or `ip:port`.
+    pub via: String,
+    pub direct: bool,
+    pub latency_ms: f64,
+}
+
+struct PeerState {
+    node: Node,
+    path: PeerPath,
+    tx_bytes: u64,
+    rx_bytes: u64,
+    last_activity: Option<Instant>,
+}
+
+struct PendingPing {
+    peer: NodePublic,
+    via: Via,
+    sent: Instant,
+    waiter: Option<u64>,
+}
+
+pub struct EngineConfig {
+    pub tun_name: String,
+    pub udp_port: u16,
+    pub extra_ca_pem: Option<Vec<u8>>,
+    /// Where control lives: used to find the local address other nodes
+    /// can reach us at.
+    pub control_host: String,
+}
+
+pub struct Engine {
+    node: NodeKey,
+    disco: Arc<DiscoKey>,
+    tun: Tun,
+    tun_name: String,
+    udp: UdpSocket,
+    udp_port: u16,
+    derp: Option<DerpHandle>,
+    derp_up: bool,
+    derp_tx: mpsc::Sender<DerpEvent>,
+    derp_rx: mpsc::Receiver<DerpEvent>,
+    tls: DerpTls,
+    wg: WgPeers,
+    peers: HashMap<NodePublic, PeerState>,
+    by_ip: HashMap<IpAddr, NodePublic>,
+    by_disco: HashMap<[u8; 32], NodePublic>,
+    netmap: watch::Receiver<Arc<NetMap>>,
+    current: Arc<NetMap>,
+    self_addrs: Vec<IpAddr>,
+    local_tx: watch::Sender<LocalInfo>,
+    local_ip: Option<IpAddr>,
+    control_host: String,
+    pending: HashMap<[u8; 12], PendingPing>,
+    waiters: HashMap<u64, (oneshot::Sender<Result<PingResult, String>>, Instant)>,
+    next_waiter: u64,
+    ready: Arc<AtomicBool>,
+    out: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Tun(#[from] tun::TunError),
+    #[error("UDP socket on port {port}: {source}")]
+    Udp {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+impl Engine {
+    pub async fn new(
+        cfg: EngineConfig,
+        node: NodeKey,
+        disco: Arc<DiscoKey>,
+        netmap: watch::Receiver<Arc<NetMap>>,
+        local_tx: watch::Sender<LocalInfo>,
+        ready: Arc<AtomicBool>,
+    ) -> Result<Engine, EngineError> {
+        let tun = tun::create(&cfg.tun_name)?;
+        let udp = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, cfg.udp_port)).await {
+            Ok(s) => s,
+            // Another node on this host holds the port: any port works,
+            // peers learn it from our endpoints.
+            Err(e) if cfg.udp_port != 0 => {
+                warn!(port = cfg.udp_port, error = %e, "UDP port busy; using a random one");
+                UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+                    .await
+                    .map_err(|source| EngineError::Udp { port: 0, source })?
+            }
+            Err(source) => return Err(EngineError::Udp { port: 0, source }),
+        };
+        let udp_port = udp.local_addr().map(|a| a.port()).unwrap_or(cfg.udp_port);
+        let tls = TlsConfigs::new(cfg.extra_ca_pem.as_deref())
+            .map_err(|e| EngineError::Tls(e.to_string()))?;
+        let (derp_tx, derp_rx) = mpsc::channel(1024);
+        info!(tun = %cfg.tun_name, udp_port, "data plane ready");
+        Ok(Engine {
+            wg: WgPeers::new(node.private().as_bytes()),
+            node,
+            disco,
+            tun,
+            tun_name: cfg.tun_name,
+            udp,
+            udp_port,
+            derp: None,
+            derp_up: false,
+            derp_tx,
+            derp_rx,
+            tls: DerpTls {
+                verified: tls.strict,
+                insecure: tls.log_only,
+            },
+            peers: HashMap::new(),
+            by_ip: HashMap::new(),
+            by_disco: HashMap::new(),
+            netmap,
+            current: Arc::new(NetMap::default()),
+            self_addrs: Vec::new(),
+            local_tx,
+            local_ip: None,
+            control_host: cfg.control_host,
+            pending: HashMap::new(),
+            waiters: HashMap::new(),
+            next_waiter: 0,
+            ready,
+            out: vec![0u8; BUF],
+        })
+    }
+
+    /// Runs until `commands` closes.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tun_buf = vec![0u8; BUF];
+        let mut udp_buf = vec![0u8; BUF];
+        let mut tick = tokio::time::interval(TICK);
+        let mut last_round = Instant::now();
+        self.discover_local_ip().await;
+        loop {
+            tokio::select! {
+                r = self.tun.recv(&mut tun_buf) => match r {
+                    Ok(n) => self.on_tun(&tun_buf[..n]),
+                    Err(e) => warn!(error = %e, "TUN read"),
+                },
+                r = self.udp.recv_from(&mut udp_buf) => match r {
+                    Ok((n, src)) => self.on_udp(&udp_buf[..n], src),
+                    Err(e) => debug!(error = %e, "UDP read"),
+                },
+                Some(ev) = self.derp_rx.recv() => self.on_derp(ev),
+                _ = tick.tick() => {
+                    self.timers();
+                    if last_round.elapsed() >= PING_ROUND {
+                        last_round = Instant::now();
+                        self.ping_round();
+                    }
+                }
+                r = self.netmap.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let nm = self.netmap.borrow_and_update().clone();
+                    self.apply_netmap(nm);
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(c) => self.command(c),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// The address on our LAN that routes towards the control server:
+    /// our first endpoint candidate (STUN would add the public one).
+    async fn discover_local_ip(&mut self) {
+        let Ok(sock) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
+            return;
+        };
+        let target = match self.control_host.parse::<IpAddr>() {
+            Ok(ip) => Some(SocketAddr::new(ip, 443)),
+            Err(_) => tokio::net::lookup_host((self.control_host.as_str(), 443))
+                .await
+                .ok()
+                .and_then(|mut it| it.find(SocketAddr::is_ipv4)),
+        };
+        if let Some(t) = target
+            && sock.connect(t).await.is_ok()
+            && let Ok(local) = sock.local_addr()
+            && !local.ip().is_unspecified()
+        {
+            self.local_ip = Some(local.ip());
+        }
+        self.publish_local();
+    }
+
+    fn our_endpoints(&self) -> Vec<SocketAddr> {
+        self.local_ip
+            .map(|ip| SocketAddr::new(ip, self.udp_port))
+            .into_iter()
+            .collect()
+    }
+
+    fn publish_local(&self) {
+        let info = LocalInfo {
+            endpoints: self.our_endpoints(),
+            preferred_derp: self.derp.as_ref().map_or(0, |d| d.target.region_id),
+        };
+        self.local_tx.send_if_modified(|cur| {
+            let changed = *cur != info;
+            *cur = info;
+            changed
+        });
+    }
+
+    fn apply_netmap(&mut self, nm: Arc<NetMap>) {
+        if let Some(me) = &nm.self_node {
+            let addrs = netmap::addresses(me);
+            if addrs != self.self_addrs && !addrs.is_empty() {
+                match tun::configure(&self.tun_name, &addrs) {
+                    Ok(warnings) => {
+                        for w in warnings {
+                            warn!(warning = %w, "TUN IPv6 setup");
+                        }
+                        info!(addresses = ?addrs, tun = %self.tun_name, "tunnel up");
+                        self.self_addrs = addrs;
+                        self.ready.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => warn!(error = %e, "cannot configure the TUN device"),
+                }
+            }
+        }
+        if let Some(map) = &nm.derp_map {
+            let home = DerpTarget::home(map);
+            let current = self.derp.as_ref().map(|d| &d.target);
+            if home.as_ref() != current {
+                self.derp = home.map(|t| {
+                    info!(region = t.region_id, code = %t.region_code, "home DERP");
+                    derp::spawn(t, self.node.clone(), self.tls.clone(), self.derp_tx.clone())
+                });
+                self.derp_up = false;
+                self.publish_local();
+            }
+        }
+        // Peers: add, update, and drop what the map no longer has.
+        let mut seen = Vec::with_capacity(nm.peers.len());
+        self.by_ip.clear();
+        self.by_disco.clear();
+        for peer in nm.peers.values() {
+            let key = peer.key;
+            if key.is_zero() {
+                continue;
+            }
+            seen.push(key);
+            self.wg.ensure(key);
+            for ip in netmap::addresses(peer) {
+                self.by_ip.insert(ip, key);
+            }
+            if !peer.disco_key.is_zero() {
+                self.by_disco.insert(*peer.disco_key.as_bytes(), key);
+            }
+            let endpoints: Vec<SocketAddr> = peer
+                .endpoints
+                .iter()
+                .filter_map(|e| e.parse().ok())
+                .collect();
+            let st = self.peers.entry(key).or_insert_with(|| PeerState {
+                node: peer.clone(),
+                path: PeerPath::default(),
+                tx_bytes: 0,
+                rx_bytes: 0,
+                last_activity: None,
+            });
+            if st.node.disco_key != peer.disco_key {
+                // A new disco key means the peer restarted: its old
+                // path proofs mean nothing now.
+                st.path = PeerPath::default();
+            }
+            st.path.set_map_endpoints(endpoints);
+            st.node = peer.clone();
+        }
+        for key in self.wg.keys() {
+            if !seen.contains(&key) {
+                debug!(peer = %key, "peer removed: tearing its tunnel down");
+                self.wg.remove(&key);
+                self.peers.remove(&key);
+            }
+        }
+        self.current = nm;
+    }
+
+    fn on_tun(&mut self, packet: &[u8]) {
+        let Some(dst) = Tunn::dst_address(packet) else {
+            return;
+        };
+        let Some(key) = self.by_ip.get(&dst).copied() else {
+            trace!(%dst, "no peer for destination");
+            return;
+        };
+        let Some(peer) = self.wg.get_mut(&key) else {
+            return;
+        };
+        let out = match peer.tunn.encapsulate(packet, &mut self.out) {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            TunnResult::Err(e) => {
+                debug!(peer = %key, error = ?e, "encapsulate");
+                return;
+            }
+            _ => return,
+        };
+        if let Some(st) = self.peers.get_mut(&key) {
+            st.tx_bytes += packet.len() as u64;
+            st.last_activity = Some(Instant::now());
+        }
+        self.send_wg(key, &out);
+    }
+
+    /// Sends a WireGuard datagram on the best path.
+    fn send_wg(&mut self, key: NodePublic, data: &[u8]) {
+        let direct = self
+            .peers
+            .get(&key)
+            .and_then(|p| p.path.direct(Instant::now()));
+        if let Some(addr) = direct
+            && self.udp.try_send_to(data, addr).is_ok()
+        {
+            return;
+        }
+        if let Some(d) = &self.derp
+            && !d.send(key, data.to_vec())
+        {
+            debug!(peer = %key, "DERP queue full; packet dropped");
+        }
+    }
+
+    fn on_udp(&mut self, data: &[u8], src: SocketAddr) {
+        if disco::looks_like_disco(data) {
+            self.disco_in(data, Via::Udp(src));
+            return;
+        }
+        match self.wg.identify(data) {
+            Some(key) => self.wg_in(key, data, Some(src)),
+            None => trace!(%src, "datagram from no known peer dropped"),
+        }
+    }
+
+    fn on_derp(&mut self, ev: DerpEvent) {
+        match ev {
+            DerpEvent::Connected(region) => {
+                debug!(region, "DERP up");
+                self.derp_up = true;
+                self.publish_local();
+            }
+            DerpEvent::Disconnected(region) => {
+                debug!(region, "DERP down");
+                self.derp_up = false;
+            }
+            DerpEvent::PeerGone(k) => debug!(peer = %k, "peer gone from DERP"),
+            DerpEvent::Packet { src, data } => {
+                if disco::looks_like_disco(&data) {
+                    self.disco_in(&data, Via::Derp(src));
+                } else if self.wg.contains(&src) {
+                    self.wg_in(src, &data, None);
+                } else {
+                    trace!(peer = %src, "DERP packet from no known peer dropped");
+                }
+            }
+        }
+    }
+
+    fn wg_in(&mut self, key: NodePublic, data: &[u8], src: Option<SocketAddr>) {
+        let allowed: Vec<IpAddr> = self
+            .peers
+            .get(&key)
+            .map(|p| netmap::addresses(&p.node))
+            .unwrap_or_default();
+        let mut datagram = data;
+        let mut to_network = Vec::new();
+        let mut to_tun = Vec::new();
+        {
+            let Some(peer) = self.wg.get_mut(&key) else {
+                return;
+            };
+            loop {
+                match peer
+                    .tunn
+                    .decapsulate(src.map(|s| s.ip()), datagram, &mut self.out)
+                {
+                    TunnResult::WriteToNetwork(p) => {
+                        to_network.push(p.to_vec());
+                        // Flush what boringtun queued while handshaking.
+                        datagram = &[];
+                        continue;
+                    }
+                    TunnResult::WriteToTunnelV4(p, ip) => to_tun.push((p.to_vec(), IpAddr::V4(ip))),
+                    TunnResult::WriteToTunnelV6(p, ip) => to_tun.push((p.to_vec(), IpAddr::V6(ip))),
+                    TunnResult::Err(e) => debug!(peer = %key, error = ?e, "decapsulate"),
+                    TunnResult::Done => {}
+                }
+                break;
+            }
+        }
+        for p in to_network {
+            self.send_wg(key, &p);
+        }
+        for (p, ip) in to_tun {
+            // A peer may only speak for its own addresses, else any peer
+            // could inject traffic as another.
+            if !allowed.contains(&ip) {
+                debug!(peer = %key, %ip, "packet from an address the peer does not own");
+                continue;
+            }
+            if let Some(st) = self.peers.get_mut(&key) {
+                st.rx_bytes += p.len() as u64;
+                st.last_activity = Some(Instant::now());
+            }
+            if let Err(e) = self.tun.try_send(&p) {
+                debug!(error = %e, "TUN write");
+            }
+        }
+    }
+
+    fn timers(&mut self) {
+        for key in self.wg.keys() {
+            let out = match self.wg.get_mut(&key) {
+                Some(p) => match p.tunn.update_timers(&mut self.out) {
+                    TunnResult::WriteToNetwork(p) => Some(p.to_vec()),
+                    _ => None,
+                },
+                None => None,
+            };
+            if let Some(p) = out {
+                self.send_wg(key, &p);
+            }
+        }
+        let now = Instant::now();
+        self.pending
+            .retain(|_, p| now.duration_since(p.sent) < PENDING_TTL);
+        self.waiters
+            .retain(|_, (_, t)| now.duration_since(*t) < PENDING_TTL);
+    }
+
+    /// Probes every peer's endpoints and asks it (via DERP) to probe ours.
+    fn ping_round(&mut self) {
+        let now = Instant::now();
+        let keys: Vec<NodePublic> = self.peers.keys().copied().collect();
+        let ours = self.our_endpoints();
+        for key in keys {
+            let Some(st) = self.peers.get(&key) else {
+                continue;
+            };
+            if st.node.disco_key.is_zero() || st.node.online == Some(false) {
+                continue;
+            }
+            let targets = st.path.candidates();
+            let has_direct = st.path.direct(now).is_some();
+            for ep in targets {
+                self.send_ping(key, Via::Udp(ep), None);
+            }
+            if !has_direct && !ours.is_empty() {
+                self.send_disco(key, &Message::CallMeMaybe(ours.clone()), Via::Derp(key));
+            }
+        }
+    }
+
+    fn send_ping(&mut self, key: NodePublic, via: Via, waiter: Option<u64>) {
+        if self.pending.len() >= MAX_PENDING_PINGS {
+            return;
+        }
+        let txid: [u8; 12] = rand::random();
+        let msg = Message::Ping(Ping {
+            txid,
+            node_key: self.node.public(),
+            padding: 0,
+        });
+        if self.send_disco(key, &msg, via) {
+            self.pending.insert(
+                txid,
+                PendingPing {
+                    peer: key,
+                    via,
+                    sent: Instant::now(),
+                    waiter,
+                },
+            );
+        }
+    }
+
+    fn send_disco(&mut self, key: NodePublic, msg: &Message, via: Via) -> bool {
+        let Some(st) = self.peers.get(&key) else {
+            return false;
+        };
+        let pkt = match disco::seal(
+            self.disco.private_bytes(),
+            self.disco.public().as_bytes(),
+            st.node.disco_key.as_bytes(),
+            msg,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(error = %e, "disco seal");
+                return false;
+            }
+        };
+        match via {
+            Via::Udp(addr) => self.udp.try_send_to(&pkt, addr).is_ok(),
+            Via::Derp(_) => self.derp.as_ref().is_some_and(|d| d.send(key, pkt)),
+        }
+    }
+
+    fn disco_in(&mut self, data: &[u8], via: Via) {
+        let Ok(sender) = disco::sender(data) else {
+            return;
+        };
+        let Some(key) = self.by_disco.get(&sender).copied() else {
+            trace!("disco packet from an unknown disco key dropped");
+            return;
+        };
+        let msg = match disco::open(self.disco.private_bytes(), data) {
+            Ok((_, m)) => m,
+            Err(e) => {
+                debug!(peer = %key, error = %e, "bad disco packet");
+                return;
+            }
+        };
+        match msg {
+            Message::Ping(p) => {
+                let src = match via {
+                    Via::Udp(a) => a,
+                    Via::Derp(_) => SocketAddr::new(
+                        IpAddr::V4(DERP_MAGIC_IP),
+                        self.derp
+                            .as_ref()
+                            .and_then(|d| u16::try_from(d.target.region_id).ok())
+                            .unwrap_or(0),
+                    ),
+                };
+                self.send_disco(key, &Message::Pong(Pong { txid: p.txid, src }), via);
+                // A ping over UDP proves the path works one way; probe it
+                // back so both sides can go direct (hole punching).
+                if let Via::Udp(a) = via
+                    && let Some(st) = self.peers.get_mut(&key)
+                {
+                    st.path.add_candidate(a);
+                    if st.path.direct(Instant::now()).is_none() {
+                        self.send_ping(key, via, None);
+                    }
+                }
+            }
+            Message::Pong(p) => {
+                let Some(pending) = self.pending.remove(&p.txid) else {
+                    return;
+                };
+                if pending.peer != key || pending.via != via {
+                    debug!(peer = %key, "pong does not match its ping; ignored");
+                    return;
+                }
+                let now = Instant::now();
+                let latency = now.duration_since(pending.sent);
+                if let (Via::Udp(addr), Some(st)) = (via, self.peers.get_mut(&key))
+                    && st.path.on_pong(addr, latency, now)
+                {
+                    info!(peer = %key, %addr, ?latency, "direct path");
+                }
+                if let Some(id) = pending.waiter
+                    && let Some((tx, _)) = self.waiters.remove(&id)
+                {
+                    let _ = tx.send(Ok(self.ping_result(key, via, latency)));
+                }
+            }
+            Message::CallMeMaybe(eps) => {
+                if let Some(st) = self.peers.get_mut(&key) {
+                    for ep in &eps {
+                        st.path.add_candidate(*ep);
+                    }
+                }
+                for ep in eps {
+                    self.send_ping(key, Via::Udp(ep), None);
+                }
+            }
+        }
+    }
+
+    fn ping_result(&self, key: NodePublic, via: Via, latency: Duration) -> PingResult {
+        let node = self.peers.get(&key).map(|p| &p.node);
+        let (via_text, direct) = match via {
+            Via::Udp(a) => (a.to_string(), true),
+            Via::Derp(_) => (
+                format!(
+                    "DERP({})",
+                    self.derp
+                        .as_ref()
+                        .map_or("?", |d| d.target.region_code.as_str())
+                ),
+                false,
+            ),
+        };
+        PingResult {
+            name: node
+                .map(|n| netmap::short_name(n).to_string())
+                .unwrap_or_default(),
+            ip: node.and_then(|n| netmap::addresses(n).first().copied()),
+            via: via_text,
+            direct,
+            latency_ms: latency.as_secs_f64() * 1000.0,
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Ping { target, reply } => {
+                let Some(node) = self.current.find_peer(&target) else {
+                    let _ = reply.send(Err(format!("no peer named or addressed {target:?}")));
+                    return;
+                };
+                let key = node.key;
+                if node.disco_key.is_zero() {
+                    let _ = reply.send(Err(format!("{target} has no disco key; cannot ping")));
+                    return;
+                }
+                let id = self.next_waiter;
+                self.next_waiter += 1;
+                self.waiters.insert(id, (reply, Instant::now()));
+                let targets = self
+                    .peers
+                    .get(&key)
+                    .map(|p| p.path.candidates())
+                    .unwrap_or_default();
+                for ep in targets {
+                    self.send_ping(key, Via::Udp(ep), Some(id));
+                }
+                self.send_ping(key, Via::Derp(key), Some(id));
+            }
+        }
+    }
+
+    fn status(&self) -> StatusReport {
+        let now = Instant::now();
+        let me = self.current.self_node.as_ref();
+        let user_of = |n: &Node| self.current.users.get(&n.user).cloned().unwrap_or_default();
+        let relay = self
+            .derp
+            .as_ref()
+            .map(|d| d.target.region_code.clone())
+            .unwrap_or_default();
+        let mut peers: Vec<PeerStatus> = self
+            .peers
+            .values()
+            .map(|p| {
+                let active = p
+                    .last_activity
+                    .is_some_and(|t| now.duration_since(t) < Duration::from_secs(120));
+                let path = match (p.path.direct(now), active) {
+                    (Some(a), _) => format!("direct {a}"),
+                    (None, true) => format!("relay {relay:?}"),
+                    (None, false) => "idle".into(),
+                };
+                PeerStatus {
+                    id: p.node.id,
+                    name: netmap::short_name(&p.node).to_string(),
+                    ips: netmap::addresses(&p.node),
+                    user: user_of(&p.node),
+                    os: p
+                        .node
+                        .hostinfo
+                        .as_ref()
+                        .map(|h| h.os.clone())
+                        .unwrap_or_default(),
+                    online: p.node.online,
+                    path,
+                    active,
+                    tx_bytes: p.tx_bytes,
+                    rx_bytes: p.rx_bytes,
+                }
+            })
+            .collect();
+        peers.sort_by_key(|p| p.id);
+        StatusReport {
+            state: if self.ready.load(Ordering::Relaxed) {
+                "Running".into()
+            } else {
+                "Starting".into()
+            },
+            name: me
+                .map(|n| netmap::short_name(n).to_string())
+                .unwrap_or_default(),
+            ips: self.self_addrs.clone(),
+            user: me.map(user_of).unwrap_or_default(),
+            derp: self
+                .derp
+                .as_ref()
+                .filter(|_| self.derp_up)
+                .map(|d| d.target.region_code.clone()),
+            peers,
+        }
+    }
+}
