@@ -110,6 +110,18 @@ impl PendingRegistrations {
         (e.created.elapsed() < self.ttl).then_some(e.node)
     }
 
+    /// What an approval needs, without removing the entry: it stays until the
+    /// node is stored, so a client polling meanwhile still finds it waiting.
+    pub fn peek(&self, id: &str) -> Option<(String, String, String)> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = entries.get(id).filter(|e| e.created.elapsed() < self.ttl)?;
+        Some((
+            e.node.machine_key.clone(),
+            e.node.node_key.clone(),
+            e.node.hostname.clone(),
+        ))
+    }
+
     pub fn contains(&self, id: &str) -> bool {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries

@@ -1,6 +1,7 @@
 //! `meshscale serve`: opens the store, starts every listener, and stops them
 //! together on SIGINT or SIGTERM.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -43,6 +44,7 @@ async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
+    let signalled = shutdown_signal()?;
     let metrics = Metrics::new();
     let prefixes = config.ip_prefixes()?;
     let target = config.database_target()?;
@@ -171,7 +173,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let outcome = tokio::select! {
-        _ = shutdown_signal() => {
+        _ = signalled => {
             tracing::info!("shutting down");
             Ok(())
         }
@@ -192,22 +194,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     outcome
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM");
-                std::future::pending::<()>().await
-            }
+/// Resolves on SIGINT or SIGTERM. Installed before anything is served, so a
+/// signal that arrives during start-up still means a clean shutdown.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
+    })
 }
 
 /// Everything on `listen_addr`: health, the Noise entry points, the login page.

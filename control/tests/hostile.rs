@@ -34,6 +34,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
+/// Builds the bytes of one (mis)behaving record with the session's cipher.
+type RecordMaker = Box<dyn Fn(&mut TransportCipher) -> Vec<u8>>;
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -225,7 +228,7 @@ async fn malformed_upgrades_handshakes_and_records() {
             .unwrap();
             rec
         };
-        let cases: Vec<(&str, Box<dyn Fn(&mut TransportCipher) -> Vec<u8>>)> = vec![
+        let cases: Vec<(&str, RecordMaker)> = vec![
             (
                 "oversized record",
                 Box::new(|_| {

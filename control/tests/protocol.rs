@@ -452,7 +452,7 @@ async fn map_stream_full_map_then_deltas() {
             .iter()
             .find(|p| p.node_id == n2_id)
             .unwrap();
-        assert_eq!(p.endpoints, [endpoint.clone()], "{ctx}");
+        assert_eq!(p.endpoints, std::slice::from_ref(&endpoint), "{ctx}");
         assert!(patch.peers_changed.is_empty(), "{ctx}: a patch, not a node");
 
         // Node 2's stream ending marks it offline for node 1.
@@ -579,6 +579,7 @@ async fn idle_stream_gets_exact_keep_alives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_key_and_early_payload() {
+    // Nothing here reaches the store: one backend is enough.
     let db = support::Db::Sqlite;
     let s = start_mesh(&db, &extra_config()).await;
     let (status, body) = http_get(s.http, "/key?v=133").await.unwrap();

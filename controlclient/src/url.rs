@@ -65,7 +65,10 @@ impl FromStr for ServerUrl {
         }
         // Parsed here: `Authority::port` turns an out-of-range port into
         // "no port", which would silently dial the default one.
-        let port_text = authority.as_str()[authority.host().len()..].strip_prefix(':');
+        let port_text = authority
+            .as_str()
+            .strip_prefix(authority.host())
+            .and_then(|rest| rest.strip_prefix(':'));
         let explicit_port = port_text.is_some();
         let port = match port_text {
             None if tls => 443,
@@ -160,6 +163,9 @@ mod tests {
         assert_eq!(u.host_header(), "[::1]:8443");
         assert_eq!(u.key_path(130), "/prefix/key?v=130");
         assert_eq!(u.upgrade_path(), "/ts2021");
+
+        let u: ServerUrl = "https://h:65535".parse().unwrap();
+        assert_eq!(u.port(), 65535);
     }
 
     #[test]
@@ -172,6 +178,8 @@ mod tests {
             "http://user@host",
             "http://host:0",
             "http://host:99999",
+            "http://host:",
+            "http://[::1",
             "not a url",
         ] {
             assert!(bad.parse::<ServerUrl>().is_err(), "{bad:?}");

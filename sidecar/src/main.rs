@@ -102,6 +102,9 @@ struct UpArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    // One process-wide rustls provider, chosen here: a workspace build may
+    // compile a second backend, and then rustls cannot pick one by itself.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

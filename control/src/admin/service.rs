@@ -382,17 +382,17 @@ impl MeshscaleService for AdminService {
         let result = async {
             let s = &self.state;
             let user = s.store.resolve_user(&r.user).await.map_err(status)?;
-            let Some(mut pending) = s.pending.take(&r.key) else {
+            let Some((machine_key, node_key, hostname)) = s.pending.peek(&r.key) else {
                 return Err(Status::not_found(format!(
                     "no node is waiting for approval with registration id {:?} (ids expire after 15 minutes)",
                     r.key.chars().take(64).collect::<String>()
                 )));
             };
             let new = NewNode {
-                machine_key: pending.machine_key.clone(),
-                node_key: pending.node_key.clone(),
+                machine_key,
+                node_key,
                 disco_key: String::new(),
-                hostname: pending.hostname.clone(),
+                hostname,
                 user_id: user.id,
                 tags: Vec::new(),
                 ephemeral: false,
@@ -400,21 +400,16 @@ impl MeshscaleService for AdminService {
                 register_method: RegisterMethod::Cli,
                 expiry: None,
             };
-            match s.store.register_node(new).await {
-                Ok(n) => {
-                    s.hub.upsert(n.clone());
-                    tracing::info!(node.id = n.id, node.name = %n.given_name, user.name = %user.name, "node registered");
-                    if let Some(tx) = pending.on_approved.take() {
-                        // The waiting client may have gone; its node stays registered all the same.
-                        let _ = tx.send(n.id);
-                    }
-                    Ok(RegisterNodeResponse { node: Some(self.node_message(&n)) })
-                }
-                Err(e) => {
-                    s.pending.restore(r.key, pending);
-                    Err(status(e))
-                }
+            // Stored first, released second: a client polling in between still
+            // finds its entry and is woken below, never handed a new login URL.
+            let n = s.store.register_node(new).await.map_err(status)?;
+            s.hub.upsert(n.clone());
+            tracing::info!(node.id = n.id, node.name = %n.given_name, user.name = %user.name, "node registered");
+            if let Some(tx) = s.pending.take(&r.key).and_then(|mut p| p.on_approved.take()) {
+                // The waiting client may have gone; its node stays registered all the same.
+                let _ = tx.send(n.id);
             }
+            Ok(RegisterNodeResponse { node: Some(self.node_message(&n)) })
         }
         .await;
         self.finish("RegisterNode", result)

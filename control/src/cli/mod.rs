@@ -108,6 +108,10 @@ pub(crate) struct Context {
 pub fn main() -> ExitCode {
     // Usage errors, --help and --version exit here, with clap's own codes.
     let cli = Cli::parse();
+    // rustls needs one process-wide crypto provider; when a workspace build
+    // also compiles another backend (aws-lc through a test peer), rustls
+    // cannot pick one by itself and its default builders would panic.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -32,7 +32,7 @@ where
     S: Clone + Send + Sync + 'static,
 {
     Router::new()
-        .route("/derp", get(upgrade))
+        .route("/derp", get(upgrade).post(upgrade))
         // Two names for one probe: different client versions use each.
         .route("/derp/probe", get(probe))
         .route("/derp/latency-check", get(probe))

@@ -155,7 +155,9 @@ impl Hub {
     /// asking its user to log in again (Headscale issue 3410).
     pub fn remove(&self, node_id: i64) {
         let mut st = self.lock();
-        let Some(mut member) = st.members.remove(&node_id) else { return };
+        let Some(mut member) = st.members.remove(&node_id) else {
+            return;
+        };
         let now = Utc::now();
         let mut record = member.record.clone();
         record.expiry = Some(now - chrono::Duration::seconds(1));
@@ -488,7 +490,10 @@ mod tests {
         let last = decode(&s.frames.recv().await.unwrap());
         let me = last.node.unwrap();
         assert!(me.expired && !me.machine_authorized);
-        assert!(s.frames.recv().await.is_none(), "the session ends after that");
+        assert!(
+            s.frames.recv().await.is_none(),
+            "the session ends after that"
+        );
     }
 
     #[tokio::test]

@@ -209,7 +209,13 @@ async fn decide(
             }),
         };
     }
-    // A follow-up for a login approved already, or expired: fall through.
+    // A follow-up for a login approved already, or expired: fall through, with
+    // a fresh look at the node, which the approval may have just stored.
+    let existing = if req.followup.is_empty() {
+        existing
+    } else {
+        state.store.node_by_machine_key(machine_key).await?
+    };
 
     // A known machine: "I'm back", or a node-key rotation.
     if let Some(node) = existing {

@@ -92,7 +92,7 @@ pub fn server_pid(s: &Server) -> u32 {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if args.iter().any(|a| a == "serve") && args.iter().any(|a| *a == config) {
+        if args.iter().any(|a| a == "serve") && args.contains(&config) {
             found.push(pid);
         }
     }

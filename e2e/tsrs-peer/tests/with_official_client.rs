@@ -221,13 +221,6 @@ fn scenario(lab: &mut Lab, tools: &Tools, path: Path) -> anyhow::Result<()> {
             .is_some_and(|n| n.starts_with("tsrs1.")),
         "nodo1 does not know tsrs1 by name: {seen}"
     );
-    if path == Path::Any {
-        // Informational: whether a direct path forms (tailscale-rs 0.6 does
-        // disco and direct UDP). Not asserted: timing-dependent, and scenario
-        // 5 is about reaching each other, which the echo checks prove.
-        let ping = official.cli(&["ping", "-c", "5", &rs_ip], Duration::from_secs(30))?;
-        eprintln!("tailscale ping {rs_ip}:\n{}", ping.combined().trim_end());
-    }
     if path == Path::DerpOnly {
         // The relay is how nodo1 reaches tsrs1's home region: it is only
         // known if the server passed on tsrs1's preferred DERP.

@@ -18,7 +18,11 @@ pub type ExtraFields = serde_json::Map<String, serde_json::Value>;
 #[serde(rename_all = "PascalCase", default)]
 pub struct Hostinfo {
     /// Client version in `version.Long` form, e.g. `"1.96.2-t0123abcd-g4567"`.
-    #[serde(rename = "IPNVersion", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "IPNVersion",
+        alias = "IpnVersion",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub ipn_version: String,
     #[serde(rename = "FrontendLogID", skip_serializing_if = "String::is_empty")]
     pub frontend_log_id: String,
@@ -166,11 +170,23 @@ pub struct NetInfo {
         skip_serializing_if = "Option::is_none"
     )]
     pub mapping_varies_by_dest_ip: Option<bool>,
-    #[serde(rename = "WorkingIPv6", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "WorkingIPv6",
+        alias = "WorkingIpv6",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub working_ipv6: Option<bool>,
-    #[serde(rename = "OSHasIPv6", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "OSHasIPv6",
+        alias = "OsHasIpv6",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_has_ipv6: Option<bool>,
-    #[serde(rename = "WorkingUDP", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "WorkingUDP",
+        alias = "WorkingUdp",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub working_udp: Option<bool>,
     #[serde(rename = "WorkingICMPv4", skip_serializing_if = "Option::is_none")]
     pub working_icmpv4: Option<bool>,
@@ -183,7 +199,11 @@ pub struct NetInfo {
     #[serde(rename = "PCP", skip_serializing_if = "Option::is_none")]
     pub pcp: Option<bool>,
     /// Home DERP region; 0 = unknown. Servers copy it to `Node.HomeDERP`.
-    #[serde(rename = "PreferredDERP", skip_serializing_if = "gojson::is_zero_i64")]
+    #[serde(
+        rename = "PreferredDERP",
+        alias = "PreferredDerp",
+        skip_serializing_if = "gojson::is_zero_i64"
+    )]
     pub preferred_derp: DerpRegionId,
     /// `"wired"`, `"wifi"`, `"mobile"`.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -191,6 +211,7 @@ pub struct NetInfo {
     /// Seconds to each DERP region, keyed `"<region>-v4"` / `"<region>-v6"`.
     #[serde(
         rename = "DERPLatency",
+        alias = "DerpLatency",
         deserialize_with = "gojson::nullable",
         skip_serializing_if = "BTreeMap::is_empty"
     )]

@@ -60,7 +60,7 @@ pub struct MapRequest {
     #[serde(skip_serializing_if = "gojson::is_false")]
     pub stream: bool,
     /// The client's current Hostinfo (Go sends `null` if it has none).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "HostInfo", skip_serializing_if = "Option::is_none")]
     pub hostinfo: Option<Hostinfo>,
     /// Opaque handle of a map session to resume (servers may ignore it).
     #[serde(skip_serializing_if = "String::is_empty")]

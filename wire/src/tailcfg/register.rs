@@ -172,7 +172,7 @@ pub struct RegisterResponse {
     #[serde(default)]
     pub machine_authorized: bool,
     /// Non-empty while interactive authorization is pending.
-    #[serde(rename = "AuthURL", default, skip_serializing_if = "String::is_empty")]
+    #[serde(rename = "AuthURL", default)]
     pub auth_url: String,
     /// Tailnet lock: the current signature, to be re-signed for a new key.
     #[serde(
@@ -182,7 +182,7 @@ pub struct RegisterResponse {
     )]
     pub node_key_signature: Vec<u8>,
     /// Non-empty on failure; the other fields are then ignored.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(default)]
     pub error: String,
 }
 

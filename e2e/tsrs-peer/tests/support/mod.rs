@@ -667,10 +667,11 @@ impl Drop for Lab {
         for ns in self.namespaces.iter().rev() {
             delete_namespace(&ns.name);
         }
-        if failing && std::env::var("MESHSCALE_E2E_KEEP").as_deref() == Ok("1") {
-            if let Some(dir) = self.dir.take() {
-                eprintln!("MESHSCALE_E2E_KEEP=1: keeping {}", dir.keep().display());
-            }
+        if failing
+            && std::env::var("MESHSCALE_E2E_KEEP").as_deref() == Ok("1")
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("MESHSCALE_E2E_KEEP=1: keeping {}", dir.keep().display());
         }
     }
 }

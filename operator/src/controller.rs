@@ -1,0 +1,171 @@
+//! Wires the reconcilers into kube-runtime controllers and watchers. Runs only
+//! on the replica that holds the lease.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use crate::admin::Admin;
+use crate::crd::{MeshNode, MeshUser, PreAuthKey};
+use crate::kubeops::Kube;
+use crate::reconcile::{Ctx, ReconcileError, nodes, pak, pods, user};
+
+/// Hostname → `namespace/name` of the injected pods currently alive.
+pub type PodIndex = Arc<Mutex<HashMap<String, String>>>;
+
+fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+    .replace("//", "/")
+}
+
+fn error_policy<K, A, C>(obj: Arc<K>, err: &ReconcileError, ctx: Arc<Ctx<A, C>>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+    A: Admin,
+    C: Kube,
+{
+    let delay = ctx.backoff.fail(&key(obj.as_ref()));
+    warn!(object = %key(obj.as_ref()), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Runs every controller until one of them ends (which it does only when the
+/// watch streams do).
+pub async fn run<A: Admin, C: Kube>(client: Client, ctx: Arc<Ctx<A, C>>, node_sync: Duration) {
+    let users = Controller::new(
+        Api::<MeshUser>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(
+        |mu, ctx: Arc<Ctx<A, C>>| async move {
+            let r = user::reconcile(&mu, &ctx).await;
+            if r.is_ok() {
+                ctx.backoff.reset(&key(mu.as_ref()));
+            }
+            r
+        },
+        error_policy,
+        Arc::clone(&ctx),
+    )
+    .for_each(|_| async {});
+    let keys = Controller::new(
+        Api::<PreAuthKey>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(
+        |p, ctx: Arc<Ctx<A, C>>| async move { pak::reconcile(&p, &ctx).await },
+        error_policy,
+        Arc::clone(&ctx),
+    )
+    .for_each(|_| async {});
+    let mesh_nodes = Controller::new(
+        Api::<MeshNode>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(
+        |n, ctx: Arc<Ctx<A, C>>| async move { nodes::reconcile(&n, &ctx).await },
+        error_policy,
+        Arc::clone(&ctx),
+    )
+    .for_each(|_| async {});
+    let index: PodIndex = Arc::default();
+    let pod_watch = watch_pods(client, Arc::clone(&ctx), Arc::clone(&index));
+    let sync = sync_loop(Arc::clone(&ctx), index, node_sync);
+    tokio::select! {
+        _ = users => info!("MeshUser controller ended"),
+        _ = keys => info!("PreAuthKey controller ended"),
+        _ = mesh_nodes => info!("MeshNode controller ended"),
+        _ = pod_watch => info!("pod watch ended"),
+        _ = sync => info!("node sync ended"),
+    }
+}
+
+async fn sync_loop<A: Admin, C: Kube>(ctx: Arc<Ctx<A, C>>, index: PodIndex, every: Duration) {
+    loop {
+        let pods = index.lock().map(|m| m.clone()).unwrap_or_default();
+        let wait = match nodes::sync(&ctx, &pods).await {
+            Ok(r) => {
+                ctx.backoff.reset("nodesync");
+                if r.created + r.updated + r.deleted > 0 {
+                    info!(
+                        created = r.created,
+                        updated = r.updated,
+                        deleted = r.deleted,
+                        "MeshNodes synced"
+                    );
+                }
+                every
+            }
+            Err(e) => {
+                let d = ctx.backoff.fail("nodesync");
+                warn!(error = %e, retry_in = ?d, "MeshNode sync failed");
+                d
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn watch_pods<A: Admin, C: Kube>(client: Client, ctx: Arc<Ctx<A, C>>, index: PodIndex) {
+    // default_backoff: a watch error (API server restart) retries instead of ending the stream.
+    let stream = watcher(Api::<Pod>::all(client), watcher::Config::default()).default_backoff();
+    stream
+        .for_each(|event| {
+            let ctx = Arc::clone(&ctx);
+            let index = Arc::clone(&index);
+            async move {
+                let event = match event {
+                    Ok(e) => e,
+                    Err(e) => return warn!(error = %e, "pod watch error"),
+                };
+                let (pod, gone) = match event {
+                    watcher::Event::Init => {
+                        if let Ok(mut m) = index.lock() {
+                            m.clear();
+                        }
+                        return;
+                    }
+                    watcher::Event::InitDone => return,
+                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                        let finished = pods::is_finished(&p);
+                        (p, finished)
+                    }
+                    watcher::Event::Delete(p) => (p, true),
+                };
+                if !pods::is_injected(&pod) {
+                    return;
+                }
+                let name = pod.name_any();
+                if let Ok(mut m) = index.lock() {
+                    if gone {
+                        m.remove(&name);
+                    } else {
+                        m.insert(
+                            name.clone(),
+                            format!("{}/{name}", pod.namespace().unwrap_or_default()),
+                        );
+                    }
+                }
+                if gone && let Err(e) = pods::pod_gone(&pod, None, &ctx).await {
+                    // The next node sync and pod event retry; a pod watch must not stop.
+                    warn!(pod = %name, error = %e, "could not delete the node of a gone pod");
+                }
+            }
+        })
+        .await;
+}

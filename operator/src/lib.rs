@@ -1,0 +1,17 @@
+//! The Meshscale Kubernetes operator: CRDs, reconcilers into the control
+//! server's admin API, pod cleanup, leader election and the injection webhook.
+
+pub mod admin;
+pub mod backoff;
+pub mod conditions;
+pub mod controller;
+pub mod crd;
+pub mod crdgen;
+pub mod duration;
+pub mod kubeops;
+pub mod lease;
+pub mod reconcile;
+pub mod webhook;
+
+#[cfg(test)]
+mod fake;

@@ -1,0 +1,296 @@
+//! Which pods get the sidecar, and the JSON patch (RFC 6902) that adds it.
+
+use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+
+pub const SIDECAR_NAME: &str = "meshscale-sidecar";
+pub const ANN_INJECT: &str = "meshscale.dev/inject";
+pub const ANN_INJECTED: &str = "meshscale.dev/injected";
+const STATE_VOLUME: &str = "meshscale-state";
+const TUN_VOLUME: &str = "meshscale-tun";
+const STATE_DIR: &str = "/var/lib/meshscale-sidecar";
+
+#[derive(Debug, Clone)]
+pub struct InjectConfig {
+    pub image: String,
+    pub login_server: String,
+    /// The per-namespace Secret holding the auth key under `authkey`.
+    pub secret_name: String,
+    /// Never inject here: kube-system and the operator's own namespace at least.
+    pub excluded_namespaces: Vec<String>,
+    pub healthz_port: u16,
+    pub cpu_request: String,
+    pub memory_request: String,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Inject,
+    Skip(&'static str),
+}
+
+/// `namespace_opted_in`: the request came through the webhook entry whose
+/// namespaceSelector matches namespaces labelled `meshscale.dev/inject=true`.
+pub fn verdict(
+    pod: &Pod,
+    namespace: &str,
+    namespace_opted_in: bool,
+    cfg: &InjectConfig,
+) -> Verdict {
+    if cfg.excluded_namespaces.iter().any(|n| n == namespace) {
+        return Verdict::Skip("excluded namespace");
+    }
+    let spec = pod.spec.as_ref();
+    if spec.and_then(|s| s.host_network).unwrap_or(false) {
+        // A TUN device and routes in the host's network namespace would hijack the node.
+        return Verdict::Skip("hostNetwork pod");
+    }
+    let annotation = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANN_INJECT))
+        .map(|v| v.trim().to_ascii_lowercase());
+    let wanted = match annotation.as_deref() {
+        Some("true") => true,
+        Some("false") => false,
+        _ => namespace_opted_in,
+    };
+    if !wanted {
+        return Verdict::Skip("not requested");
+    }
+    let already = spec.is_some_and(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(s.containers.iter())
+            .any(|c| c.name == SIDECAR_NAME)
+    });
+    if already {
+        return Verdict::Skip("already injected");
+    }
+    Verdict::Inject
+}
+
+fn add(path: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(path.iter().copied()),
+        value,
+    })
+}
+
+/// The sidecar as a native sidecar: an init container with `restartPolicy: Always`,
+/// started before everything else and, through its startup probe, holding the
+/// app containers back until the tunnel is up.
+pub fn sidecar(cfg: &InjectConfig) -> Value {
+    json!({
+        "name": SIDECAR_NAME,
+        "image": cfg.image,
+        "restartPolicy": "Always",
+        // `$(POD_NAME)`: the kubelet expands it at run time. At admission a
+        // ReplicaSet's pod has only generateName.
+        "args": [
+            "up",
+            "--login-server", cfg.login_server,
+            "--hostname", "$(POD_NAME)",
+            "--state-dir", STATE_DIR,
+            // The kubelet probes the pod IP, so the endpoint cannot be loopback-only.
+            "--healthz-addr", format!("0.0.0.0:{}", cfg.healthz_port),
+        ],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "MESHSCALE_AUTHKEY", "valueFrom": {"secretKeyRef": {"name": cfg.secret_name, "key": "authkey"}}},
+        ],
+        "securityContext": {
+            "capabilities": {"add": ["NET_ADMIN"]},
+        },
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": cfg.healthz_port},
+            "periodSeconds": 2,
+            "failureThreshold": 150,
+        },
+        "resources": {"requests": {"cpu": cfg.cpu_request, "memory": cfg.memory_request}},
+        "volumeMounts": [
+            {"name": STATE_VOLUME, "mountPath": STATE_DIR},
+            {"name": TUN_VOLUME, "mountPath": "/dev/net/tun"},
+        ],
+    })
+}
+
+/// The patch for a pod `verdict` said yes to.
+pub fn patch(pod: &Pod, cfg: &InjectConfig) -> Patch {
+    let spec = pod.spec.as_ref();
+    let mut ops = Vec::new();
+    // Node state in an emptyDir: a restarted container is the same node, a new pod a new one.
+    let volumes = [
+        json!({"name": STATE_VOLUME, "emptyDir": {}}),
+        json!({"name": TUN_VOLUME, "hostPath": {"path": "/dev/net/tun", "type": "CharDevice"}}),
+    ];
+    if spec.is_some_and(|s| s.volumes.is_some()) {
+        for v in volumes {
+            ops.push(add(&["spec", "volumes", "-"], v));
+        }
+    } else {
+        ops.push(add(&["spec", "volumes"], Value::Array(volumes.to_vec())));
+    }
+    if spec.is_some_and(|s| s.init_containers.is_some()) {
+        // First, so other init containers already have the mesh.
+        ops.push(add(&["spec", "initContainers", "0"], sidecar(cfg)));
+    } else {
+        ops.push(add(&["spec", "initContainers"], json!([sidecar(cfg)])));
+    }
+    if pod.metadata.annotations.is_some() {
+        ops.push(add(
+            &["metadata", "annotations", ANN_INJECTED],
+            json!("true"),
+        ));
+    } else {
+        ops.push(add(
+            &["metadata", "annotations"],
+            json!({ ANN_INJECTED: "true" }),
+        ));
+    }
+    Patch(ops)
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    pub fn cfg() -> InjectConfig {
+        InjectConfig {
+            image: "meshscale-sidecar:test".into(),
+            login_server: "https://mesh.example".into(),
+            secret_name: "meshscale-authkey".into(),
+            excluded_namespaces: vec!["kube-system".into(), "meshscale".into()],
+            healthz_port: 9099,
+            cpu_request: "10m".into(),
+            memory_request: "32Mi".into(),
+        }
+    }
+
+    pub fn pod(v: Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn apply(p: &Pod, patch: &Patch) -> Value {
+        let mut doc = serde_json::to_value(p).unwrap();
+        json_patch::patch(&mut doc, patch).unwrap();
+        doc
+    }
+
+    fn annotated() -> Pod {
+        pod(json!({
+            "metadata": {"generateName": "web-", "annotations": {"meshscale.dev/inject": "true"}},
+            "spec": {"containers": [{"name": "app", "image": "nginx"}]}
+        }))
+    }
+
+    #[test]
+    fn annotated_pod_gets_a_native_sidecar_with_everything() {
+        let p = annotated();
+        assert_eq!(verdict(&p, "apps", false, &cfg()), Verdict::Inject);
+        let doc = apply(&p, &patch(&p, &cfg()));
+        let init = &doc["spec"]["initContainers"][0];
+        assert_eq!(init["name"], SIDECAR_NAME);
+        assert_eq!(init["restartPolicy"], "Always");
+        assert_eq!(init["startupProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(
+            init["securityContext"]["capabilities"]["add"][0],
+            "NET_ADMIN"
+        );
+        assert_eq!(
+            init["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        assert_eq!(
+            init["env"][1]["valueFrom"]["secretKeyRef"]["name"],
+            "meshscale-authkey"
+        );
+        let args: Vec<&str> = init["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(args.windows(2).any(|w| w == ["--hostname", "$(POD_NAME)"]));
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--login-server", "https://mesh.example"])
+        );
+        let vols = doc["spec"]["volumes"].as_array().unwrap();
+        assert!(vols.iter().any(|v| v["emptyDir"].is_object()));
+        assert!(vols.iter().any(|v| v["hostPath"]["path"] == "/dev/net/tun"));
+        assert_eq!(doc["metadata"]["annotations"][ANN_INJECTED], "true");
+        // The result is still a valid Pod, with the app container untouched.
+        let out: Pod = serde_json::from_value(doc).unwrap();
+        assert_eq!(out.spec.unwrap().containers[0].name, "app");
+    }
+
+    #[test]
+    fn existing_volumes_and_init_containers_are_kept() {
+        let p = pod(json!({
+            "metadata": {"name": "x", "annotations": {"meshscale.dev/inject": "true"}},
+            "spec": {
+                "initContainers": [{"name": "migrate", "image": "m"}],
+                "volumes": [{"name": "data", "emptyDir": {}}],
+                "containers": [{"name": "app", "image": "a"}]
+            }
+        }));
+        let doc = apply(&p, &patch(&p, &cfg()));
+        let init = doc["spec"]["initContainers"].as_array().unwrap();
+        assert_eq!(init.len(), 2);
+        assert_eq!(init[0]["name"], SIDECAR_NAME);
+        assert_eq!(init[1]["name"], "migrate");
+        assert_eq!(doc["spec"]["volumes"].as_array().unwrap().len(), 3);
+        assert_eq!(doc["spec"]["volumes"][0]["name"], "data");
+    }
+
+    #[test]
+    fn skips_what_must_never_be_injected() {
+        let c = cfg();
+        assert_eq!(
+            verdict(&annotated(), "kube-system", true, &c),
+            Verdict::Skip("excluded namespace")
+        );
+        assert_eq!(
+            verdict(&annotated(), "meshscale", false, &c),
+            Verdict::Skip("excluded namespace")
+        );
+        let host = pod(json!({
+            "metadata": {"annotations": {"meshscale.dev/inject": "true"}},
+            "spec": {"hostNetwork": true, "containers": [{"name": "a"}]}
+        }));
+        assert_eq!(
+            verdict(&host, "apps", true, &c),
+            Verdict::Skip("hostNetwork pod")
+        );
+        let plain = pod(json!({"spec": {"containers": [{"name": "a"}]}}));
+        assert_eq!(
+            verdict(&plain, "apps", false, &c),
+            Verdict::Skip("not requested")
+        );
+        let opted_out = pod(json!({
+            "metadata": {"annotations": {"meshscale.dev/inject": "false"}},
+            "spec": {"containers": [{"name": "a"}]}
+        }));
+        assert_eq!(
+            verdict(&opted_out, "apps", true, &c),
+            Verdict::Skip("not requested")
+        );
+    }
+
+    #[test]
+    fn labelled_namespace_injects_unannotated_pods_once() {
+        let c = cfg();
+        let plain = pod(json!({"spec": {"containers": [{"name": "a"}]}}));
+        assert_eq!(verdict(&plain, "apps", true, &c), Verdict::Inject);
+        let doc = apply(&plain, &patch(&plain, &c));
+        let injected: Pod = serde_json::from_value(doc).unwrap();
+        assert_eq!(
+            verdict(&injected, "apps", true, &c),
+            Verdict::Skip("already injected")
+        );
+    }
+}
