@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -61,9 +61,15 @@ pub async fn run<A: Admin, C: Kube>(client: Client, ctx: Arc<Ctx<A, C>>, node_sy
         Arc::clone(&ctx),
     )
     .for_each(|_| async {});
+    // Owning the Secrets: a deleted or edited key Secret is rewritten at once,
+    // not at the next hourly check.
     let keys = Controller::new(
         Api::<PreAuthKey>::all(client.clone()),
         watcher::Config::default(),
+    )
+    .owns(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=meshscale-operator"),
     )
     .shutdown_on_signal()
     .run(

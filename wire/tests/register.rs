@@ -262,7 +262,10 @@ fn register_response_shapes() {
             "User": {"ID": 7, "DisplayName": "Alice"},
             "Login": {"ID": 7, "Provider": "headscale", "LoginName": "alice@example.com", "DisplayName": "Alice"},
             "NodeKeyExpired": false,
-            "MachineAuthorized": true
+            "MachineAuthorized": true,
+            // Go has no omitempty on these; clients such as tailscale-rs require them.
+            "AuthURL": "",
+            "Error": ""
         })
     );
 
