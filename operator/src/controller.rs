@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -14,11 +14,13 @@ use tracing::{info, warn};
 
 use crate::admin::Admin;
 use crate::crd::{MeshNode, MeshUser, PreAuthKey};
+use crate::injectkey::{KeyDefaults, key_for};
 use crate::kubeops::Kube;
+use crate::reconcile::pods::LivePod;
 use crate::reconcile::{Ctx, ReconcileError, nodes, pak, pods, user};
 
-/// Hostname → `namespace/name` of the injected pods currently alive.
-pub type PodIndex = Arc<Mutex<HashMap<String, String>>>;
+/// Hostname (`<pod>-<namespace>`) → the injected pods currently alive.
+pub type PodIndex = Arc<Mutex<HashMap<String, LivePod>>>;
 
 fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(
@@ -43,7 +45,12 @@ where
 
 /// Runs every controller until one of them ends (which it does only when the
 /// watch streams do).
-pub async fn run<A: Admin, C: Kube>(client: Client, ctx: Arc<Ctx<A, C>>, node_sync: Duration) {
+pub async fn run<A: Admin, C: Kube>(
+    client: Client,
+    ctx: Arc<Ctx<A, C>>,
+    node_sync: Duration,
+    inject_keys: Arc<KeyDefaults>,
+) {
     let users = Controller::new(
         Api::<MeshUser>::all(client.clone()),
         watcher::Config::default(),
@@ -52,6 +59,7 @@ pub async fn run<A: Admin, C: Kube>(client: Client, ctx: Arc<Ctx<A, C>>, node_sy
     .run(
         |mu, ctx: Arc<Ctx<A, C>>| async move {
             let r = user::reconcile(&mu, &ctx).await;
+            ctx.metrics.reconciled("MeshUser", r.is_ok());
             if r.is_ok() {
                 ctx.backoff.reset(&key(mu.as_ref()));
             }
@@ -73,7 +81,11 @@ pub async fn run<A: Admin, C: Kube>(client: Client, ctx: Arc<Ctx<A, C>>, node_sy
     )
     .shutdown_on_signal()
     .run(
-        |p, ctx: Arc<Ctx<A, C>>| async move { pak::reconcile(&p, &ctx).await },
+        |p, ctx: Arc<Ctx<A, C>>| async move {
+            let r = pak::reconcile(&p, &ctx).await;
+            ctx.metrics.reconciled("PreAuthKey", r.is_ok());
+            r
+        },
         error_policy,
         Arc::clone(&ctx),
     )
@@ -84,13 +96,17 @@ pub async fn run<A: Admin, C: Kube>(client: Client, ctx: Arc<Ctx<A, C>>, node_sy
     )
     .shutdown_on_signal()
     .run(
-        |n, ctx: Arc<Ctx<A, C>>| async move { nodes::reconcile(&n, &ctx).await },
+        |n, ctx: Arc<Ctx<A, C>>| async move {
+            let r = nodes::reconcile(&n, &ctx).await;
+            ctx.metrics.reconciled("MeshNode", r.is_ok());
+            r
+        },
         error_policy,
         Arc::clone(&ctx),
     )
     .for_each(|_| async {});
     let index: PodIndex = Arc::default();
-    let pod_watch = watch_pods(client, Arc::clone(&ctx), Arc::clone(&index));
+    let pod_watch = watch_pods(client, Arc::clone(&ctx), Arc::clone(&index), inject_keys);
     let sync = sync_loop(Arc::clone(&ctx), index, node_sync);
     tokio::select! {
         _ = users => info!("MeshUser controller ended"),
@@ -103,7 +119,10 @@ pub async fn run<A: Admin, C: Kube>(client: Client, ctx: Arc<Ctx<A, C>>, node_sy
 
 async fn sync_loop<A: Admin, C: Kube>(ctx: Arc<Ctx<A, C>>, index: PodIndex, every: Duration) {
     loop {
-        let pods = index.lock().map(|m| m.clone()).unwrap_or_default();
+        let pods: HashMap<String, String> = index
+            .lock()
+            .map(|m| m.iter().map(|(h, p)| (h.clone(), p.pod.clone())).collect())
+            .unwrap_or_default();
         let wait = match nodes::sync(&ctx, &pods).await {
             Ok(r) => {
                 ctx.backoff.reset("nodesync");
@@ -127,13 +146,25 @@ async fn sync_loop<A: Admin, C: Kube>(ctx: Arc<Ctx<A, C>>, index: PodIndex, ever
     }
 }
 
-async fn watch_pods<A: Admin, C: Kube>(client: Client, ctx: Arc<Ctx<A, C>>, index: PodIndex) {
+/// How long an ensured injection key is trusted to still exist before the
+/// next pod event of its namespace checks again (a deleted PreAuthKey comes back).
+const KEY_RECHECK: Duration = Duration::from_secs(600);
+
+async fn watch_pods<A: Admin, C: Kube>(
+    client: Client,
+    ctx: Arc<Ctx<A, C>>,
+    index: PodIndex,
+    keys: Arc<KeyDefaults>,
+) {
+    let ensured: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     // default_backoff: a watch error (API server restart) retries instead of ending the stream.
     let stream = watcher(Api::<Pod>::all(client), watcher::Config::default()).default_backoff();
     stream
         .for_each(|event| {
             let ctx = Arc::clone(&ctx);
             let index = Arc::clone(&index);
+            let keys = Arc::clone(&keys);
+            let ensured = Arc::clone(&ensured);
             async move {
                 let event = match event {
                     Ok(e) => e,
@@ -146,7 +177,19 @@ async fn watch_pods<A: Admin, C: Kube>(client: Client, ctx: Arc<Ctx<A, C>>, inde
                         }
                         return;
                     }
-                    watcher::Event::InitDone => return,
+                    watcher::Event::InitDone => {
+                        // Every live pod is now in the index: catch up on the
+                        // pods that went while no operator was leading.
+                        let live = index.lock().map(|m| m.clone()).unwrap_or_default();
+                        match pods::resync(&live, &ctx).await {
+                            Ok(n) => {
+                                ctx.metrics.pod_nodes_deleted(n);
+                                info!(deleted = n, "pod resync done");
+                            }
+                            Err(e) => warn!(error = %e, "pod resync failed; node sync continues"),
+                        }
+                        return;
+                    }
                     watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
                         let finished = pods::is_finished(&p);
                         (p, finished)
@@ -157,19 +200,44 @@ async fn watch_pods<A: Admin, C: Kube>(client: Client, ctx: Arc<Ctx<A, C>>, inde
                     return;
                 }
                 let name = pod.name_any();
+                let hostname = pods::hostname_of(&pod);
                 if let Ok(mut m) = index.lock() {
                     if gone {
-                        m.remove(&name);
+                        m.remove(&hostname);
                     } else {
-                        m.insert(
-                            name.clone(),
-                            format!("{}/{name}", pod.namespace().unwrap_or_default()),
-                        );
+                        m.insert(hostname, pods::live_pod(&pod));
                     }
                 }
-                if gone && let Err(e) = pods::pod_gone(&pod, None, &ctx).await {
-                    // The next node sync and pod event retry; a pod watch must not stop.
-                    warn!(pod = %name, error = %e, "could not delete the node of a gone pod");
+                if gone {
+                    match pods::pod_gone(&pod, None, &ctx).await {
+                        Ok(n) => ctx.metrics.pod_nodes_deleted(n),
+                        // The next node sync and pod event retry; a pod watch must not stop.
+                        Err(e) => {
+                            warn!(pod = %name, error = %e, "could not delete the node of a gone pod")
+                        }
+                    }
+                    return;
+                }
+                let ns = pod.namespace().unwrap_or_default();
+                let cache_key = match key_for(&pod, &keys) {
+                    Ok(k) => format!("{ns}/{}", k.name),
+                    Err(_) => return,
+                };
+                let fresh = ensured
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&cache_key).copied())
+                    .is_some_and(|t| t.elapsed() < KEY_RECHECK);
+                if fresh {
+                    return;
+                }
+                match pods::ensure_injection_key(&pod, &keys, &ctx).await {
+                    Ok(_) => {
+                        if let Ok(mut m) = ensured.lock() {
+                            m.insert(cache_key, Instant::now());
+                        }
+                    }
+                    Err(e) => warn!(pod = %name, error = %e, "could not ensure the injection key"),
                 }
             }
         })

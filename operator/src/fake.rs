@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use k8s_openapi::api::core::v1::Secret;
 
 use crate::admin::{Admin, AdminError, ApiPreAuthKey, NewKey, Node, User, timestamp};
-use crate::crd::{MeshNode, MeshNodeSpec, MeshNodeStatus, MeshUserStatus, PreAuthKeyStatus};
-use crate::kubeops::{FINALIZER, Kube, KubeError};
+use crate::crd::{
+    MeshNode, MeshNodeSpec, MeshNodeStatus, MeshUserStatus, PreAuthKeySpec, PreAuthKeyStatus,
+};
+use crate::kubeops::{FINALIZER, Kube, KubeError, Note};
 
 #[derive(Default)]
 pub struct FakeAdmin {
@@ -179,9 +181,41 @@ pub struct KubeState {
     pub secrets: BTreeMap<String, Secret>,
     pub nodes: BTreeMap<String, MeshNode>,
     pub fail_secret_writes: bool,
+    /// PreAuthKeys the operator created, by `ns/name`.
+    pub paks: BTreeMap<String, PreAuthKeySpec>,
+    /// (kind/namespace/name, note), in order.
+    pub events: Vec<(String, Note)>,
+    /// MutatingWebhookConfiguration name → the caBundle set on its webhooks.
+    pub webhook_ca: BTreeMap<String, Vec<u8>>,
+}
+
+impl FakeKube {
+    pub fn reasons(&self) -> Vec<&'static str> {
+        self.state
+            .lock()
+            .unwrap()
+            .events
+            .iter()
+            .map(|(_, n)| n.reason)
+            .collect()
+    }
 }
 
 impl Kube for FakeKube {
+    async fn event(
+        &self,
+        r: k8s_openapi::api::core::v1::ObjectReference,
+        note: Note,
+    ) -> Result<(), KubeError> {
+        let who = format!(
+            "{}/{}/{}",
+            r.kind.unwrap_or_default(),
+            r.namespace.unwrap_or_default(),
+            r.name.unwrap_or_default()
+        );
+        self.state.lock().unwrap().events.push((who, note));
+        Ok(())
+    }
     async fn user_finalizers(&self, name: &str, f: Vec<String>) -> Result<(), KubeError> {
         self.state
             .lock()
@@ -295,6 +329,28 @@ impl Kube for FakeKube {
         } else {
             s.nodes.remove(name);
         }
+        Ok(())
+    }
+    async fn ensure_pre_auth_key(
+        &self,
+        ns: &str,
+        name: &str,
+        spec: PreAuthKeySpec,
+    ) -> Result<bool, KubeError> {
+        let mut s = self.state.lock().unwrap();
+        let key = format!("{ns}/{name}");
+        if s.paks.contains_key(&key) {
+            return Ok(false);
+        }
+        s.paks.insert(key, spec);
+        Ok(true)
+    }
+    async fn set_webhook_ca_bundle(&self, config: &str, pem: &[u8]) -> Result<(), KubeError> {
+        self.state
+            .lock()
+            .unwrap()
+            .webhook_ca
+            .insert(config.into(), pem.to_vec());
         Ok(())
     }
 }

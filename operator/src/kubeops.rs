@@ -3,14 +3,19 @@
 
 use std::future::Future;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::json;
 
 use crate::crd::{
-    MeshNode, MeshNodeSpec, MeshNodeStatus, MeshUser, MeshUserStatus, PreAuthKey, PreAuthKeyStatus,
+    MeshNode, MeshNodeSpec, MeshNodeStatus, MeshUser, MeshUserStatus, PreAuthKey, PreAuthKeySpec,
+    PreAuthKeyStatus,
 };
+use crate::injectkey::LABEL_INJECTION;
 
 /// Set on everything the operator owns, so no reconcile outlives its cleanup.
 pub const FINALIZER: &str = "meshscale.dev/cleanup";
@@ -28,7 +33,25 @@ impl From<kube::Error> for KubeError {
     }
 }
 
+/// A Kubernetes event about one of our objects. Notes are built from our own
+/// messages and admin errors, which never carry key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    /// PascalCase, e.g. `UserCreated`.
+    pub reason: &'static str,
+    /// What the operator did, e.g. `CreateUser`.
+    pub action: &'static str,
+    pub message: String,
+}
+
 pub trait Kube: Send + Sync + 'static {
+    /// Best effort: callers log a failure and go on; an event never fails a reconcile.
+    fn event(
+        &self,
+        regarding: ObjectReference,
+        note: Note,
+    ) -> impl Future<Output = Result<(), KubeError>> + Send;
     fn user_finalizers(
         &self,
         name: &str,
@@ -77,11 +100,41 @@ pub trait Kube: Send + Sync + 'static {
         f: Vec<String>,
     ) -> impl Future<Output = Result<(), KubeError>> + Send;
     fn delete_mesh_node(&self, name: &str) -> impl Future<Output = Result<(), KubeError>> + Send;
+    /// Sets `caBundle` (PEM) on every webhook of the MutatingWebhookConfiguration.
+    fn set_webhook_ca_bundle(
+        &self,
+        config: &str,
+        pem: &[u8],
+    ) -> impl Future<Output = Result<(), KubeError>> + Send;
+    /// Creates the PreAuthKey unless one of that name exists; `true` when created.
+    fn ensure_pre_auth_key(
+        &self,
+        ns: &str,
+        name: &str,
+        spec: PreAuthKeySpec,
+    ) -> impl Future<Output = Result<bool, KubeError>> + Send;
 }
 
 /// The real API through kube.
 #[derive(Clone)]
-pub struct KubeClient(pub Client);
+pub struct KubeClient {
+    client: Client,
+    recorder: Recorder,
+}
+
+impl KubeClient {
+    /// `instance`: this replica's name, shown as the event's reporting instance.
+    pub fn new(client: Client, instance: &str) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.to_string(),
+            instance: Some(instance.to_string()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+        }
+    }
+}
 
 fn finalizers_patch(f: Vec<String>) -> Patch<serde_json::Value> {
     Patch::Merge(json!({ "metadata": { "finalizers": f } }))
@@ -101,22 +154,37 @@ fn ignore_not_found<T>(r: Result<T, kube::Error>) -> Result<(), KubeError> {
 }
 
 impl Kube for KubeClient {
+    async fn event(&self, regarding: ObjectReference, note: Note) -> Result<(), KubeError> {
+        let ev = Event {
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason.to_string(),
+            // The API server refuses notes over 1 KiB.
+            note: Some(note.message.chars().take(1000).collect()),
+            action: note.action.to_string(),
+            secondary: None,
+        };
+        Ok(self.recorder.publish(&ev, &regarding).await?)
+    }
     async fn user_finalizers(&self, name: &str, f: Vec<String>) -> Result<(), KubeError> {
-        let api: Api<MeshUser> = Api::all(self.0.clone());
+        let api: Api<MeshUser> = Api::all(self.client.clone());
         ignore_not_found(
             api.patch(name, &PatchParams::default(), &finalizers_patch(f))
                 .await,
         )
     }
     async fn user_status(&self, name: &str, s: &MeshUserStatus) -> Result<(), KubeError> {
-        let api: Api<MeshUser> = Api::all(self.0.clone());
+        let api: Api<MeshUser> = Api::all(self.client.clone());
         ignore_not_found(
             api.patch_status(name, &PatchParams::default(), &status_patch(s))
                 .await,
         )
     }
     async fn pak_finalizers(&self, ns: &str, name: &str, f: Vec<String>) -> Result<(), KubeError> {
-        let api: Api<PreAuthKey> = Api::namespaced(self.0.clone(), ns);
+        let api: Api<PreAuthKey> = Api::namespaced(self.client.clone(), ns);
         ignore_not_found(
             api.patch(name, &PatchParams::default(), &finalizers_patch(f))
                 .await,
@@ -128,20 +196,20 @@ impl Kube for KubeClient {
         name: &str,
         s: &PreAuthKeyStatus,
     ) -> Result<(), KubeError> {
-        let api: Api<PreAuthKey> = Api::namespaced(self.0.clone(), ns);
+        let api: Api<PreAuthKey> = Api::namespaced(self.client.clone(), ns);
         ignore_not_found(
             api.patch_status(name, &PatchParams::default(), &status_patch(s))
                 .await,
         )
     }
     async fn get_secret(&self, ns: &str, name: &str) -> Result<Option<Secret>, KubeError> {
-        let api: Api<Secret> = Api::namespaced(self.0.clone(), ns);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         Ok(api.get_opt(name).await?)
     }
     async fn apply_secret(&self, secret: Secret) -> Result<(), KubeError> {
         let ns = secret.metadata.namespace.clone().unwrap_or_default();
         let name = secret.metadata.name.clone().unwrap_or_default();
-        let api: Api<Secret> = Api::namespaced(self.0.clone(), &ns);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
         api.patch(
             &name,
             &PatchParams::apply(MANAGER).force(),
@@ -151,7 +219,7 @@ impl Kube for KubeClient {
         Ok(())
     }
     async fn list_mesh_nodes(&self) -> Result<Vec<MeshNode>, KubeError> {
-        let api: Api<MeshNode> = Api::all(self.0.clone());
+        let api: Api<MeshNode> = Api::all(self.client.clone());
         Ok(api.list(&ListParams::default()).await?.items)
     }
     async fn create_mesh_node(
@@ -160,7 +228,7 @@ impl Kube for KubeClient {
         spec: MeshNodeSpec,
         s: &MeshNodeStatus,
     ) -> Result<(), KubeError> {
-        let api: Api<MeshNode> = Api::all(self.0.clone());
+        let api: Api<MeshNode> = Api::all(self.client.clone());
         let mut node = MeshNode::new(name, spec);
         node.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
         match api.create(&PostParams::default(), &node).await {
@@ -175,22 +243,70 @@ impl Kube for KubeClient {
         )
     }
     async fn node_status(&self, name: &str, s: &MeshNodeStatus) -> Result<(), KubeError> {
-        let api: Api<MeshNode> = Api::all(self.0.clone());
+        let api: Api<MeshNode> = Api::all(self.client.clone());
         ignore_not_found(
             api.patch_status(name, &PatchParams::default(), &status_patch(s))
                 .await,
         )
     }
     async fn node_finalizers(&self, name: &str, f: Vec<String>) -> Result<(), KubeError> {
-        let api: Api<MeshNode> = Api::all(self.0.clone());
+        let api: Api<MeshNode> = Api::all(self.client.clone());
         ignore_not_found(
             api.patch(name, &PatchParams::default(), &finalizers_patch(f))
                 .await,
         )
     }
     async fn delete_mesh_node(&self, name: &str) -> Result<(), KubeError> {
-        let api: Api<MeshNode> = Api::all(self.0.clone());
+        let api: Api<MeshNode> = Api::all(self.client.clone());
         ignore_not_found(api.delete(name, &DeleteParams::default()).await)
+    }
+    async fn set_webhook_ca_bundle(&self, config: &str, pem: &[u8]) -> Result<(), KubeError> {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+        let mut mwc = api.get(config).await?;
+        let want = ByteString(pem.to_vec());
+        let mut changed = false;
+        for hook in mwc.webhooks.iter_mut().flatten() {
+            if hook.client_config.ca_bundle.as_ref() != Some(&want) {
+                hook.client_config.ca_bundle = Some(want.clone());
+                changed = true;
+            }
+        }
+        if changed {
+            // A replace carries the resourceVersion we read: a concurrent
+            // `helm upgrade` makes it fail (409) and the next pass retries,
+            // instead of one writer silently undoing the other.
+            api.replace(config, &PostParams::default(), &mwc).await?;
+        }
+        Ok(())
+    }
+    async fn ensure_pre_auth_key(
+        &self,
+        ns: &str,
+        name: &str,
+        spec: PreAuthKeySpec,
+    ) -> Result<bool, KubeError> {
+        let api: Api<PreAuthKey> = Api::namespaced(self.client.clone(), ns);
+        if api.get_opt(name).await?.is_some() {
+            return Ok(false);
+        }
+        let mut pak = PreAuthKey::new(name, spec);
+        pak.metadata.namespace = Some(ns.to_string());
+        pak.metadata.labels = Some(
+            [
+                (LABEL_INJECTION.to_string(), "true".to_string()),
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    MANAGER.to_string(),
+                ),
+            ]
+            .into(),
+        );
+        match api.create(&PostParams::default(), &pak).await {
+            Ok(_) => Ok(true),
+            // Created by a concurrent event for another pod of the namespace.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

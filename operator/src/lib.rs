@@ -8,8 +8,10 @@ pub mod controller;
 pub mod crd;
 pub mod crdgen;
 pub mod duration;
+pub mod injectkey;
 pub mod kubeops;
 pub mod lease;
+pub mod metrics;
 pub mod reconcile;
 pub mod webhook;
 

@@ -8,12 +8,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use meshscale_operator::admin::Admin;
 use meshscale_operator::admin::GrpcAdmin;
+use meshscale_operator::injectkey::KeyDefaults;
+use meshscale_operator::kubeops::Kube;
 use meshscale_operator::kubeops::KubeClient;
 use meshscale_operator::lease::Elector;
 use meshscale_operator::reconcile::Ctx;
-use meshscale_operator::webhook::{patch::InjectConfig, server, tls};
-use meshscale_operator::{controller, crdgen};
+use meshscale_operator::webhook::patch::{CaSource, InjectConfig};
+use meshscale_operator::webhook::{certs, server, tls};
+use meshscale_operator::{controller, crdgen, duration, metrics};
 use tracing::{error, info};
 
 /// Manages Meshscale users, nodes and pre-auth keys as Kubernetes resources.
@@ -68,19 +72,56 @@ struct RunArgs {
     lease_name: String,
     #[arg(long, default_value = "0.0.0.0:8443")]
     webhook_addr: SocketAddr,
+    /// Plain HTTP: /metrics (Prometheus), /healthz and /readyz (probes).
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    metrics_addr: SocketAddr,
     #[arg(long, default_value = "/etc/meshscale/webhook/tls.crt")]
     webhook_cert: PathBuf,
     #[arg(long, default_value = "/etc/meshscale/webhook/tls.key")]
     webhook_key: PathBuf,
+    /// The Secret (in --namespace) the webhook certificate is mounted from. When
+    /// set, the leader issues the certificate, renews it before expiry and keeps
+    /// --webhook-config's caBundle in step; unset, the files are used as they are.
+    #[arg(long)]
+    webhook_secret: Option<String>,
+    /// The MutatingWebhookConfiguration whose caBundle the operator maintains.
+    #[arg(long, requires = "webhook_secret")]
+    webhook_config: Option<String>,
+    /// DNS names of the webhook Service, e.g. meshscale-webhook.meshscale.svc.
+    #[arg(long = "webhook-dns", requires = "webhook_secret")]
+    webhook_dns: Vec<String>,
     /// The sidecar image injected into pods.
     #[arg(long, env = "MESHSCALE_SIDECAR_IMAGE")]
     sidecar_image: String,
     /// The login server URL injected pods use (the control server's public URL).
     #[arg(long, env = "MESHSCALE_LOGIN_SERVER")]
     login_server: String,
-    /// Per-namespace Secret with the injected pods' auth key.
+    /// Per-namespace Secret with the injected pods' auth key (the default
+    /// user's); pods with `meshscale.dev/user`/`tags` get `<this>-<user>-<hash>`.
     #[arg(long, default_value = "meshscale-authkey")]
     inject_secret: String,
+    /// The control-server user injected pods join as without `meshscale.dev/user`.
+    #[arg(long, env = "MESHSCALE_INJECT_USER", default_value = "k8s")]
+    inject_user: String,
+    /// Tags of injected pods without `meshscale.dev/tags` (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "tag:k8s")]
+    inject_tags: Vec<String>,
+    /// Lifetime of an injection key.
+    #[arg(long, default_value = "30d")]
+    inject_key_expiration: String,
+    /// A new injection key is issued this long before the current one expires.
+    #[arg(long, default_value = "7d")]
+    inject_key_rotate_before: String,
+    /// Secret (in each injected pod's namespace) with the CA bundle of the
+    /// login server, mounted into the sidecar as --ca-file.
+    #[arg(long, conflicts_with = "sidecar_ca_configmap")]
+    sidecar_ca_secret: Option<String>,
+    /// ConfigMap (in each injected pod's namespace) with that CA bundle.
+    #[arg(long)]
+    sidecar_ca_configmap: Option<String>,
+    /// The data key of the CA bundle in that Secret or ConfigMap.
+    #[arg(long, default_value = "ca.crt")]
+    sidecar_ca_key: String,
     /// Further namespaces never injected (kube-system and --namespace always are).
     #[arg(long = "exclude-namespace")]
     exclude_namespaces: Vec<String>,
@@ -151,6 +192,65 @@ fn init_tracing() {
         .init();
 }
 
+fn cert_target(args: &RunArgs) -> anyhow::Result<Option<certs::CertTarget>> {
+    let Some(secret) = args.webhook_secret.clone() else {
+        return Ok(None);
+    };
+    let Some(webhook_config) = args.webhook_config.clone() else {
+        bail!("--webhook-secret needs --webhook-config");
+    };
+    if args.webhook_dns.is_empty() {
+        bail!("--webhook-secret needs at least one --webhook-dns");
+    }
+    Ok(Some(certs::CertTarget {
+        namespace: args.namespace.clone(),
+        secret,
+        webhook_config,
+        dns_names: args.webhook_dns.clone(),
+        days: 365,
+        renew_before: chrono::Duration::days(30),
+    }))
+}
+
+/// The leader's certificate loop: at start (so the caBundle is right before
+/// the first pod arrives), then twice a day; a failure retries within minutes.
+async fn renew_webhook_cert<A: Admin, K: Kube>(t: certs::CertTarget, ctx: Arc<Ctx<A, K>>) {
+    loop {
+        let wait = match certs::ensure(&t, &ctx, chrono::Utc::now()).await {
+            Ok(_) => Duration::from_secs(12 * 3600),
+            Err(e) => {
+                error!(error = %e, "webhook certificate check failed");
+                Duration::from_secs(120)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// The injection key settings, checked at start: a bad duration would
+/// otherwise only show up as a failing PreAuthKey in every namespace.
+fn key_defaults(args: &RunArgs) -> anyhow::Result<KeyDefaults> {
+    let lifetime = duration::parse(&args.inject_key_expiration)
+        .map_err(|e| anyhow::anyhow!("--inject-key-expiration: {e}"))?;
+    let rotate = duration::parse(&args.inject_key_rotate_before)
+        .map_err(|e| anyhow::anyhow!("--inject-key-rotate-before: {e}"))?;
+    if rotate >= lifetime {
+        bail!("--inject-key-rotate-before must be shorter than --inject-key-expiration");
+    }
+    Ok(KeyDefaults {
+        secret_prefix: args.inject_secret.clone(),
+        user: args.inject_user.clone(),
+        tags: args
+            .inject_tags
+            .iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        expiration: args.inject_key_expiration.clone(),
+        rotate_before: args.inject_key_rotate_before.clone(),
+    })
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let api_key = std::fs::read_to_string(&args.api_key_file)
         .with_context(|| format!("reading the API key file {}", args.api_key_file.display()))?;
@@ -168,10 +268,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut excluded = vec!["kube-system".to_string(), args.namespace.clone()];
     excluded.extend(args.exclude_namespaces.iter().cloned());
+    let keys = key_defaults(&args)?;
+    let ca = match (&args.sidecar_ca_secret, &args.sidecar_ca_configmap) {
+        (Some(name), _) => Some(CaSource::Secret {
+            name: name.clone(),
+            key: args.sidecar_ca_key.clone(),
+        }),
+        (None, Some(name)) => Some(CaSource::ConfigMap {
+            name: name.clone(),
+            key: args.sidecar_ca_key.clone(),
+        }),
+        (None, None) => None,
+    };
     let inject = Arc::new(InjectConfig {
         image: args.sidecar_image.clone(),
         login_server: args.login_server.clone(),
-        secret_name: args.inject_secret.clone(),
+        keys: keys.clone(),
+        ca,
         excluded_namespaces: excluded,
         healthz_port: 9099,
         cpu_request: "10m".into(),
@@ -183,7 +296,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let listener = server::bind(args.webhook_addr).await?;
     info!(addr = %args.webhook_addr, "webhook listening");
-    let webhook = tokio::spawn(server::serve(listener, tls::server_config(cert), inject));
+    let mut webhook = tokio::spawn(server::serve(listener, tls::server_config(cert), inject));
 
     let elector = Elector::new(
         client.clone(),
@@ -192,10 +305,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &args.identity,
         Duration::from_secs(15),
     );
-    let ctx = Arc::new(Ctx::new(admin, KubeClient(client.clone())));
-    elector.acquire().await;
+    let ctx = Arc::new(Ctx::new(
+        admin,
+        KubeClient::new(client.clone(), &args.identity),
+    ));
+    let metrics_listener = metrics::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+    info!(addr = %args.metrics_addr, "metrics and probes listening");
+    let mut metrics_server =
+        tokio::spawn(metrics::serve(metrics_listener, Arc::clone(&ctx.metrics)));
+    // Followers serve the webhook and probes while they wait for the lease.
     tokio::select! {
-        _ = controller::run(client, ctx, Duration::from_secs(args.node_sync_seconds.max(1))) => {
+        _ = elector.acquire() => {}
+        r = &mut metrics_server => bail!("metrics server stopped: {r:?}"),
+        r = &mut webhook => bail!("webhook server stopped: {r:?}"),
+    }
+    ctx.metrics.set_leader(true);
+    if let Some(target) = cert_target(&args)? {
+        tokio::spawn(renew_webhook_cert(target, Arc::clone(&ctx)));
+    }
+    tokio::select! {
+        _ = controller::run(client, ctx, Duration::from_secs(args.node_sync_seconds.max(1)), Arc::new(keys)) => {
             info!("controllers stopped");
             Ok(())
         }
@@ -204,8 +335,69 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             error!("leadership lost; exiting");
             bail!("leadership lost")
         }
-        r = webhook => {
+        r = &mut webhook => {
             bail!("webhook server stopped: {r:?}")
         }
+        r = &mut metrics_server => {
+            bail!("metrics server stopped: {r:?}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_takes_the_charts_flags() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "meshscale-operator",
+            "run",
+            "--control-server=https://c:50443",
+            "--api-key-file=/k",
+            "--sidecar-image=s",
+            "--login-server=https://m",
+            "--metrics-addr=0.0.0.0:9090",
+            "--inject-user=k8s",
+            "--inject-tags=tag:k8s,tag:web",
+            "--inject-key-expiration=30d",
+            "--inject-key-rotate-before=7d",
+            "--sidecar-ca-configmap=mesh-ca",
+        ])
+        .map_err(|e| e.to_string());
+        let Ok(Cli {
+            cmd: Cmd::Run(args),
+        }) = cli
+        else {
+            panic!("not parsed: {:?}", cli.err());
+        };
+        let keys = key_defaults(&args).map_err(|e| e.to_string());
+        assert_eq!(
+            keys.map(|k| k.tags),
+            Ok(vec!["tag:k8s".to_string(), "tag:web".to_string()])
+        );
+    }
+
+    #[test]
+    fn rotation_not_shorter_than_the_lifetime_is_refused_at_start() {
+        let cli = Cli::try_parse_from([
+            "meshscale-operator",
+            "run",
+            "--control-server=c",
+            "--api-key-file=/k",
+            "--sidecar-image=s",
+            "--login-server=m",
+            "--inject-key-expiration=7d",
+            "--inject-key-rotate-before=7d",
+        ]);
+        let Ok(Cli {
+            cmd: Cmd::Run(args),
+        }) = cli
+        else {
+            panic!("not parsed");
+        };
+        assert!(key_defaults(&args).is_err());
     }
 }

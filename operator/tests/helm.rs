@@ -88,10 +88,38 @@ fn chart_renders_crds_deployments_rbac_and_a_safe_webhook() {
         args.iter()
             .any(|a| a == "--control-server=https://rel-control.mesh.svc:50443")
     );
+    for wanted in [
+        "--inject-user=k8s",
+        "--inject-tags=tag:k8s",
+        "--inject-key-expiration=30d",
+        "--inject-key-rotate-before=7d",
+        "--metrics-addr=0.0.0.0:9090",
+        "--webhook-secret=rel-webhook-tls",
+        "--webhook-config=rel-inject",
+        "--webhook-dns=rel-webhook.mesh.svc",
+    ] {
+        assert!(args.iter().any(|a| a == wanted), "{wanted} missing");
+    }
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| a.contains("sidecar-ca")))
+    );
+    let container = &operator["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
 
     let role = find(&docs, "ClusterRole", "rel-operator");
     let rules = serde_yaml::to_string(&role["rules"]).unwrap();
-    for needed in ["meshusers/status", "secrets", "pods", "watch"] {
+    for needed in [
+        "meshusers/status",
+        "secrets",
+        "pods",
+        "watch",
+        "create",
+        "events",
+    ] {
         assert!(rules.contains(needed), "{needed} missing from {rules}");
     }
     let lease = find(&docs, "Role", "rel-operator-lease");
@@ -142,4 +170,28 @@ fn failure_policy_and_postgres_are_configurable() {
             .unwrap()
             .contains("type: postgres")
     );
+}
+
+#[test]
+fn sidecar_ca_bundle_and_injection_user_are_configurable() {
+    let docs = render(&[
+        "--set",
+        "sidecar.caBundle.configMapName=mesh-ca",
+        "--set",
+        "injection.user=apps",
+        "--set",
+        "injection.tags={tag:a,tag:b}",
+    ]);
+    let operator = find(&docs, "Deployment", "rel-operator");
+    let args =
+        serde_yaml::to_string(&operator["spec"]["template"]["spec"]["containers"][0]["args"])
+            .unwrap();
+    for wanted in [
+        "--sidecar-ca-configmap=mesh-ca",
+        "--sidecar-ca-key=ca.crt",
+        "--inject-user=apps",
+        "--inject-tags=tag:a,tag:b",
+    ] {
+        assert!(args.contains(wanted), "{wanted} missing from {args}");
+    }
 }

@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use tracing::{info, instrument};
 
-use super::{Ctx, ReconcileError};
+use super::{Ctx, ReconcileError, emit, normal, warning};
 use crate::admin::{Admin, AdminError, Node, from_timestamp};
 use crate::crd::{MeshNode, MeshNodeSpec, MeshNodeStatus, mesh_node_name};
 use crate::kubeops::{Kube, has_finalizer, without_finalizer};
@@ -22,9 +22,16 @@ pub async fn reconcile<A: Admin, K: Kube>(
     let finalizers = mn.metadata.finalizers.as_ref();
     if mn.metadata.deletion_timestamp.is_some() && has_finalizer(finalizers) {
         match ctx.admin.delete_node(mn.spec.node_id).await {
-            Ok(()) => info!(node_id = mn.spec.node_id, "node deleted"),
+            Ok(()) => {
+                info!(node_id = mn.spec.node_id, "node deleted");
+                let m = format!("node {} deleted from the control server", mn.spec.node_id);
+                emit(ctx, mn, normal("NodeDeleted", "DeleteNode", m)).await;
+            }
             Err(AdminError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                emit(ctx, mn, warning("DeleteNode", &e)).await;
+                return Err(e.into());
+            }
         }
         ctx.kube
             .node_finalizers(&mn.name_any(), without_finalizer(finalizers))

@@ -13,7 +13,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use super::{Ctx, ReconcileError, admin_reason};
+use super::{Ctx, ReconcileError, admin_reason, emit, normal, warning};
 use crate::admin::{Admin, AdminError, ApiPreAuthKey, NewKey, from_timestamp};
 use crate::conditions::{self, READY, SYNCED};
 use crate::crd::{PreAuthKey, PreAuthKeyStatus};
@@ -156,6 +156,18 @@ pub async fn reconcile<A: Admin, K: Kube>(
                 return Err(e.into());
             }
             info!(key_id = key.id, reason, "pre-auth key issued");
+            let event = if reason == "Rotation" {
+                "KeyRotated"
+            } else {
+                "KeyIssued"
+            };
+            let m = format!(
+                "key {} written to Secret {}, expires {}",
+                key.id,
+                pak.spec.secret_name,
+                expires.to_rfc3339_opts(SecondsFormat::Secs, true)
+            );
+            emit(ctx, pak, normal(event, "CreatePreAuthKey", m)).await;
             // A spec change means the old key no longer says what the user wants.
             if reason == "SpecChanged"
                 && let Some(old) = current
@@ -255,6 +267,7 @@ async fn fail<A: Admin, K: Kube>(
     mut status: PreAuthKeyStatus,
     e: AdminError,
 ) -> Result<Action, ReconcileError> {
+    emit(ctx, pak, warning("PreAuthKey", &e)).await;
     let g = pak.metadata.generation;
     conditions::set(
         &mut status.conditions,

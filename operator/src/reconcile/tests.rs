@@ -178,6 +178,14 @@ async fn control_server_down_reports_unreachable_and_recovers() {
     assert!(conditions::is_true(&st.conditions, SYNCED));
     assert!(conditions::is_true(&st.conditions, READY));
     assert_eq!(c.admin.state.lock().unwrap().users.len(), 1);
+    // The outage and the recovery are both visible in `kubectl describe`.
+    assert_eq!(
+        c.kube.reasons(),
+        vec!["ControlServerUnreachable", "UserCreated"]
+    );
+    let s = c.kube.state.lock().unwrap();
+    assert!(s.events[0].1.warning);
+    assert_eq!(s.events[0].0, "MeshUser//dave");
 }
 
 /// Collects everything the reconcilers log, to check no key ever shows up.
@@ -365,10 +373,11 @@ async fn deleting_a_preauthkey_expires_its_key() {
 async fn meshnodes_mirror_the_node_table_both_ways() {
     let c = ctx();
     with_user(&c, "alice").await;
-    let a = c.admin.add_node("alice", "web-7f9c-abcde");
+    let a = c.admin.add_node("alice", "web-7f9c-abcde-apps");
     let b = c.admin.add_node("alice", "laptop");
+    // Keyed by the sidecar's hostname, `<pod>-<namespace>`.
     let pods = std::collections::HashMap::from([(
-        "web-7f9c-abcde".to_string(),
+        "web-7f9c-abcde-apps".to_string(),
         "apps/web-7f9c-abcde".to_string(),
     )]);
     let r = nodes::sync(&c, &pods).await.unwrap();
@@ -377,7 +386,7 @@ async fn meshnodes_mirror_the_node_table_both_ways() {
         let s = c.kube.state.lock().unwrap();
         let mn = &s.nodes[&crate::crd::mesh_node_name(a)];
         let st = mn.status.as_ref().unwrap();
-        assert_eq!(st.hostname, "web-7f9c-abcde");
+        assert_eq!(st.hostname, "web-7f9c-abcde-apps");
         assert_eq!(st.user, "alice");
         assert_eq!(st.pod.as_deref(), Some("apps/web-7f9c-abcde"));
     }
@@ -441,7 +450,9 @@ async fn a_meshnode_for_a_node_already_gone_is_released() {
 async fn a_gone_pod_takes_its_node_with_it() {
     let c = ctx();
     with_user(&c, "alice").await;
-    c.admin.add_node("alice", "web-7f9c-abcde");
+    c.admin.add_node("alice", "web-7f9c-abcde-apps");
+    // The same pod name in another namespace is another node.
+    let same_name = c.admin.add_node("alice", "web-7f9c-abcde-other");
     let other = c.admin.add_node("alice", "web-7f9c-zzzzz");
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "web-7f9c-abcde", "namespace": "apps"},
@@ -454,5 +465,120 @@ async fn a_gone_pod_takes_its_node_with_it() {
     assert!(pods::is_injected(&pod));
     assert_eq!(pods::pod_gone(&pod, None, &c).await.unwrap(), 1);
     let s = c.admin.state.lock().unwrap();
-    assert_eq!(s.nodes.keys().copied().collect::<Vec<_>>(), vec![other]);
+    assert_eq!(
+        s.nodes.keys().copied().collect::<Vec<_>>(),
+        vec![same_name, other]
+    );
+}
+
+fn node_at(id: u64, hostname: &str, created: Option<i64>) -> crate::admin::Node {
+    crate::admin::Node {
+        id,
+        name: hostname.into(),
+        created_at: created.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+        ..Default::default()
+    }
+}
+
+fn recorded(id: u64, pod: Option<&str>) -> MeshNode {
+    let mut mn = MeshNode::new(
+        &crate::crd::mesh_node_name(id),
+        crate::crd::MeshNodeSpec { node_id: id },
+    );
+    mn.status = Some(crate::crd::MeshNodeStatus {
+        pod: pod.map(Into::into),
+        ..Default::default()
+    });
+    mn
+}
+
+#[test]
+fn stale_nodes_are_those_of_gone_pods_and_older_namesakes_only() {
+    let t0 = 1_700_000_000;
+    let live = std::collections::HashMap::from([(
+        "db-0-apps".to_string(),
+        pods::LivePod {
+            pod: "apps/db-0".into(),
+            created: chrono::DateTime::from_timestamp(t0, 0),
+        },
+    )]);
+    let nodes = vec![
+        node_at(1, "web-1-apps", Some(t0 - 100)), // recorded pod, now gone
+        node_at(2, "laptop", Some(t0 - 100)),     // never a pod
+        node_at(3, "db-0-apps", Some(t0 - 50)),   // the StatefulSet pod's predecessor
+        node_at(4, "db-0-apps", Some(t0 + 5)),    // the live pod's own node
+        node_at(7, "db-0-apps", Some(t0 - 10)),   // its own too, behind a skewed clock
+        node_at(5, "db-0-apps", None),            // unknown age: kept
+        node_at(6, "api-1-apps", Some(t0 - 100)), // gone pod never recorded: kept
+    ];
+    let recorded = vec![
+        recorded(1, Some("apps/web-1")),
+        recorded(2, None),
+        recorded(4, Some("apps/db-0")),
+    ];
+    assert_eq!(pods::stale_nodes(&nodes, &recorded, &live), vec![1, 3]);
+}
+
+#[tokio::test]
+async fn resync_deletes_nodes_of_pods_gone_while_the_operator_was_down() {
+    let c = ctx();
+    with_user(&c, "alice").await;
+    let gone = c.admin.add_node("alice", "web-1-apps");
+    let kept = c.admin.add_node("alice", "laptop");
+    let live_node = c.admin.add_node("alice", "web-2-apps");
+    // A previous operator recorded both pods in the MeshNodes.
+    let pods_then = std::collections::HashMap::from([
+        ("web-1-apps".to_string(), "apps/web-1".to_string()),
+        ("web-2-apps".to_string(), "apps/web-2".to_string()),
+    ]);
+    nodes::sync(&c, &pods_then).await.unwrap();
+    // Now only web-2 is alive.
+    let live = std::collections::HashMap::from([(
+        "web-2-apps".to_string(),
+        pods::LivePod {
+            pod: "apps/web-2".into(),
+            created: None,
+        },
+    )]);
+    assert_eq!(pods::resync(&live, &c).await.unwrap(), 1);
+    let s = c.admin.state.lock().unwrap();
+    assert!(!s.nodes.contains_key(&gone));
+    assert!(s.nodes.contains_key(&kept) && s.nodes.contains_key(&live_node));
+}
+
+#[tokio::test]
+async fn an_injected_pod_gets_its_namespace_key_once_and_user_pods_their_own() {
+    let c = ctx();
+    let d = crate::webhook::patch::tests::cfg().keys;
+    let pod = |name: &str, ann: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "apps", "annotations": ann},
+        }))
+        .unwrap()
+    };
+    let a = pods::ensure_injection_key(&pod("a", json!({})), &d, &c)
+        .await
+        .unwrap();
+    let b = pods::ensure_injection_key(&pod("b", json!({})), &d, &c)
+        .await
+        .unwrap();
+    assert_eq!(a.as_deref(), Some("meshscale-authkey"));
+    assert_eq!(a, b);
+    let team =
+        pods::ensure_injection_key(&pod("c", json!({"meshscale.dev/user": "team-a"})), &d, &c)
+            .await
+            .unwrap()
+            .unwrap();
+    let bad = pods::ensure_injection_key(&pod("d", json!({"meshscale.dev/tags": "nope"})), &d, &c)
+        .await
+        .unwrap();
+    assert_eq!(bad, None);
+    let s = c.kube.state.lock().unwrap();
+    assert_eq!(s.paks.len(), 2);
+    let spec = &s.paks["apps/meshscale-authkey"];
+    assert!(spec.reusable && spec.ephemeral);
+    assert_eq!(spec.user, "k8s");
+    assert_eq!(spec.secret_name, "meshscale-authkey");
+    assert_eq!(spec.tags, vec![Tag("tag:k8s".into())]);
+    assert_eq!(s.paks[&format!("apps/{team}")].user, "team-a");
 }

@@ -4,7 +4,7 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use tracing::{info, instrument};
 
-use super::{Ctx, RESYNC, ReconcileError, admin_reason};
+use super::{Ctx, RESYNC, ReconcileError, admin_reason, emit, normal, warning};
 use crate::admin::{Admin, AdminError, User};
 use crate::conditions::{self, READY, SYNCED};
 use crate::crd::MeshUser;
@@ -24,9 +24,17 @@ pub async fn reconcile<A: Admin, K: Kube>(
     let finalizers = mu.metadata.finalizers.as_ref();
     if mu.metadata.deletion_timestamp.is_some() {
         if has_finalizer(finalizers) {
-            if let Err(e) = destroy(&user_name(mu), ctx).await {
-                report(mu, ctx, Err(&e)).await?;
-                return Err(e.into());
+            match destroy(&user_name(mu), ctx).await {
+                Ok(true) => {
+                    let m = "user and its nodes deleted";
+                    emit(ctx, mu, normal("UserDeleted", "DeleteUser", m)).await;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    emit(ctx, mu, warning("DeleteUser", &e)).await;
+                    report(mu, ctx, Err(&e)).await?;
+                    return Err(e.into());
+                }
             }
             ctx.kube
                 .user_finalizers(&name, without_finalizer(finalizers))
@@ -41,6 +49,10 @@ pub async fn reconcile<A: Admin, K: Kube>(
     }
     match ensure(mu, ctx).await {
         Ok((user, nodes, created)) => {
+            if created {
+                let m = format!("user {} created with id {}", user.name, user.id);
+                emit(ctx, mu, normal("UserCreated", "CreateUser", m)).await;
+            }
             let mut status = mu.status.clone().unwrap_or_default();
             status.id = Some(user.id);
             status.node_count = nodes;
@@ -52,6 +64,7 @@ pub async fn reconcile<A: Admin, K: Kube>(
             Ok(Action::requeue(RESYNC))
         }
         Err(e) => {
+            emit(ctx, mu, warning("CreateUser", &e)).await;
             report(mu, ctx, Err(&e)).await?;
             Err(e.into())
         }
@@ -118,10 +131,11 @@ async fn ensure<A: Admin, K: Kube>(
     Ok((user, u32::try_from(nodes).unwrap_or(u32::MAX), created))
 }
 
-/// Expels the user's nodes, then deletes the user; already gone is fine.
-async fn destroy<A: Admin, K: Kube>(name: &str, ctx: &Ctx<A, K>) -> Result<(), AdminError> {
+/// Expels the user's nodes, then deletes the user; already gone is fine
+/// (`false`: there was nothing to delete).
+async fn destroy<A: Admin, K: Kube>(name: &str, ctx: &Ctx<A, K>) -> Result<bool, AdminError> {
     let Some(user) = ctx.admin.find_user(name).await? else {
-        return Ok(());
+        return Ok(false);
     };
     for node in ctx.admin.list_nodes(name).await? {
         match ctx.admin.delete_node(node.id).await {
@@ -130,7 +144,8 @@ async fn destroy<A: Admin, K: Kube>(name: &str, ctx: &Ctx<A, K>) -> Result<(), A
         }
     }
     match ctx.admin.delete_user(user.id).await {
-        Ok(()) | Err(AdminError::NotFound(_)) => Ok(()),
+        Ok(()) => Ok(true),
+        Err(AdminError::NotFound(_)) => Ok(false),
         Err(e) => Err(e),
     }
 }

@@ -4,19 +4,35 @@ use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
+use crate::injectkey::{AnnotationError, KeyDefaults, key_for};
+
 pub const SIDECAR_NAME: &str = "meshscale-sidecar";
 pub const ANN_INJECT: &str = "meshscale.dev/inject";
 pub const ANN_INJECTED: &str = "meshscale.dev/injected";
 const STATE_VOLUME: &str = "meshscale-state";
 const TUN_VOLUME: &str = "meshscale-tun";
 const STATE_DIR: &str = "/var/lib/meshscale-sidecar";
+const CA_VOLUME: &str = "meshscale-ca";
+const CA_DIR: &str = "/etc/meshscale/ca";
+
+/// Where the CA bundle that signed the control server's certificate comes
+/// from, for clusters whose login server is not under a public CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaSource {
+    /// A Secret in the pod's namespace; `key` is the data key (e.g. `ca.crt`).
+    Secret { name: String, key: String },
+    /// A ConfigMap in the pod's namespace (e.g. one filled by trust-manager).
+    ConfigMap { name: String, key: String },
+}
 
 #[derive(Debug, Clone)]
 pub struct InjectConfig {
     pub image: String,
     pub login_server: String,
-    /// The per-namespace Secret holding the auth key under `authkey`.
-    pub secret_name: String,
+    /// Which per-namespace Secret holds the pod's auth key (under `authkey`).
+    pub keys: KeyDefaults,
+    /// Mounted into the sidecar and passed as `--ca-file` when set.
+    pub ca: Option<CaSource>,
     /// Never inject here: kube-system and the operator's own namespace at least.
     pub excluded_namespaces: Vec<String>,
     pub healthz_port: u16,
@@ -83,24 +99,43 @@ fn add(path: &[&str], value: Value) -> PatchOperation {
 /// The sidecar as a native sidecar: an init container with `restartPolicy: Always`,
 /// started before everything else and, through its startup probe, holding the
 /// app containers back until the tunnel is up.
-pub fn sidecar(cfg: &InjectConfig) -> Value {
+pub fn sidecar(cfg: &InjectConfig, secret_name: &str) -> Value {
+    let mut args = vec![
+        json!("up"),
+        json!("--login-server"),
+        json!(cfg.login_server),
+        // `$(POD_NAME)`: the kubelet expands it at run time. At admission a
+        // ReplicaSet's pod has only generateName. The namespace makes the node
+        // unique across namespaces (see `reconcile::pods::hostname_of`).
+        json!("--hostname"),
+        json!("$(POD_NAME)-$(POD_NAMESPACE)"),
+        json!("--state-dir"),
+        json!(STATE_DIR),
+        // The kubelet probes the pod IP, so the endpoint cannot be loopback-only.
+        json!("--healthz-addr"),
+        json!(format!("0.0.0.0:{}", cfg.healthz_port)),
+    ];
+    let mut mounts = vec![
+        json!({"name": STATE_VOLUME, "mountPath": STATE_DIR}),
+        json!({"name": TUN_VOLUME, "mountPath": "/dev/net/tun"}),
+    ];
+    if let Some(ca) = &cfg.ca {
+        let key = match ca {
+            CaSource::Secret { key, .. } | CaSource::ConfigMap { key, .. } => key,
+        };
+        args.push(json!("--ca-file"));
+        args.push(json!(format!("{CA_DIR}/{key}")));
+        mounts.push(json!({"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": true}));
+    }
     json!({
         "name": SIDECAR_NAME,
         "image": cfg.image,
         "restartPolicy": "Always",
-        // `$(POD_NAME)`: the kubelet expands it at run time. At admission a
-        // ReplicaSet's pod has only generateName.
-        "args": [
-            "up",
-            "--login-server", cfg.login_server,
-            "--hostname", "$(POD_NAME)",
-            "--state-dir", STATE_DIR,
-            // The kubelet probes the pod IP, so the endpoint cannot be loopback-only.
-            "--healthz-addr", format!("0.0.0.0:{}", cfg.healthz_port),
-        ],
+        "args": args,
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "MESHSCALE_AUTHKEY", "valueFrom": {"secretKeyRef": {"name": cfg.secret_name, "key": "authkey"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "MESHSCALE_AUTHKEY", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "authkey"}}},
         ],
         "securityContext": {
             "capabilities": {"add": ["NET_ADMIN"]},
@@ -111,34 +146,51 @@ pub fn sidecar(cfg: &InjectConfig) -> Value {
             "failureThreshold": 150,
         },
         "resources": {"requests": {"cpu": cfg.cpu_request, "memory": cfg.memory_request}},
-        "volumeMounts": [
-            {"name": STATE_VOLUME, "mountPath": STATE_DIR},
-            {"name": TUN_VOLUME, "mountPath": "/dev/net/tun"},
-        ],
+        "volumeMounts": mounts,
     })
 }
 
+fn ca_volume(ca: &CaSource) -> Value {
+    match ca {
+        CaSource::Secret { name, key } => json!({"name": CA_VOLUME, "secret": {
+            "secretName": name, "items": [{"key": key, "path": key}]}}),
+        CaSource::ConfigMap { name, key } => json!({"name": CA_VOLUME, "configMap": {
+            "name": name, "items": [{"key": key, "path": key}]}}),
+    }
+}
+
 /// The patch for a pod `verdict` said yes to.
-pub fn patch(pod: &Pod, cfg: &InjectConfig) -> Patch {
+/// Fails only on bad `meshscale.dev/user`/`meshscale.dev/tags` annotations.
+pub fn patch(pod: &Pod, cfg: &InjectConfig) -> Result<Patch, AnnotationError> {
+    let key = key_for(pod, &cfg.keys)?;
     let spec = pod.spec.as_ref();
     let mut ops = Vec::new();
     // Node state in an emptyDir: a restarted container is the same node, a new pod a new one.
-    let volumes = [
+    let mut volumes = vec![
         json!({"name": STATE_VOLUME, "emptyDir": {}}),
         json!({"name": TUN_VOLUME, "hostPath": {"path": "/dev/net/tun", "type": "CharDevice"}}),
     ];
+    if let Some(ca) = &cfg.ca {
+        volumes.push(ca_volume(ca));
+    }
     if spec.is_some_and(|s| s.volumes.is_some()) {
         for v in volumes {
             ops.push(add(&["spec", "volumes", "-"], v));
         }
     } else {
-        ops.push(add(&["spec", "volumes"], Value::Array(volumes.to_vec())));
+        ops.push(add(&["spec", "volumes"], Value::Array(volumes)));
     }
     if spec.is_some_and(|s| s.init_containers.is_some()) {
         // First, so other init containers already have the mesh.
-        ops.push(add(&["spec", "initContainers", "0"], sidecar(cfg)));
+        ops.push(add(
+            &["spec", "initContainers", "0"],
+            sidecar(cfg, &key.name),
+        ));
     } else {
-        ops.push(add(&["spec", "initContainers"], json!([sidecar(cfg)])));
+        ops.push(add(
+            &["spec", "initContainers"],
+            json!([sidecar(cfg, &key.name)]),
+        ));
     }
     if pod.metadata.annotations.is_some() {
         ops.push(add(
@@ -151,7 +203,7 @@ pub fn patch(pod: &Pod, cfg: &InjectConfig) -> Patch {
             json!({ ANN_INJECTED: "true" }),
         ));
     }
-    Patch(ops)
+    Ok(Patch(ops))
 }
 
 #[cfg(test)]
@@ -162,7 +214,14 @@ pub mod tests {
         InjectConfig {
             image: "meshscale-sidecar:test".into(),
             login_server: "https://mesh.example".into(),
-            secret_name: "meshscale-authkey".into(),
+            keys: KeyDefaults {
+                secret_prefix: "meshscale-authkey".into(),
+                user: "k8s".into(),
+                tags: vec!["tag:k8s".into()],
+                expiration: "30d".into(),
+                rotate_before: "7d".into(),
+            },
+            ca: None,
             excluded_namespaces: vec!["kube-system".into(), "meshscale".into()],
             healthz_port: 9099,
             cpu_request: "10m".into(),
@@ -191,7 +250,7 @@ pub mod tests {
     fn annotated_pod_gets_a_native_sidecar_with_everything() {
         let p = annotated();
         assert_eq!(verdict(&p, "apps", false, &cfg()), Verdict::Inject);
-        let doc = apply(&p, &patch(&p, &cfg()));
+        let doc = apply(&p, &patch(&p, &cfg()).unwrap());
         let init = &doc["spec"]["initContainers"][0];
         assert_eq!(init["name"], SIDECAR_NAME);
         assert_eq!(init["restartPolicy"], "Always");
@@ -205,7 +264,7 @@ pub mod tests {
             "metadata.name"
         );
         assert_eq!(
-            init["env"][1]["valueFrom"]["secretKeyRef"]["name"],
+            init["env"][2]["valueFrom"]["secretKeyRef"]["name"],
             "meshscale-authkey"
         );
         let args: Vec<&str> = init["args"]
@@ -214,7 +273,10 @@ pub mod tests {
             .iter()
             .map(|a| a.as_str().unwrap())
             .collect();
-        assert!(args.windows(2).any(|w| w == ["--hostname", "$(POD_NAME)"]));
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--hostname", "$(POD_NAME)-$(POD_NAMESPACE)"])
+        );
         assert!(
             args.windows(2)
                 .any(|w| w == ["--login-server", "https://mesh.example"])
@@ -238,7 +300,7 @@ pub mod tests {
                 "containers": [{"name": "app", "image": "a"}]
             }
         }));
-        let doc = apply(&p, &patch(&p, &cfg()));
+        let doc = apply(&p, &patch(&p, &cfg()).unwrap());
         let init = doc["spec"]["initContainers"].as_array().unwrap();
         assert_eq!(init.len(), 2);
         assert_eq!(init[0]["name"], SIDECAR_NAME);
@@ -286,11 +348,63 @@ pub mod tests {
         let c = cfg();
         let plain = pod(json!({"spec": {"containers": [{"name": "a"}]}}));
         assert_eq!(verdict(&plain, "apps", true, &c), Verdict::Inject);
-        let doc = apply(&plain, &patch(&plain, &c));
+        let doc = apply(&plain, &patch(&plain, &c).unwrap());
         let injected: Pod = serde_json::from_value(doc).unwrap();
         assert_eq!(
             verdict(&injected, "apps", true, &c),
             Verdict::Skip("already injected")
         );
+    }
+
+    #[test]
+    fn user_annotation_picks_its_key_secret_and_ca_bundle_is_mounted() {
+        let mut c = cfg();
+        c.ca = Some(CaSource::ConfigMap {
+            name: "meshscale-ca".into(),
+            key: "ca.crt".into(),
+        });
+        let p = pod(json!({
+            "metadata": {"name": "x", "annotations": {
+                "meshscale.dev/inject": "true", "meshscale.dev/user": "team-a"}},
+            "spec": {"containers": [{"name": "app", "image": "a"}]}
+        }));
+        let doc = apply(&p, &patch(&p, &c).unwrap());
+        let init = &doc["spec"]["initContainers"][0];
+        let secret = init["env"][2]["valueFrom"]["secretKeyRef"]["name"]
+            .as_str()
+            .unwrap();
+        assert!(secret.starts_with("meshscale-authkey-team-a-"), "{secret}");
+        let args = init["args"].as_array().unwrap();
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--ca-file" && w[1] == "/etc/meshscale/ca/ca.crt")
+        );
+        assert!(
+            init["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == CA_VOLUME && m["readOnly"] == true)
+        );
+        let vols = doc["spec"]["volumes"].as_array().unwrap();
+        assert!(
+            vols.iter()
+                .any(|v| v["configMap"]["name"] == "meshscale-ca")
+        );
+        // Still a valid Pod.
+        let _: Pod = serde_json::from_value(doc).unwrap();
+        // Without a CA source nothing CA-related is added.
+        let doc = apply(&p, &patch(&p, &cfg()).unwrap());
+        assert!(!doc.to_string().contains("--ca-file"));
+    }
+
+    #[test]
+    fn bad_user_annotation_is_an_error_not_a_patch() {
+        let p = pod(json!({
+            "metadata": {"name": "x", "annotations": {
+                "meshscale.dev/inject": "true", "meshscale.dev/user": "Not/A/User"}},
+            "spec": {"containers": [{"name": "app", "image": "a"}]}
+        }));
+        assert!(patch(&p, &cfg()).is_err());
     }
 }

@@ -74,13 +74,21 @@ fn respond(
             tracing::debug!(why, "not injecting");
             resp.into_review()
         }
-        Verdict::Inject => match resp.clone().with_patch(patch(pod, cfg)) {
-            Ok(r) => {
-                info!("injecting the sidecar");
-                r.into_review()
+        Verdict::Inject => match patch(pod, cfg) {
+            // The pod asked for the mesh with annotations we cannot honour:
+            // refusing says why, where admitting it silently would not.
+            Err(e) => {
+                warn!(error = %e, "refusing a pod with bad meshscale annotations");
+                resp.deny(e.to_string()).into_review()
             }
-            // Cannot happen for our own JSON, but the pod still gets admitted.
-            Err(_) => resp.into_review(),
+            Ok(p) => match resp.clone().with_patch(p) {
+                Ok(r) => {
+                    info!("injecting the sidecar");
+                    r.into_review()
+                }
+                // Cannot happen for our own JSON, but the pod still gets admitted.
+                Err(_) => resp.into_review(),
+            },
         },
     }
 }
@@ -175,5 +183,16 @@ mod tests {
             assert_eq!(out["kind"], "AdmissionReview");
             assert_eq!(out["response"]["allowed"], false);
         }
+    }
+
+    #[test]
+    fn bad_user_annotation_is_denied_with_the_reason() {
+        let mut pod = annotated();
+        pod["metadata"]["annotations"]["meshscale.dev/user"] = json!("UPPER");
+        let out: Value =
+            serde_json::from_slice(&answer(&review(pod, "apps", "CREATE"), false, &cfg())).unwrap();
+        assert_eq!(out["response"]["allowed"], false);
+        let msg = out["response"]["status"]["message"].to_string();
+        assert!(msg.contains("meshscale.dev/user"), "{msg}");
     }
 }

@@ -92,10 +92,20 @@ mod tests {
         self, RootCertStore, pki_types::CertificateDer, pki_types::ServerName,
     };
 
+    /// Marks a file as changed `ahead` seconds from now, so the reloader sees a
+    /// new mtime however coarse the filesystem's clock is, without waiting.
+    fn touch_ahead(path: &Path, ahead: u64) {
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(std::time::SystemTime::now() + Duration::from_secs(ahead))
+            .unwrap();
+    }
+
     fn write_pair(dir: &Path, g: &crate::webhook::tls::Generated) {
         // Written aside and renamed, as a Secret volume update swaps files atomically.
         std::fs::write(dir.join("tls.crt.new"), &g.cert_pem).unwrap();
         std::fs::write(dir.join("tls.key.new"), &g.key_pem).unwrap();
+        touch_ahead(&dir.join("tls.crt.new"), 10);
+        touch_ahead(&dir.join("tls.key.new"), 10);
         std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
         std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
     }
@@ -180,8 +190,6 @@ mod tests {
 
         // Renewal under a new CA: the running server picks it up, no restart.
         let second = generate(&dns, 30).unwrap();
-        // mtimes have a coarse granularity on some filesystems.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
         write_pair(dir.path(), &second);
         let out = post(addr, &second.ca_pem, "/inject", &review())
             .await
@@ -194,8 +202,8 @@ mod tests {
         );
 
         // A broken renewal keeps the last good certificate serving.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
         std::fs::write(dir.path().join("tls.crt"), "not a certificate").unwrap();
+        touch_ahead(&dir.path().join("tls.crt"), 20);
         let out = post(addr, &second.ca_pem, "/inject", &review())
             .await
             .unwrap();

@@ -1,0 +1,251 @@
+//! The operator owns the webhook's serving certificate: it generates one with
+//! rcgen into the webhook Secret, renews it ahead of expiry, and keeps the
+//! `MutatingWebhookConfiguration`'s `caBundle` in step. The webhook server
+//! picks the new files up from the mounted Secret without a restart.
+//!
+//! Renewal must never leave a window in which the API server distrusts the
+//! certificate being served (with `failurePolicy: Ignore` pods would start
+//! without their sidecar; with `Fail` they would not start at all). So the CA
+//! bundle carries the previous CA next to the new one, and it is patched
+//! BEFORE the Secret changes: whichever certificate the server presents while
+//! the kubelet refreshes the mounted files, the bundle trusts it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use tracing::{info, instrument};
+
+use super::tls::{self, TlsError};
+use crate::admin::Admin;
+use crate::kubeops::{Kube, KubeError};
+use crate::reconcile::Ctx;
+
+pub const ANN_NOT_AFTER: &str = "meshscale.dev/not-after";
+/// The CAs the API server should trust: the current one and its predecessor.
+pub const CA_BUNDLE_KEY: &str = "ca-bundle.crt";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Where the webhook's certificate lives and what it must say.
+#[derive(Debug, Clone)]
+pub struct CertTarget {
+    pub namespace: String,
+    pub secret: String,
+    pub webhook_config: String,
+    pub dns_names: Vec<String>,
+    pub days: i64,
+    pub renew_before: chrono::Duration,
+}
+
+fn data<'a>(s: &'a Secret, key: &str) -> Option<&'a [u8]> {
+    s.data.as_ref()?.get(key).map(|b| b.0.as_slice())
+}
+
+/// The expiry we recorded; `None` for a Secret we did not write (e.g. the
+/// chart's install-time certificate), which is then replaced by ours.
+pub fn not_after(s: &Secret) -> Option<DateTime<Utc>> {
+    let v = s.metadata.annotations.as_ref()?.get(ANN_NOT_AFTER)?;
+    DateTime::parse_from_rfc3339(v)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Whether a new certificate is due.
+pub fn due(secret: Option<&Secret>, now: DateTime<Utc>, renew_before: chrono::Duration) -> bool {
+    let Some(s) = secret else { return true };
+    if data(s, "tls.crt").is_none() || data(s, "tls.key").is_none() {
+        return true;
+    }
+    not_after(s).is_none_or(|t| t - now <= renew_before)
+}
+
+/// The last CERTIFICATE block of a PEM bundle (the newest CA: we append).
+fn last_cert(pem: &str) -> Option<&str> {
+    let start = pem.rfind("-----BEGIN CERTIFICATE-----")?;
+    let end = pem[start..].find("-----END CERTIFICATE-----")? + start;
+    Some(&pem[start..end + "-----END CERTIFICATE-----".len()])
+}
+
+/// The bundle to trust after a renewal: the CA currently serving (if any) and the new one.
+pub fn next_bundle(old: Option<&Secret>, new_ca: &str) -> String {
+    let old_ca = old
+        .and_then(|s| data(s, "ca.crt"))
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(last_cert);
+    match old_ca {
+        Some(ca) if ca.trim() != new_ca.trim() => format!("{}\n{}\n", ca.trim(), new_ca.trim()),
+        _ => format!("{}\n", new_ca.trim()),
+    }
+}
+
+fn secret_for(t: &CertTarget, g: &tls::Generated, bundle: &str, expires: DateTime<Utc>) -> Secret {
+    let b = |s: &str| ByteString(s.as_bytes().to_vec());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(t.secret.clone()),
+            namespace: Some(t.namespace.clone()),
+            annotations: Some(BTreeMap::from([(
+                ANN_NOT_AFTER.to_string(),
+                expires.to_rfc3339_opts(SecondsFormat::Secs, true),
+            )])),
+            ..Default::default()
+        },
+        // The chart creates it as a TLS Secret; the type cannot change.
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            ("tls.crt".to_string(), b(&g.cert_pem)),
+            ("tls.key".to_string(), b(&g.key_pem)),
+            ("ca.crt".to_string(), b(&g.ca_pem)),
+            (CA_BUNDLE_KEY.to_string(), b(bundle)),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// One pass: renew when due, and make the webhook configuration trust the
+/// Secret's CAs either way (so a configuration re-rendered by `helm upgrade`
+/// is corrected at the next pass). `true` when a new certificate was made.
+#[instrument(skip_all, fields(secret = %format!("{}/{}", t.namespace, t.secret)))]
+pub async fn ensure<A: Admin, K: Kube>(
+    t: &CertTarget,
+    ctx: &Ctx<A, K>,
+    now: DateTime<Utc>,
+) -> Result<bool, CertError> {
+    let current = ctx.kube.get_secret(&t.namespace, &t.secret).await?;
+    if !due(current.as_ref(), now, t.renew_before) {
+        let bundle = current
+            .as_ref()
+            .and_then(|s| data(s, CA_BUNDLE_KEY).or_else(|| data(s, "ca.crt")))
+            .unwrap_or_default()
+            .to_vec();
+        ctx.kube
+            .set_webhook_ca_bundle(&t.webhook_config, &bundle)
+            .await?;
+        return Ok(false);
+    }
+    let g = tls::generate(&t.dns_names, t.days)?;
+    let expires = now + chrono::Duration::days(t.days);
+    let bundle = next_bundle(current.as_ref(), &g.ca_pem);
+    // Trust first, serve second (see the module comment).
+    ctx.kube
+        .set_webhook_ca_bundle(&t.webhook_config, bundle.as_bytes())
+        .await?;
+    ctx.kube
+        .apply_secret(secret_for(t, &g, &bundle, expires))
+        .await?;
+    info!(expires = %expires.to_rfc3339_opts(SecondsFormat::Secs, true), "webhook certificate issued");
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{FakeAdmin, FakeKube};
+
+    fn target() -> CertTarget {
+        CertTarget {
+            namespace: "meshscale".into(),
+            secret: "rel-webhook-tls".into(),
+            webhook_config: "rel-inject".into(),
+            dns_names: vec!["rel-webhook.meshscale.svc".into()],
+            days: 365,
+            renew_before: chrono::Duration::days(30),
+        }
+    }
+
+    fn secret(c: &Ctx<FakeAdmin, FakeKube>) -> Secret {
+        c.kube.state.lock().unwrap().secrets["meshscale/rel-webhook-tls"].clone()
+    }
+
+    fn text(s: &Secret, key: &str) -> String {
+        String::from_utf8(data(s, key).unwrap().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn issues_renews_before_expiry_and_keeps_the_old_ca_trusted() {
+        let c = Ctx::new(FakeAdmin::default(), FakeKube::default());
+        let t = target();
+        let now = Utc::now();
+        // Nothing yet (or the chart's certificate without our annotation): issue.
+        assert!(ensure(&t, &c, now).await.unwrap());
+        let first = secret(&c);
+        let first_ca = text(&first, "ca.crt");
+        assert!(text(&first, "tls.crt").contains("BEGIN CERTIFICATE"));
+        assert!(text(&first, "tls.key").contains("PRIVATE KEY"));
+        let bundle = c.kube.state.lock().unwrap().webhook_ca["rel-inject"].clone();
+        assert_eq!(String::from_utf8(bundle).unwrap().trim(), first_ca.trim());
+
+        // Fresh: nothing issued, the bundle is re-asserted.
+        c.kube
+            .state
+            .lock()
+            .unwrap()
+            .webhook_ca
+            .insert("rel-inject".into(), b"stale from helm upgrade".to_vec());
+        assert!(
+            !ensure(&t, &c, now + chrono::Duration::days(300))
+                .await
+                .unwrap()
+        );
+        let bundle = c.kube.state.lock().unwrap().webhook_ca["rel-inject"].clone();
+        assert_eq!(String::from_utf8(bundle).unwrap().trim(), first_ca.trim());
+
+        // Within 30 days of expiry: renewed; both CAs trusted.
+        assert!(
+            ensure(&t, &c, now + chrono::Duration::days(340))
+                .await
+                .unwrap()
+        );
+        let second = secret(&c);
+        let second_ca = text(&second, "ca.crt");
+        assert_ne!(first_ca, second_ca);
+        let bundle =
+            String::from_utf8(c.kube.state.lock().unwrap().webhook_ca["rel-inject"].clone())
+                .unwrap();
+        assert!(bundle.contains(first_ca.trim()) && bundle.contains(second_ca.trim()));
+        assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
+
+        // The next renewal drops the oldest CA: the bundle never grows past two.
+        assert!(
+            ensure(&t, &c, now + chrono::Duration::days(700))
+                .await
+                .unwrap()
+        );
+        let bundle =
+            String::from_utf8(c.kube.state.lock().unwrap().webhook_ca["rel-inject"].clone())
+                .unwrap();
+        assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
+        assert!(!bundle.contains(first_ca.trim()));
+    }
+
+    #[test]
+    fn a_secret_without_our_record_or_keys_is_due() {
+        let now = Utc::now();
+        let d = chrono::Duration::days(30);
+        assert!(due(None, now, d));
+        let helm = Secret {
+            data: Some(BTreeMap::from([
+                ("tls.crt".to_string(), ByteString(b"x".to_vec())),
+                ("tls.key".to_string(), ByteString(b"y".to_vec())),
+            ])),
+            ..Default::default()
+        };
+        assert!(due(Some(&helm), now, d));
+        let mut ours = helm.clone();
+        ours.metadata.annotations = Some(BTreeMap::from([(
+            ANN_NOT_AFTER.to_string(),
+            (now + chrono::Duration::days(90)).to_rfc3339(),
+        )]));
+        assert!(!due(Some(&ours), now, d));
+        assert!(due(Some(&ours), now + chrono::Duration::days(61), d));
+    }
+}
