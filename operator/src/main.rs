@@ -15,7 +15,7 @@ use meshscale_operator::kubeops::Kube;
 use meshscale_operator::kubeops::KubeClient;
 use meshscale_operator::lease::Elector;
 use meshscale_operator::reconcile::Ctx;
-use meshscale_operator::webhook::patch::{CaSource, InjectConfig};
+use meshscale_operator::webhook::patch::{CaSource, InjectConfig, is_quantity};
 use meshscale_operator::webhook::{certs, server, tls};
 use meshscale_operator::{controller, crdgen, duration, metrics};
 use tracing::{error, info};
@@ -47,6 +47,79 @@ enum Cmd {
     },
     /// Runs the controllers (on the lease holder) and the webhook (on every replica).
     Run(Box<RunArgs>),
+    /// Serves only the injection webhook over HTTPS, with no Kubernetes client.
+    Webhook(Box<WebhookArgs>),
+}
+
+/// What the webhook injects: shared by `run` and `webhook`, so the
+/// standalone server behaves exactly like the operator's.
+#[derive(clap::Args)]
+struct InjectArgs {
+    /// The sidecar image injected into pods.
+    #[arg(long, env = "MESHSCALE_SIDECAR_IMAGE")]
+    sidecar_image: String,
+    /// The login server URL injected pods use (the control server's public URL).
+    #[arg(long, env = "MESHSCALE_LOGIN_SERVER")]
+    login_server: String,
+    /// Per-namespace Secret with the injected pods' auth key (the default
+    /// user's); pods with `meshscale.dev/user`/`tags` get `<this>-<user>-<hash>`.
+    #[arg(long, default_value = "meshscale-authkey")]
+    inject_secret: String,
+    /// The control-server user injected pods join as without `meshscale.dev/user`.
+    #[arg(long, env = "MESHSCALE_INJECT_USER", default_value = "k8s")]
+    inject_user: String,
+    /// Tags of injected pods without `meshscale.dev/tags` (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "tag:k8s")]
+    inject_tags: Vec<String>,
+    /// Lifetime of an injection key.
+    #[arg(long, default_value = "30d")]
+    inject_key_expiration: String,
+    /// A new injection key is issued this long before the current one expires.
+    #[arg(long, default_value = "7d")]
+    inject_key_rotate_before: String,
+    /// Secret (in each injected pod's namespace) with the CA bundle of the
+    /// login server, mounted into the sidecar as --ca-file.
+    #[arg(long, conflicts_with = "sidecar_ca_configmap")]
+    sidecar_ca_secret: Option<String>,
+    /// ConfigMap (in each injected pod's namespace) with that CA bundle.
+    #[arg(long)]
+    sidecar_ca_configmap: Option<String>,
+    /// The data key of the CA bundle in that Secret or ConfigMap.
+    #[arg(long, default_value = "ca.crt")]
+    sidecar_ca_key: String,
+    /// Further namespaces never injected (kube-system and --namespace always are).
+    #[arg(long = "exclude-namespace")]
+    exclude_namespaces: Vec<String>,
+    /// The sidecar's CPU request (annotation `meshscale.dev/cpu` overrides it).
+    #[arg(long, default_value = "10m")]
+    sidecar_cpu_request: String,
+    /// The sidecar's memory request (annotation `meshscale.dev/memory`).
+    #[arg(long, default_value = "32Mi")]
+    sidecar_memory_request: String,
+    /// The sidecar's CPU limit, none by default (annotation `meshscale.dev/cpu-limit`).
+    #[arg(long)]
+    sidecar_cpu_limit: Option<String>,
+    /// The sidecar's memory limit, none by default (annotation `meshscale.dev/memory-limit`).
+    #[arg(long)]
+    sidecar_memory_limit: Option<String>,
+}
+
+/// The webhook alone, without a cluster or control server: for tests, and for
+/// running the injector apart from the operator. It serves the certificate as
+/// it is (reloaded when the files change) and never talks to Kubernetes.
+#[derive(clap::Args)]
+struct WebhookArgs {
+    #[arg(long)]
+    cert: PathBuf,
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// The namespace the operator runs in: never injected.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "meshscale")]
+    namespace: String,
+    #[command(flatten)]
+    inject: InjectArgs,
 }
 
 #[derive(clap::Args)]
@@ -90,41 +163,8 @@ struct RunArgs {
     /// DNS names of the webhook Service, e.g. meshscale-webhook.meshscale.svc.
     #[arg(long = "webhook-dns", requires = "webhook_secret")]
     webhook_dns: Vec<String>,
-    /// The sidecar image injected into pods.
-    #[arg(long, env = "MESHSCALE_SIDECAR_IMAGE")]
-    sidecar_image: String,
-    /// The login server URL injected pods use (the control server's public URL).
-    #[arg(long, env = "MESHSCALE_LOGIN_SERVER")]
-    login_server: String,
-    /// Per-namespace Secret with the injected pods' auth key (the default
-    /// user's); pods with `meshscale.dev/user`/`tags` get `<this>-<user>-<hash>`.
-    #[arg(long, default_value = "meshscale-authkey")]
-    inject_secret: String,
-    /// The control-server user injected pods join as without `meshscale.dev/user`.
-    #[arg(long, env = "MESHSCALE_INJECT_USER", default_value = "k8s")]
-    inject_user: String,
-    /// Tags of injected pods without `meshscale.dev/tags` (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "tag:k8s")]
-    inject_tags: Vec<String>,
-    /// Lifetime of an injection key.
-    #[arg(long, default_value = "30d")]
-    inject_key_expiration: String,
-    /// A new injection key is issued this long before the current one expires.
-    #[arg(long, default_value = "7d")]
-    inject_key_rotate_before: String,
-    /// Secret (in each injected pod's namespace) with the CA bundle of the
-    /// login server, mounted into the sidecar as --ca-file.
-    #[arg(long, conflicts_with = "sidecar_ca_configmap")]
-    sidecar_ca_secret: Option<String>,
-    /// ConfigMap (in each injected pod's namespace) with that CA bundle.
-    #[arg(long)]
-    sidecar_ca_configmap: Option<String>,
-    /// The data key of the CA bundle in that Secret or ConfigMap.
-    #[arg(long, default_value = "ca.crt")]
-    sidecar_ca_key: String,
-    /// Further namespaces never injected (kube-system and --namespace always are).
-    #[arg(long = "exclude-namespace")]
-    exclude_namespaces: Vec<String>,
+    #[command(flatten)]
+    inject: InjectArgs,
     /// How often MeshNodes are re-synced from the control server.
     #[arg(long, default_value = "15")]
     node_sync_seconds: u64,
@@ -148,6 +188,13 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(run(*args))
+        }
+        Cmd::Webhook(args) => {
+            init_tracing();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(webhook_only(*args))
         }
     }
 }
@@ -229,7 +276,7 @@ async fn renew_webhook_cert<A: Admin, K: Kube>(t: certs::CertTarget, ctx: Arc<Ct
 
 /// The injection key settings, checked at start: a bad duration would
 /// otherwise only show up as a failing PreAuthKey in every namespace.
-fn key_defaults(args: &RunArgs) -> anyhow::Result<KeyDefaults> {
+fn key_defaults(args: &InjectArgs) -> anyhow::Result<KeyDefaults> {
     let lifetime = duration::parse(&args.inject_key_expiration)
         .map_err(|e| anyhow::anyhow!("--inject-key-expiration: {e}"))?;
     let rotate = duration::parse(&args.inject_key_rotate_before)
@@ -251,6 +298,70 @@ fn key_defaults(args: &RunArgs) -> anyhow::Result<KeyDefaults> {
     })
 }
 
+fn check_quantity(flag: &str, v: &str) -> anyhow::Result<()> {
+    if !is_quantity(v) {
+        bail!("{flag}: {v:?} is not a resource quantity (e.g. 100m, 64Mi)");
+    }
+    Ok(())
+}
+
+/// The injection settings, checked at start so a typo fails the rollout
+/// instead of every admission.
+fn inject_config(args: &InjectArgs, own_namespace: &str) -> anyhow::Result<InjectConfig> {
+    let mut excluded = vec!["kube-system".to_string(), own_namespace.to_string()];
+    excluded.extend(args.exclude_namespaces.iter().cloned());
+    check_quantity("--sidecar-cpu-request", &args.sidecar_cpu_request)?;
+    check_quantity("--sidecar-memory-request", &args.sidecar_memory_request)?;
+    for (flag, v) in [
+        ("--sidecar-cpu-limit", &args.sidecar_cpu_limit),
+        ("--sidecar-memory-limit", &args.sidecar_memory_limit),
+    ] {
+        if let Some(v) = v {
+            check_quantity(flag, v)?;
+        }
+    }
+    let ca = match (&args.sidecar_ca_secret, &args.sidecar_ca_configmap) {
+        (Some(name), _) => Some(CaSource::Secret {
+            name: name.clone(),
+            key: args.sidecar_ca_key.clone(),
+        }),
+        (None, Some(name)) => Some(CaSource::ConfigMap {
+            name: name.clone(),
+            key: args.sidecar_ca_key.clone(),
+        }),
+        (None, None) => None,
+    };
+    Ok(InjectConfig {
+        image: args.sidecar_image.clone(),
+        login_server: args.login_server.clone(),
+        keys: key_defaults(args)?,
+        ca,
+        excluded_namespaces: excluded,
+        healthz_port: 9099,
+        cpu_request: args.sidecar_cpu_request.clone(),
+        memory_request: args.sidecar_memory_request.clone(),
+        cpu_limit: args.sidecar_cpu_limit.clone(),
+        memory_limit: args.sidecar_memory_limit.clone(),
+    })
+}
+
+async fn webhook_only(args: WebhookArgs) -> anyhow::Result<()> {
+    let inject = Arc::new(inject_config(&args.inject, &args.namespace)?);
+    let cert = Arc::new(
+        tls::ReloadingCert::new(args.cert.clone(), args.key.clone())
+            .context("loading the webhook certificate")?,
+    );
+    let listener = server::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    // The bound address, so a caller that asked for port 0 learns the port.
+    let addr = listener.local_addr()?;
+    info!(addr = %addr, "webhook listening");
+    println!("listening on {addr}");
+    server::serve(listener, tls::server_config(cert), inject).await?;
+    bail!("webhook server stopped")
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let api_key = std::fs::read_to_string(&args.api_key_file)
         .with_context(|| format!("reading the API key file {}", args.api_key_file.display()))?;
@@ -266,30 +377,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to Kubernetes")?;
 
-    let mut excluded = vec!["kube-system".to_string(), args.namespace.clone()];
-    excluded.extend(args.exclude_namespaces.iter().cloned());
-    let keys = key_defaults(&args)?;
-    let ca = match (&args.sidecar_ca_secret, &args.sidecar_ca_configmap) {
-        (Some(name), _) => Some(CaSource::Secret {
-            name: name.clone(),
-            key: args.sidecar_ca_key.clone(),
-        }),
-        (None, Some(name)) => Some(CaSource::ConfigMap {
-            name: name.clone(),
-            key: args.sidecar_ca_key.clone(),
-        }),
-        (None, None) => None,
-    };
-    let inject = Arc::new(InjectConfig {
-        image: args.sidecar_image.clone(),
-        login_server: args.login_server.clone(),
-        keys: keys.clone(),
-        ca,
-        excluded_namespaces: excluded,
-        healthz_port: 9099,
-        cpu_request: "10m".into(),
-        memory_request: "32Mi".into(),
-    });
+    let keys = key_defaults(&args.inject)?;
+    let inject = Arc::new(inject_config(&args.inject, &args.namespace)?);
     let cert = Arc::new(
         tls::ReloadingCert::new(args.webhook_cert.clone(), args.webhook_key.clone())
             .context("loading the webhook certificate")?,
@@ -373,7 +462,7 @@ mod tests {
         else {
             panic!("not parsed: {:?}", cli.err());
         };
-        let keys = key_defaults(&args).map_err(|e| e.to_string());
+        let keys = key_defaults(&args.inject).map_err(|e| e.to_string());
         assert_eq!(
             keys.map(|k| k.tags),
             Ok(vec!["tag:k8s".to_string(), "tag:web".to_string()])
@@ -398,6 +487,6 @@ mod tests {
         else {
             panic!("not parsed");
         };
-        assert!(key_defaults(&args).is_err());
+        assert!(key_defaults(&args.inject).is_err());
     }
 }

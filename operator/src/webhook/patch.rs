@@ -14,6 +14,11 @@ const TUN_VOLUME: &str = "meshscale-tun";
 const STATE_DIR: &str = "/var/lib/meshscale-sidecar";
 const CA_VOLUME: &str = "meshscale-ca";
 const CA_DIR: &str = "/etc/meshscale/ca";
+/// Per-pod overrides of the sidecar's resources (the chart's values are the default).
+pub const ANN_CPU: &str = "meshscale.dev/cpu";
+pub const ANN_MEMORY: &str = "meshscale.dev/memory";
+pub const ANN_CPU_LIMIT: &str = "meshscale.dev/cpu-limit";
+pub const ANN_MEMORY_LIMIT: &str = "meshscale.dev/memory-limit";
 
 /// Where the CA bundle that signed the control server's certificate comes
 /// from, for clusters whose login server is not under a public CA.
@@ -38,6 +43,70 @@ pub struct InjectConfig {
     pub healthz_port: u16,
     pub cpu_request: String,
     pub memory_request: String,
+    /// No limit when unset: a throttled sidecar stalls every connection of the pod.
+    pub cpu_limit: Option<String>,
+    pub memory_limit: Option<String>,
+}
+
+/// Whether `s` is a Kubernetes resource quantity: a non-negative decimal with
+/// an optional binary (Ki..Ei), decimal (m, k, M..E) or exponent suffix.
+pub fn is_quantity(s: &str) -> bool {
+    let digits_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(digits_end);
+    let mut parts = number.split('.');
+    let int = parts.next().unwrap_or_default();
+    let frac = parts.next();
+    let number_ok = parts.next().is_none()
+        && (!int.is_empty() || frac.is_some_and(|f| !f.is_empty()))
+        && number.len() <= 30;
+    let suffix_ok = matches!(
+        suffix,
+        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+    ) || ((suffix.starts_with('e') || suffix.starts_with('E'))
+        && suffix.len() > 1
+        && suffix.len() <= 4
+        && suffix[1..].bytes().all(|b| b.is_ascii_digit()));
+    number_ok && suffix_ok
+}
+
+/// The sidecar's `resources`: the configured defaults, overridden per pod by
+/// the resource annotations. A bad annotation is an error, not a silent default.
+pub fn resources(pod: &Pod, cfg: &InjectConfig) -> Result<Value, AnnotationError> {
+    let ann = pod.metadata.annotations.as_ref();
+    let pick =
+        |name: &'static str, default: Option<&String>| -> Result<Option<String>, AnnotationError> {
+            match ann.and_then(|a| a.get(name)).map(|v| v.trim()) {
+                Some(v) if is_quantity(v) => Ok(Some(v.to_string())),
+                Some(v) => Err(AnnotationError::BadQuantity {
+                    annotation: name,
+                    value: v.to_string(),
+                }),
+                None => Ok(default.cloned()),
+            }
+        };
+    let mut requests = serde_json::Map::new();
+    let mut limits = serde_json::Map::new();
+    for (is_limit, key, ann_name, default) in [
+        (false, "cpu", ANN_CPU, Some(&cfg.cpu_request)),
+        (false, "memory", ANN_MEMORY, Some(&cfg.memory_request)),
+        (true, "cpu", ANN_CPU_LIMIT, cfg.cpu_limit.as_ref()),
+        (true, "memory", ANN_MEMORY_LIMIT, cfg.memory_limit.as_ref()),
+    ] {
+        if let Some(v) = pick(ann_name, default)?.filter(|v| !v.is_empty()) {
+            let map = if is_limit { &mut limits } else { &mut requests };
+            map.insert(key.to_string(), Value::String(v));
+        }
+    }
+    let mut out = serde_json::Map::new();
+    if !requests.is_empty() {
+        out.insert("requests".into(), Value::Object(requests));
+    }
+    if !limits.is_empty() {
+        out.insert("limits".into(), Value::Object(limits));
+    }
+    Ok(Value::Object(out))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -99,7 +168,7 @@ fn add(path: &[&str], value: Value) -> PatchOperation {
 /// The sidecar as a native sidecar: an init container with `restartPolicy: Always`,
 /// started before everything else and, through its startup probe, holding the
 /// app containers back until the tunnel is up.
-pub fn sidecar(cfg: &InjectConfig, secret_name: &str) -> Value {
+pub fn sidecar(cfg: &InjectConfig, secret_name: &str, resources: Value) -> Value {
     let mut args = vec![
         json!("up"),
         json!("--login-server"),
@@ -145,7 +214,7 @@ pub fn sidecar(cfg: &InjectConfig, secret_name: &str) -> Value {
             "periodSeconds": 2,
             "failureThreshold": 150,
         },
-        "resources": {"requests": {"cpu": cfg.cpu_request, "memory": cfg.memory_request}},
+        "resources": resources,
         "volumeMounts": mounts,
     })
 }
@@ -163,6 +232,7 @@ fn ca_volume(ca: &CaSource) -> Value {
 /// Fails only on bad `meshscale.dev/user`/`meshscale.dev/tags` annotations.
 pub fn patch(pod: &Pod, cfg: &InjectConfig) -> Result<Patch, AnnotationError> {
     let key = key_for(pod, &cfg.keys)?;
+    let resources = resources(pod, cfg)?;
     let spec = pod.spec.as_ref();
     let mut ops = Vec::new();
     // Node state in an emptyDir: a restarted container is the same node, a new pod a new one.
@@ -184,12 +254,12 @@ pub fn patch(pod: &Pod, cfg: &InjectConfig) -> Result<Patch, AnnotationError> {
         // First, so other init containers already have the mesh.
         ops.push(add(
             &["spec", "initContainers", "0"],
-            sidecar(cfg, &key.name),
+            sidecar(cfg, &key.name, resources),
         ));
     } else {
         ops.push(add(
             &["spec", "initContainers"],
-            json!([sidecar(cfg, &key.name)]),
+            json!([sidecar(cfg, &key.name, resources)]),
         ));
     }
     if pod.metadata.annotations.is_some() {
@@ -226,6 +296,8 @@ pub mod tests {
             healthz_port: 9099,
             cpu_request: "10m".into(),
             memory_request: "32Mi".into(),
+            cpu_limit: None,
+            memory_limit: None,
         }
     }
 
@@ -396,6 +468,55 @@ pub mod tests {
         // Without a CA source nothing CA-related is added.
         let doc = apply(&p, &patch(&p, &cfg()).unwrap());
         assert!(!doc.to_string().contains("--ca-file"));
+    }
+
+    #[test]
+    fn sidecar_resources_come_from_config_and_annotations() {
+        // Defaults: requests only.
+        let p = annotated();
+        let doc = apply(&p, &patch(&p, &cfg()).unwrap());
+        let res = &doc["spec"]["initContainers"][0]["resources"];
+        assert_eq!(res, &json!({"requests": {"cpu": "10m", "memory": "32Mi"}}));
+
+        // Configured limits appear; annotations override single values.
+        let mut c = cfg();
+        c.memory_limit = Some("128Mi".into());
+        let p = pod(json!({
+            "metadata": {"name": "x", "annotations": {
+                "meshscale.dev/inject": "true",
+                "meshscale.dev/cpu": "250m",
+                "meshscale.dev/cpu-limit": " 1 ",
+                "meshscale.dev/memory": "1.5Gi"}},
+            "spec": {"containers": [{"name": "app", "image": "a"}]}
+        }));
+        let doc = apply(&p, &patch(&p, &c).unwrap());
+        let res = &doc["spec"]["initContainers"][0]["resources"];
+        assert_eq!(
+            res,
+            &json!({"requests": {"cpu": "250m", "memory": "1.5Gi"},
+                    "limits": {"cpu": "1", "memory": "128Mi"}})
+        );
+        // Still a valid Pod with parseable quantities.
+        let out: Pod = serde_json::from_value(doc).unwrap();
+        let init = &out.spec.unwrap().init_containers.unwrap()[0];
+        let limits = init.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(limits["memory"].0, "128Mi");
+    }
+
+    #[test]
+    fn bad_resource_annotation_is_an_error_naming_it() {
+        for bad in ["lots", "-1", "1.2.3", "10mb", "", "1e", "Mi"] {
+            let p = pod(json!({
+                "metadata": {"name": "x", "annotations": {
+                    "meshscale.dev/inject": "true", "meshscale.dev/memory": bad}},
+                "spec": {"containers": [{"name": "app", "image": "a"}]}
+            }));
+            let err = patch(&p, &cfg()).unwrap_err().to_string();
+            assert!(err.contains("meshscale.dev/memory"), "{bad}: {err}");
+        }
+        for good in ["1", "100m", "0.5", ".5", "64Mi", "1G", "2e3", "1E6"] {
+            assert!(is_quantity(good), "{good}");
+        }
     }
 
     #[test]
