@@ -17,3 +17,5 @@ pub mod webhook;
 
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod fake_apiserver;

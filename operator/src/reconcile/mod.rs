@@ -87,3 +87,6 @@ mod tests;
 
 #[cfg(test)]
 mod real_server;
+
+#[cfg(test)]
+mod real_kube;

@@ -1,6 +1,7 @@
 //! The reconcilers' admin calls through the real gRPC client (`GrpcAdmin`,
 //! TLS + API key) against a REAL `meshscale serve` on loopback. The Kubernetes
-//! side stays the in-memory fake: no API server can run here.
+//! side here is the in-memory trait fake; `real_kube.rs` drives the real kube
+//! client against the in-process fake API server instead.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -21,6 +22,14 @@ use crate::kubeops::FINALIZER;
 /// `meshscale` next to this test binary (`target/debug/deps/..` → `target/debug/meshscale`),
 /// built on demand.
 fn meshscale_bin() -> PathBuf {
+    // The test command builds every binary first and names it; prefer that,
+    // so a stale binary from an older build is never the one tested.
+    if let Some(bin) = std::env::var_os("MESHSCALE_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+    {
+        return bin;
+    }
     let exe = std::env::current_exe().expect("current exe");
     let debug = exe
         .parent()
@@ -47,7 +56,7 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-struct RealServer {
+pub(super) struct RealServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
     config: PathBuf,
@@ -57,7 +66,7 @@ struct RealServer {
 }
 
 impl RealServer {
-    async fn start() -> Self {
+    pub(super) async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_key = KeyPair::generate().expect("key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -97,7 +106,7 @@ impl RealServer {
         s
     }
 
-    async fn spawn(&mut self) {
+    pub(super) async fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -133,17 +142,17 @@ impl RealServer {
         }
     }
 
-    async fn stop(&mut self) {
+    pub(super) async fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill().await;
         }
     }
 
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
-    async fn cli(&self, args: &[&str]) -> std::process::Output {
+    pub(super) async fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(&self.bin)
             .arg("-c")
             .arg(&self.config)
@@ -154,7 +163,7 @@ impl RealServer {
             .expect("run meshscale")
     }
 
-    async fn ok(&self, args: &[&str]) -> String {
+    pub(super) async fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args).await;
         assert!(
             out.status.success(),
@@ -165,14 +174,14 @@ impl RealServer {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
-    async fn json(&self, args: &[&str]) -> Value {
+    pub(super) async fn json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.extend(["-o", "json"]);
         serde_json::from_str(&self.ok(&a).await).expect("json output")
     }
 
     /// A registered node of `user` named `hostname`, as a sidecar would leave.
-    async fn add_node(&self, user: &str, hostname: &str) {
+    pub(super) async fn add_node(&self, user: &str, hostname: &str) {
         let id = self
             .ok(&["debug", "create-node", "--name", hostname, "--user", user])
             .await;
@@ -180,7 +189,7 @@ impl RealServer {
             .await;
     }
 
-    async fn admin_with(&self, api_key: &str) -> GrpcAdmin {
+    pub(super) async fn admin_with(&self, api_key: &str) -> GrpcAdmin {
         GrpcAdmin::connect(
             &format!("https://{}", self.grpc),
             Some(&self.ca),
@@ -191,7 +200,7 @@ impl RealServer {
         .expect("connect")
     }
 
-    async fn admin(&self) -> GrpcAdmin {
+    pub(super) async fn admin(&self) -> GrpcAdmin {
         let key = self.ok(&["apikeys", "create", "--expiration", "1d"]).await;
         self.admin_with(key.trim()).await
     }
@@ -221,7 +230,7 @@ fn refreshed_user(mu: &MeshUser, c: &RealCtx) -> MeshUser {
     mu
 }
 
-fn users_named(list: &Value, name: &str) -> usize {
+pub(super) fn users_named(list: &Value, name: &str) -> usize {
     list.as_array()
         .map(|a| a.iter().filter(|u| u["name"] == name).count())
         .unwrap_or(0)
