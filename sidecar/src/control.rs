@@ -22,13 +22,12 @@ pub enum ControlError {
     Client(#[from] ClientError),
     #[error("registration refused by the server: {0}")]
     Refused(String),
-    #[error(
-        "the server wants an interactive login ({0}); interactive login is not implemented yet: \
-         pass --authkey"
-    )]
+    #[error("interactive login failed: {0}")]
     NeedsLogin(String),
     #[error("node key expired and no auth key to renew it")]
     Expired,
+    #[error("logged out: {0}; run `up` again with a new auth key")]
+    LoggedOut(String),
     #[error("map stream ended")]
     StreamEnded,
 }
@@ -36,7 +35,13 @@ pub enum ControlError {
 impl ControlError {
     /// Errors that retrying cannot fix.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, ControlError::Refused(_) | ControlError::NeedsLogin(_))
+        matches!(
+            self,
+            ControlError::Refused(_)
+                | ControlError::NeedsLogin(_)
+                | ControlError::LoggedOut(_)
+                | ControlError::Expired
+        )
     }
 }
 
@@ -51,7 +56,10 @@ pub struct ControlConfig {
 /// What the data plane tells control.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalInfo {
+    /// Addresses on our own interfaces.
     pub endpoints: Vec<SocketAddr>,
+    /// Reflexive addresses learned by STUN (what a NAT maps us to).
+    pub stun: Vec<SocketAddr>,
     pub preferred_derp: i64,
 }
 
@@ -67,11 +75,48 @@ fn hostinfo(cfg: &ControlConfig, local: &LocalInfo) -> Hostinfo {
 }
 
 fn endpoints(local: &LocalInfo) -> Vec<(String, EndpointType)> {
-    local
+    // STUN first: behind NAT it is the address that works across networks,
+    // and peers try endpoints in order.
+    let stun = local
+        .stun
+        .iter()
+        .filter(|e| !local.endpoints.contains(e))
+        .map(|e| (e.to_string(), EndpointType::STUN));
+    let lan = local
         .endpoints
         .iter()
-        .map(|e| (e.to_string(), EndpointType::LOCAL))
-        .collect()
+        .map(|e| (e.to_string(), EndpointType::LOCAL));
+    stun.chain(lan).collect()
+}
+
+/// Why the server no longer accepts this node, if it says so in the map:
+/// a deleted node gets a last map whose self node has an expired key.
+pub fn self_expired(node: &meshscale_wire::tailcfg::Node) -> Option<String> {
+    if node.expired {
+        return Some("the server marked this node expired or deleted".into());
+    }
+    match node.key_expiry {
+        // Go's zero time means "never expires".
+        Some(t) if t.timestamp() > 0 && t <= chrono::Utc::now() => {
+            Some(format!("the node key expired at {t}"))
+        }
+        _ => None,
+    }
+}
+
+/// Logs the node out (`down`): a RegisterRequest whose expiry is in the
+/// past, as the official client sends.
+pub async fn logout(cfg: &ControlConfig, id: &Identity) -> Result<(), ControlError> {
+    let opts = ConnectOptions {
+        extra_ca_pem: cfg.extra_ca_pem.clone(),
+        ..ConnectOptions::default()
+    };
+    let client = ControlClient::connect(&cfg.server_url, &id.machine, opts).await?;
+    let resp = client.register(requests::logout(id.node.public())).await?;
+    if !resp.error.is_empty() {
+        return Err(ControlError::Refused(resp.error));
+    }
+    Ok(())
 }
 
 /// Runs until a fatal error; each map message updates `netmap_tx`.
@@ -124,7 +169,7 @@ async fn register(
     }
     let Some(key) = &cfg.auth_key else {
         if !resp.auth_url.is_empty() {
-            return Err(ControlError::NeedsLogin(resp.auth_url));
+            return interactive(client, id, hi, resp.auth_url).await;
         }
         if resp.node_key_expired {
             return Err(ControlError::Expired);
@@ -144,6 +189,43 @@ async fn register(
     }
     info!(user = %resp.user.display_name, "registered with auth key");
     Ok(())
+}
+
+/// Interactive login: print the URL, then long-poll with `Followup` until
+/// an admin approves the node (`meshscale nodes register --key <id>`).
+async fn interactive(
+    client: &ControlClient,
+    id: &Identity,
+    hi: Hostinfo,
+    mut url: String,
+) -> Result<(), ControlError> {
+    warn!(%url, "needs login: to authenticate, visit the URL (or have an admin run `meshscale nodes register`)");
+    loop {
+        let asked = tokio::time::Instant::now();
+        let req = requests::register_followup(id.node.public(), &url, hi.clone());
+        let resp = client.register(req).await?;
+        if !resp.error.is_empty() {
+            return Err(ControlError::Refused(resp.error));
+        }
+        if resp.machine_authorized && !resp.node_key_expired {
+            info!(user = %resp.user.display_name, "registered by interactive login");
+            return Ok(());
+        }
+        if resp.auth_url.is_empty() {
+            return Err(ControlError::NeedsLogin(
+                "the server ended the interactive login without a new URL".into(),
+            ));
+        }
+        if resp.auth_url != url {
+            url = resp.auth_url;
+            warn!(%url, "needs login: the previous login URL expired; visit this one");
+        }
+        // The server holds each follow-up open until approval or timeout;
+        // one that returns at once must not turn into a busy loop.
+        if asked.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
 }
 
 async fn session(
@@ -169,11 +251,37 @@ async fn session(
     let eps = endpoints(&info);
     req.endpoints = eps.iter().map(|(e, _)| e.clone()).collect();
     req.endpoint_types = eps.iter().map(|(_, t)| *t).collect();
-    let mut stream = client.map_stream(req).await?;
+    let mut stream = match client.map_stream(req).await {
+        Ok(s) => s,
+        // The server forgot us (`nodes delete`): retrying cannot help, and
+        // re-registering with the auth key would make a different node.
+        Err(ClientError::Status {
+            status: 404, body, ..
+        }) => {
+            return Err(ControlError::LoggedOut(format!(
+                "the server does not know this node ({})",
+                body.trim()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     // The netmap is rebuilt per session: the first message is a full map.
     let mut nm = NetMap::default();
     loop {
+        // The key may expire between map messages: stop then, too.
+        let expires_in = nm
+            .self_node
+            .as_ref()
+            .and_then(|n| n.key_expiry)
+            .filter(|t| t.timestamp() > 0)
+            .map(|t| (t - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::MAX);
         tokio::select! {
+            _ = tokio::time::sleep(expires_in.min(Duration::from_secs(86_400))) => {
+                if let Some(why) = nm.self_node.as_ref().and_then(self_expired) {
+                    return Err(ControlError::LoggedOut(why));
+                }
+            }
             msg = stream.next_message() => {
                 let msg = match msg {
                     Some(Ok(m)) => m,
@@ -182,6 +290,11 @@ async fn session(
                 };
                 backoff.reset();
                 let applied = nm.apply(&msg.response);
+                if applied.self_changed
+                    && let Some(why) = nm.self_node.as_ref().and_then(self_expired)
+                {
+                    return Err(ControlError::LoggedOut(why));
+                }
                 for a in &applied.refused_addresses {
                     warn!(address = %a, "ignoring an address outside the mesh prefixes");
                 }

@@ -30,19 +30,37 @@ use crate::derp::{self, DerpEvent, DerpHandle, DerpTarget};
 use crate::disco::{self, Message, Ping, Pong};
 use crate::netmap::{self, NetMap};
 use crate::paths::{PeerPath, Via};
+use crate::stun;
 use crate::tun;
+use crate::udp::{self, Udp};
 use crate::wg::WgPeers;
 
 /// Room for a packet of the TUN MTU plus WireGuard overhead, and for any
 /// datagram the network hands us.
 const BUF: usize = 65_536;
 const TICK: Duration = Duration::from_millis(250);
-/// How often peers' endpoints are probed with disco pings.
+/// How often active peers' endpoints are probed with disco pings (Go's
+/// `heartbeatInterval`): keeps a direct path proven while it is used.
 const PING_ROUND: Duration = Duration::from_secs(3);
+/// Peers without traffic for this long are not probed: an idle mesh of N
+/// nodes would otherwise send N² pings every round (Go: `sessionActiveTimeout`).
+const ACTIVE_FOR: Duration = Duration::from_secs(45);
+/// Traffic to a peer without a direct path starts discovery at once, but
+/// at most this often.
+const PROBE_MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_PENDING_PINGS: usize = 4096;
 const PENDING_TTL: Duration = Duration::from_secs(10);
 /// magicsock's fake address for "via DERP" (`127.3.3.40:<region>`).
 const DERP_MAGIC_IP: Ipv4Addr = Ipv4Addr::new(127, 3, 3, 40);
+/// How often the STUN servers are asked for our reflexive address (a NAT
+/// mapping can change; Tailscale's netcheck runs every 20–26 s).
+const STUN_ROUND: Duration = Duration::from_secs(20);
+const MAX_STUN_PENDING: usize = 64;
+/// Relay sessions to peers' home regions beyond our own, at most.
+const MAX_EXTRA_DERP: usize = 8;
+/// Interface addresses reported as endpoints, at most (a host with many
+/// addresses would otherwise make every peer probe them all).
+const MAX_IFACE_ADDRS: usize = 8;
 
 /// Requests from the local API.
 pub enum Command {
@@ -71,6 +89,9 @@ pub struct PeerStatus {
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct StatusReport {
     pub state: String,
+    /// Why the node is not running (e.g. logged out by the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     pub name: String,
     pub ips: Vec<IpAddr>,
     pub user: String,
@@ -94,6 +115,7 @@ struct PeerState {
     tx_bytes: u64,
     rx_bytes: u64,
     last_activity: Option<Instant>,
+    last_probe: Option<Instant>,
 }
 
 struct PendingPing {
@@ -117,7 +139,7 @@ pub struct Engine {
     disco: Arc<DiscoKey>,
     tun: Tun,
     tun_name: String,
-    udp: UdpSocket,
+    udp: Udp,
     udp_port: u16,
     derp: Option<DerpHandle>,
     derp_up: bool,
@@ -139,6 +161,18 @@ pub struct Engine {
     next_waiter: u64,
     ready: Arc<AtomicBool>,
     out: Vec<u8>,
+    /// Where to send STUN binding requests (the DERP map's STUN nodes).
+    stun_targets: Vec<SocketAddr>,
+    stun_targets_tx: mpsc::Sender<Vec<SocketAddr>>,
+    stun_targets_rx: mpsc::Receiver<Vec<SocketAddr>>,
+    stun_pending: HashMap<stun::TxId, Instant>,
+    /// Our reflexive addresses, with when they were last confirmed.
+    reflexive: Vec<(SocketAddr, Instant)>,
+    /// Sessions to the home regions of peers that live elsewhere.
+    extra_derp: HashMap<i64, DerpHandle>,
+    logged_out: Option<String>,
+    /// Addresses of our interfaces (LAN endpoint candidates).
+    iface_addrs: Vec<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,23 +199,18 @@ impl Engine {
         ready: Arc<AtomicBool>,
     ) -> Result<Engine, EngineError> {
         let tun = tun::create(&cfg.tun_name)?;
-        let udp = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, cfg.udp_port)).await {
-            Ok(s) => s,
-            // Another node on this host holds the port: any port works,
-            // peers learn it from our endpoints.
-            Err(e) if cfg.udp_port != 0 => {
-                warn!(port = cfg.udp_port, error = %e, "UDP port busy; using a random one");
-                UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-                    .await
-                    .map_err(|source| EngineError::Udp { port: 0, source })?
-            }
-            Err(source) => return Err(EngineError::Udp { port: 0, source }),
-        };
-        let udp_port = udp.local_addr().map(|a| a.port()).unwrap_or(cfg.udp_port);
+        let udp = Udp::bind(cfg.udp_port)
+            .await
+            .map_err(|source| EngineError::Udp {
+                port: cfg.udp_port,
+                source,
+            })?;
+        let udp_port = udp.port().unwrap_or(cfg.udp_port);
         let tls = TlsConfigs::new(cfg.extra_ca_pem.as_deref())
             .map_err(|e| EngineError::Tls(e.to_string()))?;
         let (derp_tx, derp_rx) = mpsc::channel(1024);
-        info!(tun = %cfg.tun_name, udp_port, "data plane ready");
+        let (stun_targets_tx, stun_targets_rx) = mpsc::channel(4);
+        info!(tun = %cfg.tun_name, udp_port, ipv6 = udp.has_ipv6(), "data plane ready");
         Ok(Engine {
             wg: WgPeers::new(node.private().as_bytes()),
             node,
@@ -212,6 +241,14 @@ impl Engine {
             next_waiter: 0,
             ready,
             out: vec![0u8; BUF],
+            stun_targets: Vec::new(),
+            stun_targets_tx,
+            stun_targets_rx,
+            stun_pending: HashMap::new(),
+            reflexive: Vec::new(),
+            extra_derp: HashMap::new(),
+            logged_out: None,
+            iface_addrs: Vec::new(),
         })
     }
 
@@ -221,7 +258,9 @@ impl Engine {
         let mut udp_buf = vec![0u8; BUF];
         let mut tick = tokio::time::interval(TICK);
         let mut last_round = Instant::now();
+        let mut last_stun = Instant::now();
         self.discover_local_ip().await;
+        self.refresh_interfaces();
         loop {
             tokio::select! {
                 r = self.tun.recv(&mut tun_buf) => match r {
@@ -233,8 +272,18 @@ impl Engine {
                     Err(e) => debug!(error = %e, "UDP read"),
                 },
                 Some(ev) = self.derp_rx.recv() => self.on_derp(ev),
+                Some(t) = self.stun_targets_rx.recv() => {
+                    debug!(targets = ?t, "STUN servers");
+                    self.stun_targets = t;
+                    last_stun = Instant::now();
+                    self.stun_round();
+                }
                 _ = tick.tick() => {
                     self.timers();
+                    if last_stun.elapsed() >= STUN_ROUND {
+                        last_stun = Instant::now();
+                        self.stun_round();
+                    }
                     if last_round.elapsed() >= PING_ROUND {
                         last_round = Instant::now();
                         self.ping_round();
@@ -278,16 +327,154 @@ impl Engine {
         self.publish_local();
     }
 
+    /// The address routing towards control first (the likeliest to work
+    /// for peers on our LAN), then the other interface addresses.
+    fn local_endpoints(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for ip in self.local_ip.iter().chain(self.iface_addrs.iter()) {
+            if ip.is_ipv6() && !self.udp.has_ipv6() {
+                continue;
+            }
+            let ep = SocketAddr::new(*ip, self.udp_port);
+            if !out.contains(&ep) {
+                out.push(ep);
+            }
+        }
+        out
+    }
+
+    fn refresh_interfaces(&mut self) {
+        let addrs = udp::interface_addrs(MAX_IFACE_ADDRS);
+        if addrs != self.iface_addrs {
+            debug!(?addrs, "interface addresses");
+            self.iface_addrs = addrs;
+            self.publish_local();
+        }
+    }
+
+    /// Every endpoint peers may reach us at: STUN-learned first.
     fn our_endpoints(&self) -> Vec<SocketAddr> {
-        self.local_ip
-            .map(|ip| SocketAddr::new(ip, self.udp_port))
-            .into_iter()
-            .collect()
+        let mut out: Vec<SocketAddr> = self.reflexive.iter().map(|(a, _)| *a).collect();
+        for e in self.local_endpoints() {
+            if !out.contains(&e) {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    /// Sends a binding request to every STUN server from the shared
+    /// socket, so the answer names the NAT mapping WireGuard uses too.
+    fn stun_round(&mut self) {
+        self.refresh_interfaces();
+        let now = Instant::now();
+        // A reflexive address not confirmed for three rounds is stale.
+        let before = self.reflexive.len();
+        self.reflexive
+            .retain(|(_, t)| now.duration_since(*t) < STUN_ROUND * 3);
+        if self.reflexive.len() != before {
+            self.publish_local();
+        }
+        self.stun_pending
+            .retain(|_, t| now.duration_since(*t) < PENDING_TTL);
+        for target in self.stun_targets.clone() {
+            if self.stun_pending.len() >= MAX_STUN_PENDING {
+                break;
+            }
+            let tx: stun::TxId = rand::random();
+            match self.udp.try_send_to(&stun::request(tx), target) {
+                Ok(_) => {
+                    self.stun_pending.insert(tx, now);
+                }
+                Err(e) => debug!(%target, error = %e, "STUN send"),
+            }
+        }
+    }
+
+    fn on_stun(&mut self, data: &[u8], src: SocketAddr) {
+        let (tx, addr) = match stun::parse_response(data) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(%src, error = %e, "bad STUN packet dropped");
+                return;
+            }
+        };
+        // Only answers to our own requests: anyone could send us a forged
+        // "you are at X" to steer peers' traffic.
+        if self.stun_pending.remove(&tx).is_none() {
+            debug!(%src, "unsolicited STUN response dropped");
+            return;
+        }
+        let now = Instant::now();
+        match self.reflexive.iter_mut().find(|(a, _)| *a == addr) {
+            Some(entry) => entry.1 = now,
+            None => {
+                info!(%addr, via = %src, "STUN: reflexive endpoint");
+                // One per family: a new mapping replaces the old one.
+                self.reflexive
+                    .retain(|(a, _)| a.is_ipv4() != addr.is_ipv4());
+                self.reflexive.push((addr, now));
+                self.publish_local();
+            }
+        }
+    }
+
+    /// Resolves the DERP map's STUN servers off the engine task (DNS may
+    /// block for seconds) and hands them back through a channel.
+    fn resolve_stun_targets(&self, map: &meshscale_wire::tailcfg::DerpMap) {
+        let v6 = self.udp.has_ipv6();
+        let mut literal = Vec::new();
+        let mut names = Vec::new();
+        for region in map.regions.iter().flat_map(|r| r.values()) {
+            for n in &region.nodes {
+                let port = match n.stun_port {
+                    0 => 3478,
+                    p => match u16::try_from(p) {
+                        Ok(p) => p,
+                        Err(_) => continue, // -1: STUN disabled
+                    },
+                };
+                let fixed = [n.ipv4.as_str(), n.ipv6.as_str(), n.host_name.as_str()]
+                    .iter()
+                    .find_map(|s| s.parse::<IpAddr>().ok());
+                match fixed {
+                    Some(ip) if ip.is_ipv4() || v6 => literal.push(SocketAddr::new(ip, port)),
+                    Some(_) => {}
+                    None if !n.host_name.is_empty() => names.push((n.host_name.clone(), port)),
+                    None => {}
+                }
+            }
+        }
+        let tx = self.stun_targets_tx.clone();
+        tokio::spawn(async move {
+            let mut out = literal;
+            for (host, port) in names {
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::net::lookup_host((host.as_str(), port)),
+                )
+                .await
+                {
+                    // One address per family: one reflexive endpoint each.
+                    Ok(Ok(addrs)) => {
+                        let addrs: Vec<SocketAddr> = addrs.collect();
+                        out.extend(addrs.iter().find(|a| a.is_ipv4()));
+                        if v6 {
+                            out.extend(addrs.iter().find(|a| a.is_ipv6()));
+                        }
+                    }
+                    _ => debug!(%host, "cannot resolve a STUN server"),
+                }
+            }
+            out.dedup();
+            let _ = tx.send(out).await;
+        });
     }
 
     fn publish_local(&self) {
         let info = LocalInfo {
-            endpoints: self.our_endpoints(),
+            endpoints: self.local_endpoints(),
+            stun: self.reflexive.iter().map(|(a, _)| *a).collect(),
             preferred_derp: self.derp.as_ref().map_or(0, |d| d.target.region_id),
         };
         self.local_tx.send_if_modified(|cur| {
@@ -298,6 +485,23 @@ impl Engine {
     }
 
     fn apply_netmap(&mut self, nm: Arc<NetMap>) {
+        if let Some(why) = &nm.logged_out {
+            // Nothing may keep flowing for a node the server refused.
+            self.logged_out = Some(why.clone());
+            self.ready.store(false, Ordering::Relaxed);
+            for key in self.wg.keys() {
+                self.wg.remove(&key);
+            }
+            self.peers.clear();
+            self.by_ip.clear();
+            self.by_disco.clear();
+            self.derp = None;
+            self.extra_derp.clear();
+            self.derp_up = false;
+            self.stun_targets.clear();
+            self.current = nm;
+            return;
+        }
         if let Some(me) = &nm.self_node {
             let addrs = netmap::addresses(me);
             if addrs != self.self_addrs && !addrs.is_empty() {
@@ -317,6 +521,11 @@ impl Engine {
         if let Some(map) = &nm.derp_map {
             let home = DerpTarget::home(map);
             let current = self.derp.as_ref().map(|d| &d.target);
+            if nm.derp_map != self.current.derp_map {
+                self.resolve_stun_targets(map);
+                // Regions may have moved: reconnect lazily.
+                self.extra_derp.clear();
+            }
             if home.as_ref() != current {
                 self.derp = home.map(|t| {
                     info!(region = t.region_id, code = %t.region_code, "home DERP");
@@ -332,7 +541,9 @@ impl Engine {
         self.by_disco.clear();
         for peer in nm.peers.values() {
             let key = peer.key;
-            if key.is_zero() {
+            // An expired peer's key is no longer vouched for by control:
+            // no tunnel (the official client drops such peers too).
+            if key.is_zero() || peer.expired {
                 continue;
             }
             seen.push(key);
@@ -354,6 +565,7 @@ impl Engine {
                 tx_bytes: 0,
                 rx_bytes: 0,
                 last_activity: None,
+                last_probe: None,
             });
             if st.node.disco_key != peer.disco_key {
                 // A new disco key means the peer restarted: its old
@@ -392,11 +604,21 @@ impl Engine {
             }
             _ => return,
         };
+        let now = Instant::now();
+        let mut probe = false;
         if let Some(st) = self.peers.get_mut(&key) {
             st.tx_bytes += packet.len() as u64;
-            st.last_activity = Some(Instant::now());
+            st.last_activity = Some(now);
+            probe = st.path.direct(now).is_none()
+                && st
+                    .last_probe
+                    .is_none_or(|t| now.duration_since(t) >= PROBE_MIN_INTERVAL);
         }
         self.send_wg(key, &out);
+        if probe {
+            // Path discovery on demand, as magicsock does on send.
+            self.probe(key, now);
+        }
     }
 
     /// Sends a WireGuard datagram on the best path.
@@ -410,14 +632,46 @@ impl Engine {
         {
             return;
         }
-        if let Some(d) = &self.derp
+        if let Some(d) = self.derp_for(key)
             && !d.send(key, data.to_vec())
         {
             debug!(peer = %key, "DERP queue full; packet dropped");
         }
     }
 
+    /// The relay session to reach `key`: the region the peer calls home
+    /// (its `HomeDERP`), since that is where the relay can deliver to it;
+    /// ours when the peer has none or its region is unknown.
+    fn derp_for(&mut self, key: NodePublic) -> Option<&DerpHandle> {
+        let home_id = self.derp.as_ref().map(|d| d.target.region_id);
+        let region = self.peers.get(&key).map_or(0, |p| p.node.home_derp);
+        if region == 0 || Some(region) == home_id {
+            return self.derp.as_ref();
+        }
+        if !self.extra_derp.contains_key(&region) {
+            let target = self
+                .current
+                .derp_map
+                .as_ref()
+                .and_then(|m| DerpTarget::from_map(m, region));
+            match target {
+                Some(t) if self.extra_derp.len() < MAX_EXTRA_DERP => {
+                    info!(region, code = %t.region_code, "DERP session to a peer's home region");
+                    let h =
+                        derp::spawn(t, self.node.clone(), self.tls.clone(), self.derp_tx.clone());
+                    self.extra_derp.insert(region, h);
+                }
+                _ => return self.derp.as_ref(),
+            }
+        }
+        self.extra_derp.get(&region)
+    }
+
     fn on_udp(&mut self, data: &[u8], src: SocketAddr) {
+        if stun::is_stun(data) {
+            self.on_stun(data, src);
+            return;
+        }
         if disco::looks_like_disco(data) {
             self.disco_in(data, Via::Udp(src));
             return;
@@ -524,26 +778,41 @@ impl Engine {
             .retain(|_, (_, t)| now.duration_since(*t) < PENDING_TTL);
     }
 
-    /// Probes every peer's endpoints and asks it (via DERP) to probe ours.
+    /// Probes the endpoints of every peer we exchanged traffic with lately.
     fn ping_round(&mut self) {
         let now = Instant::now();
-        let keys: Vec<NodePublic> = self.peers.keys().copied().collect();
+        let active: Vec<NodePublic> = self
+            .peers
+            .iter()
+            .filter(|(_, st)| {
+                st.last_activity
+                    .is_some_and(|t| now.duration_since(t) < ACTIVE_FOR)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in active {
+            self.probe(key, now);
+        }
+    }
+
+    /// Pings the peer's candidate endpoints and, without a direct path,
+    /// asks it (via DERP) to ping ours, so NATs on both sides open.
+    fn probe(&mut self, key: NodePublic, now: Instant) {
         let ours = self.our_endpoints();
-        for key in keys {
-            let Some(st) = self.peers.get(&key) else {
-                continue;
-            };
-            if st.node.disco_key.is_zero() || st.node.online == Some(false) {
-                continue;
-            }
-            let targets = st.path.candidates();
-            let has_direct = st.path.direct(now).is_some();
-            for ep in targets {
-                self.send_ping(key, Via::Udp(ep), None);
-            }
-            if !has_direct && !ours.is_empty() {
-                self.send_disco(key, &Message::CallMeMaybe(ours.clone()), Via::Derp(key));
-            }
+        let Some(st) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if st.node.disco_key.is_zero() || st.node.online == Some(false) {
+            return;
+        }
+        st.last_probe = Some(now);
+        let targets = st.path.candidates();
+        let has_direct = st.path.direct(now).is_some();
+        for ep in targets {
+            self.send_ping(key, Via::Udp(ep), None);
+        }
+        if !has_direct && !ours.is_empty() {
+            self.send_disco(key, &Message::CallMeMaybe(ours), Via::Derp(key));
         }
     }
 
@@ -588,7 +857,7 @@ impl Engine {
         };
         match via {
             Via::Udp(addr) => self.udp.try_send_to(&pkt, addr).is_ok(),
-            Via::Derp(_) => self.derp.as_ref().is_some_and(|d| d.send(key, pkt)),
+            Via::Derp(_) => self.derp_for(key).is_some_and(|d| d.send(key, pkt)),
         }
     }
 
@@ -669,15 +938,17 @@ impl Engine {
         let node = self.peers.get(&key).map(|p| &p.node);
         let (via_text, direct) = match via {
             Via::Udp(a) => (a.to_string(), true),
-            Via::Derp(_) => (
-                format!(
-                    "DERP({})",
-                    self.derp
-                        .as_ref()
-                        .map_or("?", |d| d.target.region_code.as_str())
-                ),
-                false,
-            ),
+            Via::Derp(_) => {
+                // The region the ping went through: the peer's home when
+                // we hold a session there, else ours.
+                let region = node.map_or(0, |n| n.home_derp);
+                let code = self
+                    .extra_derp
+                    .get(&region)
+                    .or(self.derp.as_ref())
+                    .map_or("?", |d| d.target.region_code.as_str());
+                (format!("DERP({code})"), false)
+            }
         };
         PingResult {
             name: node
@@ -717,6 +988,18 @@ impl Engine {
                     self.send_ping(key, Via::Udp(ep), Some(id));
                 }
                 self.send_ping(key, Via::Derp(key), Some(id));
+                // Like `tailscale ping`, start discovery: without a direct
+                // path, ask the peer to ping us too, or a NAT on its side
+                // never lets our pings in.
+                let now = Instant::now();
+                let ours = self.our_endpoints();
+                if let Some(st) = self.peers.get_mut(&key)
+                    && st.path.direct(now).is_none()
+                    && !ours.is_empty()
+                {
+                    st.last_probe = Some(now);
+                    self.send_disco(key, &Message::CallMeMaybe(ours), Via::Derp(key));
+                }
             }
         }
     }
@@ -763,11 +1046,14 @@ impl Engine {
             .collect();
         peers.sort_by_key(|p| p.id);
         StatusReport {
-            state: if self.ready.load(Ordering::Relaxed) {
+            state: if self.logged_out.is_some() {
+                "NeedsLogin".into()
+            } else if self.ready.load(Ordering::Relaxed) {
                 "Running".into()
             } else {
                 "Starting".into()
             },
+            message: self.logged_out.clone(),
             name: me
                 .map(|n| netmap::short_name(n).to_string())
                 .unwrap_or_default(),

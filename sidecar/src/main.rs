@@ -6,12 +6,16 @@ mod control;
 mod derp;
 mod disco;
 mod engine;
+#[cfg(test)]
+mod fuzz;
 mod localapi;
 mod nacl;
 mod netmap;
 mod paths;
 mod state;
+mod stun;
 mod tun;
+mod udp;
 mod wg;
 
 use std::path::{Path, PathBuf};
@@ -59,8 +63,10 @@ enum Cmd {
         /// Number of pings (0: until direct or 10 pings).
         #[arg(short = 'c', long, default_value_t = 10)]
         count: u32,
-        /// Stop at the first direct pong.
-        #[arg(long)]
+        /// Stop at the first direct pong (the official client's default;
+        /// `--until-direct=false` pings `-c` times whatever the path).
+        #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true",
+              action = clap::ArgAction::Set)]
         until_direct: bool,
     },
     /// Stops the running `up`.
@@ -180,6 +186,8 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -250,14 +258,53 @@ async fn up(state_dir: &Path, sock: &Path, args: &UpArgs) -> anyhow::Result<()> 
             ephemeral: args.ephemeral,
             extra_ca_pem,
         };
-        let control = control::run(cfg, id, disco, netmap_tx, local_rx);
+        let logout_cfg = control::ControlConfig {
+            server_url: cfg.server_url.clone(),
+            auth_key: None,
+            hostname: cfg.hostname.clone(),
+            ephemeral: cfg.ephemeral,
+            extra_ca_pem: cfg.extra_ca_pem.clone(),
+        };
+        let logout_id = id.clone();
+        let control = control::run(cfg, id, disco, netmap_tx.clone(), local_rx);
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut down = down_rx.clone();
         let result = tokio::select! {
-            r = control => r.map_err(anyhow::Error::from),
+            r = control => match r {
+                Err(e @ (control::ControlError::LoggedOut(_) | control::ControlError::Expired)) => {
+                    // Stay up so `status` and /healthz say why; exiting would
+                    // make a supervisor restart us into the same refusal.
+                    error!(error = %e, "node logged out: needs login; tunnels torn down");
+                    netmap_tx.send_replace(Arc::new(netmap::NetMap {
+                        logged_out: Some(e.to_string()),
+                        ..netmap::NetMap::default()
+                    }));
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => info!("interrupted"),
+                        _ = sigterm.recv() => info!("terminated"),
+                        _ = down.wait_for(|d| *d) => info!("down requested"),
+                    }
+                    Ok(())
+                }
+                r => r.map_err(anyhow::Error::from),
+            },
             _ = tokio::signal::ctrl_c() => { info!("interrupted"); Ok(()) }
             _ = sigterm.recv() => { info!("terminated"); Ok(()) }
-            _ = down_rx.wait_for(|d| *d) => { info!("down requested"); Ok(()) }
+            _ = down_rx.wait_for(|d| *d) => {
+                info!("down requested: logging out");
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    control::logout(&logout_cfg, &logout_id),
+                )
+                .await
+                {
+                    Ok(Ok(())) => info!("logged out"),
+                    Ok(Err(e)) => error!(error = %e, "logout failed"),
+                    Err(_) => error!("logout timed out"),
+                }
+                Ok(())
+            }
         };
         // Give the `down` reply a moment to leave before the socket goes.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -314,7 +361,10 @@ async fn status(sock: &Path, json: bool) -> anyhow::Result<()> {
         );
     }
     if st.state != "Running" {
-        println!("# state: {}", st.state);
+        match &st.message {
+            Some(m) => println!("# state: {} ({m})", st.state),
+            None => println!("# state: {}", st.state),
+        }
     }
     Ok(())
 }

@@ -37,6 +37,9 @@ pub struct NetMap {
     pub domain: String,
     /// User id → login name, for `status`.
     pub users: BTreeMap<UserId, String>,
+    /// Set when the server no longer accepts the node: the data plane
+    /// tears every tunnel down and reports NeedsLogin.
+    pub logged_out: Option<String>,
 }
 
 /// What one message changed, for the data plane to react to.
@@ -62,8 +65,15 @@ impl NetMap {
             out.self_changed = true;
         }
         if let Some(d) = &msg.derp_map {
-            self.derp_map = Some(d.clone());
-            out.derp_changed = true;
+            let mut d = d.clone();
+            // `Regions` absent means "unchanged", not "no relays".
+            if d.regions.is_none() {
+                d.regions = self.derp_map.as_ref().and_then(|m| m.regions.clone());
+            }
+            if self.derp_map.as_ref() != Some(&d) {
+                self.derp_map = Some(d);
+                out.derp_changed = true;
+            }
         }
         for u in &msg.user_profiles {
             self.users.insert(u.id, u.login_name.clone());
@@ -267,6 +277,35 @@ mod tests {
         });
         assert_eq!(a.refused_addresses.len(), 1);
         assert!(nm.peers[&2].addresses.is_empty());
+    }
+
+    #[test]
+    fn derp_map_without_regions_keeps_the_old_ones() {
+        use meshscale_wire::tailcfg::{DerpMap, DerpRegion};
+        let regions: BTreeMap<_, _> = [(
+            999,
+            DerpRegion {
+                region_id: 999,
+                region_code: "meshscale".into(),
+                ..DerpRegion::default()
+            },
+        )]
+        .into();
+        let mut nm = NetMap::default();
+        let a = nm.apply(&MapResponse {
+            derp_map: Some(DerpMap {
+                regions: Some(regions.clone()),
+                ..DerpMap::default()
+            }),
+            ..MapResponse::default()
+        });
+        assert!(a.derp_changed);
+        let a = nm.apply(&MapResponse {
+            derp_map: Some(DerpMap::default()),
+            ..MapResponse::default()
+        });
+        assert!(!a.derp_changed);
+        assert_eq!(nm.derp_map.unwrap().regions, Some(regions));
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct DerpTarget {
     /// Forced address (the map's `IPv4`/`IPv6`), else DNS of `host_name`.
     pub ip: Option<IpAddr>,
     pub insecure_for_tests: bool,
+    /// Our home region: the session sends NotePreferred so the relay
+    /// tells peers to find us here. Sessions to peers' regions do not.
+    pub preferred: bool,
 }
 
 impl DerpTarget {
@@ -92,6 +95,7 @@ impl DerpTarget {
             port,
             ip,
             insecure_for_tests: n.insecure_for_tests,
+            preferred: false,
         })
     }
 
@@ -99,7 +103,13 @@ impl DerpTarget {
     /// until latency measurement picks the nearest.
     pub fn home(map: &DerpMap) -> Option<DerpTarget> {
         let regions = map.regions.as_ref()?;
-        regions.keys().find_map(|id| DerpTarget::from_map(map, *id))
+        regions
+            .keys()
+            .find_map(|id| DerpTarget::from_map(map, *id))
+            .map(|t| DerpTarget {
+                preferred: true,
+                ..t
+            })
     }
 }
 
@@ -301,9 +311,11 @@ async fn session(
         }
         // Opening proves the server holds the key it announced.
         nacl::open(node.private().as_bytes(), server_key.as_bytes(), &payload)?;
-        // This is our home region: the server tells peers to find us here.
-        w.write_all(&frame::encode(FrameType::NotePreferred, &[1])?)
-            .await?;
+        // Our home region: the server tells peers to find us here.
+        if target.preferred {
+            w.write_all(&frame::encode(FrameType::NotePreferred, &[1])?)
+                .await?;
+        }
         w.flush().await?;
         Ok::<_, DerpError>(())
     };
@@ -377,5 +389,61 @@ async fn session(
     tokio::select! {
         r = reader => r,
         w = writer => w,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshscale_wire::tailcfg::{DerpNode, DerpRegion};
+
+    fn region(id: DerpRegionId, code: &str, nodes: Vec<DerpNode>) -> (DerpRegionId, DerpRegion) {
+        (
+            id,
+            DerpRegion {
+                region_id: id,
+                region_code: code.into(),
+                nodes,
+                ..DerpRegion::default()
+            },
+        )
+    }
+
+    fn node(host: &str, stun_only: bool, port: i64) -> DerpNode {
+        DerpNode {
+            host_name: host.into(),
+            stun_only,
+            derp_port: port,
+            ..DerpNode::default()
+        }
+    }
+
+    #[test]
+    fn home_is_the_lowest_usable_region_and_preferred() {
+        let map = DerpMap {
+            regions: Some(
+                [
+                    region(1, "stunonly", vec![node("s.example", true, 0)]),
+                    region(7, "b", vec![node("b.example", false, 0)]),
+                    region(9, "c", vec![node("10.0.0.9", false, 8443)]),
+                ]
+                .into(),
+            ),
+            ..DerpMap::default()
+        };
+        let home = DerpTarget::home(&map).unwrap();
+        assert_eq!((home.region_id, home.port, home.preferred), (7, 443, true));
+        // A peer's region: reachable, but not where we ask to be found.
+        let peer = DerpTarget::from_map(&map, 9).unwrap();
+        assert_eq!((peer.port, peer.preferred), (8443, false));
+        assert_eq!(peer.ip, None, "host names are resolved at dial time");
+        assert!(DerpTarget::from_map(&map, 1).is_none());
+        assert!(DerpTarget::from_map(&map, 5).is_none());
+        // A hostile port is refused, not truncated.
+        let bad = DerpMap {
+            regions: Some([region(3, "x", vec![node("x", false, 70_000)])].into()),
+            ..DerpMap::default()
+        };
+        assert!(DerpTarget::home(&bad).is_none());
     }
 }
