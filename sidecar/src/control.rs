@@ -51,6 +51,8 @@ pub struct ControlConfig {
     pub hostname: String,
     pub ephemeral: bool,
     pub extra_ca_pem: Option<Vec<u8>>,
+    /// `--advertise-tags`, validated: sent as `Hostinfo.RequestTags`.
+    pub tags: Vec<String>,
 }
 
 /// What the data plane tells control.
@@ -65,6 +67,7 @@ pub struct LocalInfo {
 
 fn hostinfo(cfg: &ControlConfig, local: &LocalInfo) -> Hostinfo {
     let mut h = requests::hostinfo(&cfg.hostname);
+    h.request_tags = cfg.tags.clone();
     h.ipn_version = concat!("meshscale-sidecar-", env!("CARGO_PKG_VERSION")).into();
     h.net_info = Some(NetInfo {
         preferred_derp: local.preferred_derp,

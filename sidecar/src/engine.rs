@@ -32,7 +32,7 @@ use crate::netmap::{self, NetMap};
 use crate::paths::{PeerPath, Via};
 use crate::stun;
 use crate::tun;
-use crate::udp::{self, Udp};
+use crate::udp::{self, RecvBatch, SendBatch, Udp};
 use crate::wg::WgPeers;
 
 /// Room for a packet of the TUN MTU plus WireGuard overhead, and for any
@@ -140,6 +140,9 @@ pub struct Engine {
     tun: Tun,
     tun_name: String,
     udp: Udp,
+    /// WireGuard datagrams for direct paths, sent with one `sendmmsg`
+    /// after each event.
+    udp_out: SendBatch<NodePublic>,
     udp_port: u16,
     derp: Option<DerpHandle>,
     derp_up: bool,
@@ -218,6 +221,7 @@ impl Engine {
             tun,
             tun_name: cfg.tun_name,
             udp,
+            udp_out: SendBatch::new(),
             udp_port,
             derp: None,
             derp_up: false,
@@ -255,7 +259,7 @@ impl Engine {
     /// Runs until `commands` closes.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut tun_buf = vec![0u8; BUF];
-        let mut udp_buf = vec![0u8; BUF];
+        let mut udp_in = RecvBatch::new();
         let mut tick = tokio::time::interval(TICK);
         let mut last_round = Instant::now();
         let mut last_stun = Instant::now();
@@ -264,11 +268,25 @@ impl Engine {
         loop {
             tokio::select! {
                 r = self.tun.recv(&mut tun_buf) => match r {
-                    Ok(n) => self.on_tun(&tun_buf[..n]),
+                    Ok(n) => {
+                        self.on_tun(&tun_buf[..n]);
+                        // Take what else is queued, so that one sendmmsg
+                        // carries it all.
+                        for _ in 1..udp::BATCH {
+                            match self.tun.try_recv(&mut tun_buf) {
+                                Ok(n) => self.on_tun(&tun_buf[..n]),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     Err(e) => warn!(error = %e, "TUN read"),
                 },
-                r = self.udp.recv_from(&mut udp_buf) => match r {
-                    Ok((n, src)) => self.on_udp(&udp_buf[..n], src),
+                r = self.udp.recv_batch(&mut udp_in) => match r {
+                    Ok(_) => {
+                        for (data, src) in udp_in.iter() {
+                            self.on_udp(data, src);
+                        }
+                    }
                     Err(e) => debug!(error = %e, "UDP read"),
                 },
                 Some(ev) = self.derp_rx.recv() => self.on_derp(ev),
@@ -300,6 +318,27 @@ impl Engine {
                     Some(c) => self.command(c),
                     None => return,
                 },
+            }
+            self.flush_udp();
+        }
+    }
+
+    /// Sends the WireGuard datagrams queued while handling one event;
+    /// those the socket would not take go through DERP, as an immediate
+    /// send failure would have.
+    fn flush_udp(&mut self) {
+        if self.udp_out.is_empty() {
+            return;
+        }
+        let mut failed: Vec<(NodePublic, Vec<u8>)> = Vec::new();
+        self.udp.flush(&mut self.udp_out, |key, data| {
+            failed.push((key, data.to_vec()))
+        });
+        for (key, data) in failed {
+            if let Some(d) = self.derp_for(key)
+                && !d.send(key, data)
+            {
+                debug!(peer = %key, "DERP queue full; packet dropped");
             }
         }
     }
@@ -627,10 +666,17 @@ impl Engine {
             .peers
             .get(&key)
             .and_then(|p| p.path.direct(Instant::now()));
-        if let Some(addr) = direct
-            && self.udp.try_send_to(data, addr).is_ok()
-        {
-            return;
+        if let Some(addr) = direct {
+            if self.udp_out.is_full() {
+                self.flush_udp();
+            }
+            // Queued for this event's sendmmsg; one that does not fit a
+            // batch slot goes alone.
+            if self.udp.queue(&mut self.udp_out, data, addr, key).is_ok()
+                || self.udp.try_send_to(data, addr).is_ok()
+            {
+                return;
+            }
         }
         if let Some(d) = self.derp_for(key)
             && !d.send(key, data.to_vec())

@@ -103,7 +103,9 @@ struct UpArgs {
     /// Readiness endpoint (`GET /healthz`).
     #[arg(long, default_value = "127.0.0.1:9099")]
     healthz_addr: String,
-    #[arg(long, hide = true)]
+    /// Tags to request for this node, comma-separated (`tag:web,tag:db`),
+    /// sent as `Hostinfo.RequestTags` like the official client does.
+    #[arg(long, value_name = "TAGS")]
     advertise_tags: Option<String>,
 }
 
@@ -180,6 +182,46 @@ fn read_auth_key(arg: Option<&str>) -> anyhow::Result<Option<String>> {
     Ok(Some(key))
 }
 
+/// `--advertise-tags`: comma-separated, each `tag:` and a name that is a
+/// DNS label starting with a letter (the official client's `CheckTag`,
+/// lower case as our control server requires).
+/// Duplicates are dropped; an empty list clears the request.
+fn parse_tags(arg: &str) -> anyhow::Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for tag in arg.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        check_tag(tag).with_context(|| format!("invalid tag {tag:?}"))?;
+        if !out.iter().any(|t| t == tag) {
+            out.push(tag.to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn check_tag(tag: &str) -> anyhow::Result<()> {
+    let Some(name) = tag.strip_prefix("tag:") else {
+        bail!("tags must start with 'tag:'");
+    };
+    let Some(first) = name.bytes().next() else {
+        bail!("tag names must not be empty");
+    };
+    if !first.is_ascii_lowercase() {
+        bail!("tag names must start with a lower-case letter, after 'tag:'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        bail!("tag names can only contain lower-case letters, digits, or dashes (a DNS label)");
+    }
+    if name.ends_with('-') {
+        bail!("tag names must not end with a dash");
+    }
+    if name.len() > 63 {
+        bail!("tag names must be at most 63 characters (a DNS label)");
+    }
+    Ok(())
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MESHSCALE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -193,9 +235,8 @@ fn init_tracing() {
 
 async fn up(state_dir: &Path, sock: &Path, args: &UpArgs) -> anyhow::Result<()> {
     init_tracing();
-    if args.advertise_tags.is_some() {
-        bail!("not implemented yet: --advertise-tags");
-    }
+    let tags =
+        parse_tags(args.advertise_tags.as_deref().unwrap_or("")).context("--advertise-tags")?;
     tun::preflight()?;
     let auth_key = read_auth_key(args.authkey.as_deref())?;
     let id = state::load_or_create(state_dir)?;
@@ -257,6 +298,7 @@ async fn up(state_dir: &Path, sock: &Path, args: &UpArgs) -> anyhow::Result<()> 
             hostname: hostname.clone(),
             ephemeral: args.ephemeral,
             extra_ca_pem,
+            tags,
         };
         let logout_cfg = control::ControlConfig {
             server_url: cfg.server_url.clone(),
@@ -264,6 +306,7 @@ async fn up(state_dir: &Path, sock: &Path, args: &UpArgs) -> anyhow::Result<()> 
             hostname: cfg.hostname.clone(),
             ephemeral: cfg.ephemeral,
             extra_ca_pem: cfg.extra_ca_pem.clone(),
+            tags: cfg.tags.clone(),
         };
         let logout_id = id.clone();
         let control = control::run(cfg, id, disco, netmap_tx.clone(), local_rx);
@@ -404,5 +447,35 @@ async fn ping(sock: &Path, peer: &str, count: u32, until_direct: bool) -> anyhow
     match last_err {
         Some(e) => bail!("{e}"),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_tags;
+
+    #[test]
+    fn advertise_tags_are_validated() {
+        assert_eq!(
+            parse_tags("tag:web, tag:db-2,tag:web").unwrap(),
+            vec!["tag:web".to_string(), "tag:db-2".to_string()]
+        );
+        assert!(parse_tags("").unwrap().is_empty());
+        for bad in [
+            "web",
+            "tag:",
+            "tag:1web",
+            "tag:-web",
+            "tag:web-",
+            "tag:Web",
+            "tag:we_b",
+            "tag:we.b",
+            "tag:a,nottag",
+        ] {
+            let e = parse_tags(bad).expect_err(bad);
+            assert!(format!("{e:#}").contains("invalid tag"), "{bad}: {e:#}");
+        }
+        assert!(parse_tags(&format!("tag:{}", "a".repeat(63))).is_ok());
+        assert!(parse_tags(&format!("tag:{}", "a".repeat(64))).is_err());
     }
 }

@@ -3,17 +3,122 @@
 //! module hides that mapping. Where IPv6 is unavailable (disabled in a
 //! container), it falls back to an IPv4-only socket.
 //!
+//! Reads and writes are batched where the OS allows: `recvmmsg` fills up
+//! to [`BATCH`] datagrams per wake-up into a reused [`RecvBatch`], and
+//! `sendmmsg` sends a [`SendBatch`] queued while handling one event. When
+//! the kernel (or a seccomp filter) refuses those calls, the socket falls
+//! back to one `recvfrom`/`sendto` per datagram for good.
+//!
 //! Also the host's own interface addresses, our LAN endpoint candidates.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
+
+/// Datagrams per `recvmmsg`/`sendmmsg` call.
+pub const BATCH: usize = 32;
+/// Bytes per batch slot: a WireGuard datagram for a 1280-byte MTU plus
+/// headroom. Larger datagrams are dropped on receive (flagged truncated)
+/// and sent one by one on transmit.
+pub const SLOT: usize = 2048;
 
 pub struct Udp {
     sock: UdpSocket,
     dual: bool,
+    /// Whether `recvmmsg`/`sendmmsg` work here; cleared on the first sign
+    /// that they do not.
+    recv_mmsg: AtomicBool,
+    send_mmsg: AtomicBool,
+}
+
+/// Reused receive buffers: `BATCH` slots of `SLOT` bytes and their source
+/// addresses.
+pub struct RecvBatch {
+    bufs: Box<[u8]>,
+    names: Box<[libc::sockaddr_storage]>,
+    lens: [usize; BATCH],
+    /// `None`: dropped (truncated, or an address family we do not speak).
+    srcs: [Option<SocketAddr>; BATCH],
+    n: usize,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecvBatch {
+    pub fn new() -> RecvBatch {
+        RecvBatch {
+            bufs: vec![0u8; BATCH * SLOT].into_boxed_slice(),
+            // SAFETY: sockaddr_storage is plain data; all zeroes is valid.
+            names: vec![unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }; BATCH]
+                .into_boxed_slice(),
+            lens: [0; BATCH],
+            srcs: [None; BATCH],
+            n: 0,
+        }
+    }
+
+    /// The datagrams of the last receive, with their sources.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> + '_ {
+        (0..self.n).filter_map(|i| {
+            self.srcs[i].map(|src| (&self.bufs[i * SLOT..i * SLOT + self.lens[i]], src))
+        })
+    }
+
+    /// How many datagrams the last receive returned (dropped ones too).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.n
+    }
+}
+
+/// Datagrams queued for one `sendmmsg`, each with a caller's tag (the
+/// peer) so that failures can be routed another way.
+pub struct SendBatch<T> {
+    bufs: Box<[u8]>,
+    names: Box<[libc::sockaddr_storage]>,
+    name_lens: [libc::socklen_t; BATCH],
+    lens: [usize; BATCH],
+    tags: Vec<T>,
+}
+
+impl<T: Copy> Default for SendBatch<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Copy> SendBatch<T> {
+    pub fn new() -> SendBatch<T> {
+        SendBatch {
+            bufs: vec![0u8; BATCH * SLOT].into_boxed_slice(),
+            // SAFETY: sockaddr_storage is plain data; all zeroes is valid.
+            names: vec![unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }; BATCH]
+                .into_boxed_slice(),
+            name_lens: [0; BATCH],
+            lens: [0; BATCH],
+            tags: Vec::with_capacity(BATCH),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.tags.len() == BATCH
+    }
+
+    fn data(&self, i: usize) -> &[u8] {
+        &self.bufs[i * SLOT..i * SLOT + self.lens[i]]
+    }
 }
 
 impl Udp {
@@ -32,13 +137,22 @@ impl Udp {
 
     async fn bind_exact(port: u16) -> std::io::Result<Udp> {
         match dual_stack(port) {
-            Ok(sock) => Ok(Udp { sock, dual: true }),
+            Ok(sock) => Ok(Udp::new(sock, true)),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(e),
             Err(e) => {
                 debug!(error = %e, "no IPv6 UDP socket; IPv4 only");
                 let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).await?;
-                Ok(Udp { sock, dual: false })
+                Ok(Udp::new(sock, false))
             }
+        }
+    }
+
+    fn new(sock: UdpSocket, dual: bool) -> Udp {
+        Udp {
+            sock,
+            dual,
+            recv_mmsg: AtomicBool::new(true),
+            send_mmsg: AtomicBool::new(true),
         }
     }
 
@@ -50,23 +164,321 @@ impl Udp {
         self.dual
     }
 
-    pub async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-        let (n, src) = self.sock.recv_from(buf).await?;
-        Ok((n, SocketAddr::new(src.ip().to_canonical(), src.port())))
+    pub fn try_send_to(&self, buf: &[u8], dst: SocketAddr) -> std::io::Result<usize> {
+        let dst = self.wire_addr(dst)?;
+        self.sock.try_send_to(buf, dst)
     }
 
-    pub fn try_send_to(&self, buf: &[u8], dst: SocketAddr) -> std::io::Result<usize> {
-        let dst = match (self.dual, dst.ip()) {
-            (true, IpAddr::V4(v4)) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), dst.port()),
-            (false, IpAddr::V6(_)) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::Unsupported,
-                    "no IPv6 UDP socket",
-                ));
+    /// The address as this socket must be given it.
+    fn wire_addr(&self, dst: SocketAddr) -> std::io::Result<SocketAddr> {
+        match (self.dual, dst.ip()) {
+            (true, IpAddr::V4(v4)) => {
+                Ok(SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), dst.port()))
             }
-            _ => dst,
+            (false, IpAddr::V6(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "no IPv6 UDP socket",
+            )),
+            _ => Ok(dst),
+        }
+    }
+
+    /// Waits for datagrams and receives as many as are queued (up to
+    /// [`BATCH`]) in one call; returns how many. Read them with
+    /// [`RecvBatch::iter`].
+    pub async fn recv_batch(&self, batch: &mut RecvBatch) -> std::io::Result<usize> {
+        let fd = self.sock.as_raw_fd();
+        batch.n = 0;
+        let n = self
+            .sock
+            .async_io(Interest::READABLE, || {
+                if self.recv_mmsg.load(Ordering::Relaxed) {
+                    match recv_mmsg(fd, batch) {
+                        Err(e) if mmsg_unsupported(&e) => {
+                            warn!(error = %e, "recvmmsg unavailable; receiving one datagram per call");
+                            self.recv_mmsg.store(false, Ordering::Relaxed);
+                        }
+                        r => return r,
+                    }
+                }
+                recv_one(fd, batch)
+            })
+            .await?;
+        batch.n = n;
+        Ok(n)
+    }
+
+    /// Queues a datagram for the next [`Udp::flush`]. Fails, queueing
+    /// nothing, when the batch is full, the datagram does not fit a slot,
+    /// or the address family is not available: send it some other way.
+    pub fn queue<T: Copy>(
+        &self,
+        batch: &mut SendBatch<T>,
+        data: &[u8],
+        dst: SocketAddr,
+        tag: T,
+    ) -> std::io::Result<()> {
+        let dst = self.wire_addr(dst)?;
+        if batch.is_full() || data.len() > SLOT {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "batch full or datagram too large for a batch slot",
+            ));
+        }
+        let i = batch.tags.len();
+        batch.bufs[i * SLOT..i * SLOT + data.len()].copy_from_slice(data);
+        batch.lens[i] = data.len();
+        batch.name_lens[i] = write_sockaddr(&mut batch.names[i], dst);
+        batch.tags.push(tag);
+        Ok(())
+    }
+
+    /// Sends everything queued, with as few `sendmmsg` calls as the kernel
+    /// allows, and empties the batch. Datagrams that could not be sent
+    /// (socket buffer full, or an error for that destination) are handed to
+    /// `failed` with their tags; nothing waits.
+    pub fn flush<T: Copy>(&self, batch: &mut SendBatch<T>, mut failed: impl FnMut(T, &[u8])) {
+        let fd = self.sock.as_raw_fd();
+        let total = batch.tags.len();
+        let mut sent = 0;
+        while sent < total {
+            let r = if self.send_mmsg.load(Ordering::Relaxed) {
+                self.sock
+                    .try_io(Interest::WRITABLE, || send_mmsg(fd, batch, sent))
+            } else {
+                self.sock
+                    .try_io(Interest::WRITABLE, || send_one(fd, batch, sent))
+            };
+            match r {
+                Ok(0) => break,
+                Ok(k) => sent += k,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // sendmmsg reports an error only for the first datagram
+                    // it tried. Try that one alone: if that works and the
+                    // error was a refusal of the call, it is sendmmsg that
+                    // is refused here.
+                    let refused = mmsg_unsupported(&e);
+                    let alone = if self.send_mmsg.load(Ordering::Relaxed) {
+                        self.sock
+                            .try_io(Interest::WRITABLE, || send_one(fd, batch, sent))
+                    } else {
+                        Err(std::io::Error::new(e.kind(), e.to_string()))
+                    };
+                    let e0 = e;
+                    match alone {
+                        Ok(_) if refused => {
+                            warn!(error = %e0, "sendmmsg unavailable; sending one datagram per call");
+                            self.send_mmsg.store(false, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            debug!(error = %e, "UDP send");
+                            failed(batch.tags[sent], batch.data(sent));
+                        }
+                    }
+                    sent += 1;
+                }
+            }
+        }
+        for i in sent..total {
+            failed(batch.tags[i], batch.data(i));
+        }
+        batch.tags.clear();
+    }
+}
+
+/// Errors that say the batch calls themselves are refused (an old kernel,
+/// a seccomp filter), not that this datagram failed.
+fn mmsg_unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS | libc::EPERM | libc::EOPNOTSUPP | libc::EINVAL)
+    )
+}
+
+fn recv_mmsg(fd: RawFd, batch: &mut RecvBatch) -> std::io::Result<usize> {
+    // SAFETY: iovec and mmsghdr are plain data; zeroes are valid and every
+    // pointer used is set below.
+    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let base = batch.bufs.as_mut_ptr();
+    for i in 0..BATCH {
+        iov[i] = libc::iovec {
+            // SAFETY: i * SLOT + SLOT <= bufs.len().
+            iov_base: unsafe { base.add(i * SLOT) }.cast(),
+            iov_len: SLOT,
         };
-        self.sock.try_send_to(buf, dst)
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_name = (&mut batch.names[i] as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        h.msg_iov = &mut iov[i];
+        h.msg_iovlen = 1;
+    }
+    // SAFETY: hdrs describes BATCH valid, disjoint buffers and address
+    // slots that outlive the call.
+    let r = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            BATCH as _,
+            libc::MSG_DONTWAIT as _,
+            std::ptr::null_mut(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let n = r as usize;
+    for (i, h) in hdrs.iter().enumerate().take(n) {
+        batch.lens[i] = (h.msg_len as usize).min(SLOT);
+        batch.srcs[i] = if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            None
+        } else {
+            read_sockaddr(&batch.names[i])
+        };
+    }
+    Ok(n)
+}
+
+fn recv_one(fd: RawFd, batch: &mut RecvBatch) -> std::io::Result<usize> {
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: slot 0 is SLOT bytes; names[0] is a sockaddr_storage of `len`.
+    let r = unsafe {
+        libc::recvfrom(
+            fd,
+            batch.bufs.as_mut_ptr().cast(),
+            SLOT,
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            (&mut batch.names[0] as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // With MSG_TRUNC the real length comes back even when it did not fit.
+    let n = r as usize;
+    batch.lens[0] = n.min(SLOT);
+    batch.srcs[0] = if n > SLOT {
+        None
+    } else {
+        read_sockaddr(&batch.names[0])
+    };
+    Ok(1)
+}
+
+fn send_mmsg<T: Copy>(fd: RawFd, batch: &mut SendBatch<T>, from: usize) -> std::io::Result<usize> {
+    let count = batch.tags.len() - from;
+    // SAFETY: plain data; every pointer used is set below.
+    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let base = batch.bufs.as_mut_ptr();
+    for j in 0..count {
+        let i = from + j;
+        iov[j] = libc::iovec {
+            // SAFETY: i < BATCH, so the slot lies inside bufs.
+            iov_base: unsafe { base.add(i * SLOT) }.cast(),
+            iov_len: batch.lens[i],
+        };
+        let h = &mut hdrs[j].msg_hdr;
+        h.msg_name = (&mut batch.names[i] as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = batch.name_lens[i];
+        h.msg_iov = &mut iov[j];
+        h.msg_iovlen = 1;
+    }
+    // SAFETY: the first `count` headers describe valid buffers and
+    // addresses that outlive the call.
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), count as _, libc::MSG_DONTWAIT as _) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
+fn send_one<T: Copy>(fd: RawFd, batch: &SendBatch<T>, i: usize) -> std::io::Result<usize> {
+    let data = batch.data(i);
+    // SAFETY: data and the address are valid for the stated lengths.
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT,
+            (&batch.names[i] as *const libc::sockaddr_storage).cast(),
+            batch.name_lens[i],
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(1)
+}
+
+fn write_sockaddr(out: &mut libc::sockaddr_storage, addr: SocketAddr) -> libc::socklen_t {
+    // SAFETY: plain data.
+    *out = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than, and aligned for,
+            // every sockaddr type.
+            unsafe { std::ptr::write((out as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((out as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// A source address as the rest of the agent sees it: IPv4 peers on the
+/// dual-stack socket come back as plain IPv4.
+fn read_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says this is a sockaddr_in.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this is a sockaddr_in6.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            let port = u16::from_be(a.sin6_port);
+            Some(match ip.to_canonical() {
+                IpAddr::V4(v4) => SocketAddr::new(IpAddr::V4(v4), port),
+                IpAddr::V6(v6) => SocketAddr::V6(SocketAddrV6::new(
+                    v6,
+                    port,
+                    a.sin6_flowinfo,
+                    a.sin6_scope_id,
+                )),
+            })
+        }
+        _ => None,
     }
 }
 
@@ -213,9 +625,11 @@ mod tests {
         let (_, from) = b.recv_from(&mut buf).await.unwrap();
         assert_eq!(from.port(), port);
         b.send_to(b"y", ("127.0.0.1", port)).await.unwrap();
-        let (n, src) = a.recv_from(&mut buf).await.unwrap();
+        let mut batch = RecvBatch::new();
+        a.recv_batch(&mut batch).await.unwrap();
+        let (data, src) = batch.iter().next().unwrap();
         assert_eq!(
-            (&buf[..n], src.ip()),
+            (data, src.ip()),
             (&b"y"[..], "127.0.0.1".parse::<IpAddr>().unwrap())
         );
         if a.has_ipv6()
@@ -225,5 +639,140 @@ mod tests {
             let (_, from) = c.recv_from(&mut buf).await.unwrap();
             assert_eq!(from.port(), port);
         }
+    }
+
+    const N: usize = 50;
+
+    /// Receives until `want` datagrams came; returns them and how many
+    /// receive calls that took.
+    async fn receive_all(u: &Udp, want: usize) -> (Vec<(Vec<u8>, SocketAddr)>, usize) {
+        let mut batch = RecvBatch::new();
+        let mut got = Vec::new();
+        let mut calls = 0;
+        while got.len() < want {
+            let n =
+                tokio::time::timeout(std::time::Duration::from_secs(5), u.recv_batch(&mut batch))
+                    .await
+                    .expect("datagrams arrive")
+                    .unwrap();
+            assert!((1..=BATCH).contains(&n));
+            assert_eq!(batch.len(), n);
+            calls += 1;
+            got.extend(batch.iter().map(|(d, a)| (d.to_vec(), a)));
+        }
+        (got, calls)
+    }
+
+    /// 50 datagrams from two senders, queued before the first receive:
+    /// `recvmmsg` returns them in a few batches, each with its own source.
+    #[tokio::test]
+    async fn recv_batch_returns_every_datagram_with_its_source() {
+        let a = Udp::bind(0).await.unwrap();
+        let port = a.port().unwrap();
+        let s1 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let s2 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..N {
+            let s = if i % 2 == 0 { &s1 } else { &s2 };
+            s.send_to(format!("datagram {i}").as_bytes(), ("127.0.0.1", port))
+                .unwrap();
+        }
+        let (got, calls) = receive_all(&a, N).await;
+        assert!(calls <= N.div_ceil(BATCH) + 1, "{calls} receive calls");
+        assert!(a.recv_mmsg.load(Ordering::Relaxed), "recvmmsg fell back");
+        assert_eq!(got.len(), N);
+        for (i, (data, src)) in got.iter().enumerate() {
+            assert_eq!(data, format!("datagram {i}").as_bytes());
+            let s = if i % 2 == 0 { &s1 } else { &s2 };
+            assert_eq!(*src, s.local_addr().unwrap(), "datagram {i}");
+        }
+    }
+
+    /// The single-datagram fallback gives the same result, one per call.
+    #[tokio::test]
+    async fn recv_fallback_without_recvmmsg() {
+        let a = Udp::bind(0).await.unwrap();
+        a.recv_mmsg.store(false, Ordering::Relaxed);
+        let port = a.port().unwrap();
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..5u8 {
+            s.send_to(&[i], ("127.0.0.1", port)).unwrap();
+        }
+        let (got, calls) = receive_all(&a, 5).await;
+        assert_eq!(calls, 5);
+        for (i, (data, src)) in got.iter().enumerate() {
+            assert_eq!(
+                (data.as_slice(), *src),
+                (&[i as u8][..], s.local_addr().unwrap())
+            );
+        }
+    }
+
+    /// Datagrams larger than a slot are dropped, not handed on cut short.
+    #[tokio::test]
+    async fn oversized_datagrams_are_dropped() {
+        let a = Udp::bind(0).await.unwrap();
+        let port = a.port().unwrap();
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(&[7u8; SLOT + 1], ("127.0.0.1", port)).unwrap();
+        s.send_to(b"ok", ("127.0.0.1", port)).unwrap();
+        let mut seen = Vec::new();
+        let mut batch = RecvBatch::new();
+        while seen.len() < 2 {
+            let n = a.recv_batch(&mut batch).await.unwrap();
+            seen.extend((0..n).map(|_| ()));
+            let ok: Vec<_> = batch.iter().map(|(d, _)| d.to_vec()).collect();
+            assert!(ok.iter().all(|d| d == b"ok"), "{ok:?}");
+        }
+    }
+
+    /// `queue` + `flush`: 50 datagrams to two receivers (IPv4 through the
+    /// dual-stack mapping), with sendmmsg and with the fallback.
+    #[tokio::test]
+    async fn send_batch_delivers_everything() {
+        for batched in [true, false] {
+            let a = Udp::bind(0).await.unwrap();
+            a.send_mmsg.store(batched, Ordering::Relaxed);
+            a.sock.writable().await.unwrap();
+            let r1 = Udp::bind(0).await.unwrap();
+            let r2 = Udp::bind(0).await.unwrap();
+            let d1: SocketAddr = ([127, 0, 0, 1], r1.port().unwrap()).into();
+            let d2: SocketAddr = ([127, 0, 0, 1], r2.port().unwrap()).into();
+            let mut out = SendBatch::<usize>::new();
+            let mut failed = Vec::new();
+            for i in 0..N {
+                if out.is_full() {
+                    a.flush(&mut out, |t, _| failed.push(t));
+                }
+                let dst = if i % 2 == 0 { d1 } else { d2 };
+                a.queue(&mut out, format!("d{i}").as_bytes(), dst, i)
+                    .unwrap();
+            }
+            a.flush(&mut out, |t, _| failed.push(t));
+            assert!(out.is_empty());
+            assert!(failed.is_empty(), "failed: {failed:?}");
+            assert_eq!(a.send_mmsg.load(Ordering::Relaxed), batched);
+            for (r, parity) in [(&r1, 0), (&r2, 1)] {
+                let (got, _) = receive_all(r, N / 2).await;
+                let want: Vec<Vec<u8>> = (0..N)
+                    .filter(|i| i % 2 == parity)
+                    .map(|i| format!("d{i}").into_bytes())
+                    .collect();
+                assert_eq!(got.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(), want);
+                assert!(got.iter().all(|(_, s)| s.port() == a.port().unwrap()));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn queue_refuses_what_a_batch_cannot_carry() {
+        let a = Udp::bind(0).await.unwrap();
+        let mut out = SendBatch::<()>::new();
+        let dst: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert!(a.queue(&mut out, &[0u8; SLOT + 1], dst, ()).is_err());
+        for _ in 0..BATCH {
+            a.queue(&mut out, b"x", dst, ()).unwrap();
+        }
+        assert!(out.is_full());
+        assert!(a.queue(&mut out, b"x", dst, ()).is_err());
     }
 }

@@ -301,17 +301,38 @@ fn s5_control_outage_keeps_tunnels() {
 }
 
 /// 6. A restart with the same state dir keeps node id and addresses.
+///    Also `--advertise-tags`: a key without tags registers the node with
+///    the tags it requests (`Hostinfo.RequestTags`).
 #[test]
 fn s6_restart_keeps_identity() {
     let Some(tools) = tools() else { return };
     let w = lan("sc-s6", &tools, 1);
     // Single-use: a restart that re-spent the key would fail.
     let key = w.server.create_key("vpn1", &[]).expect("key");
-    let mut a = Sidecar::start(&w.lab, &w.hosts[0], &w.server, &key.key, "side1");
+    let mut a = Sidecar::start_with(
+        &w.lab,
+        &w.hosts[0],
+        &w.server,
+        &key.key,
+        "side1",
+        &["--advertise-tags", "tag:web,tag:db"],
+    );
     let before = a.wait_ips();
     let nodes = w.server.nodes().expect("nodes");
     assert_eq!(nodes.len(), 1, "{nodes:?}");
     let id = nodes[0].id;
+    let tags = |w: &common::LanWorld| -> Vec<String> {
+        let list: serde_json::Value = w.server.cli_json(&["nodes", "list"]).expect("nodes list");
+        let mut t: Vec<String> = list[0]["tags"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no tags in {list}"))
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(tags(&w), ["tag:db", "tag:web"]);
     a.restart();
     eventually("the restarted sidecar to be up", CONVERGE, || {
         anyhow::ensure!(a.status_json()?["state"] == "Running", "not running");
@@ -322,6 +343,7 @@ fn s6_restart_keeps_identity() {
     let nodes = w.server.nodes().expect("nodes");
     assert_eq!(nodes.len(), 1, "a duplicate node: {nodes:?}");
     assert_eq!(nodes[0].id, id);
+    assert_eq!(tags(&w), ["tag:db", "tag:web"], "tags lost on restart");
 
     // `down` logs out (like `tailscale logout`): the server marks the node
     // expired, and the agent exits.

@@ -76,6 +76,8 @@ struct UpSpec {
     key: String,
     url: String,
     ca: PathBuf,
+    /// More `up` flags (e.g. `--advertise-tags`).
+    extra: Vec<String>,
 }
 
 impl UpSpec {
@@ -92,7 +94,8 @@ impl UpSpec {
             .arg("--hostname")
             .arg(&self.hostname)
             .arg("--ca-file")
-            .arg(&self.ca);
+            .arg(&self.ca)
+            .args(&self.extra);
         // No key: interactive login.
         if !self.key.is_empty() {
             cmd.env("MESHSCALE_AUTHKEY", &self.key);
@@ -103,6 +106,18 @@ impl UpSpec {
 
 impl Sidecar {
     pub fn start(lab: &Lab, ns: &Ns, server: &Server, key: &str, hostname: &str) -> Sidecar {
+        Self::start_with(lab, ns, server, key, hostname, &[])
+    }
+
+    /// `start`, with more `up` flags.
+    pub fn start_with(
+        lab: &Lab,
+        ns: &Ns,
+        server: &Server,
+        key: &str,
+        hostname: &str,
+        extra: &[&str],
+    ) -> Sidecar {
         let state = lab.subdir(hostname).expect("state dir");
         let log = state.join("sidecar.log");
         lab.register_log(&log);
@@ -114,6 +129,7 @@ impl Sidecar {
             key: key.into(),
             url: server.url(),
             ca: server.ca().to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         Sidecar {
             proc: spec.spawn(),
