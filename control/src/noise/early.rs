@@ -2,20 +2,17 @@
 //! right after the handshake, before HTTP/2 starts (Tailscale
 //! `control/ts2021/conn.go: readHeader`, Headscale `noise.go: earlyNoise`).
 //!
-//! Layout: 5 magic bytes `ff ff ff 'T' 'S'`, a BE u32 length, then that many
-//! bytes of JSON `tailcfg.EarlyNoise`. The client reads 9 bytes first; if they
-//! don't start with the magic it takes them for an HTTP/2 frame header, so
-//! the payload is optional. The magic can't start an HTTP/2 frame the server
-//! sends first (a SETTINGS frame: its 4th byte, the type, would be 0x04).
+//! The framing (magic, BE u32 length, JSON `tailcfg.EarlyNoise`) is shared
+//! with the client in [`meshscale_ts2021::early`]; this module decides what
+//! the server puts in it.
 
 use super::key::ServerKey;
 
-pub const EARLY_PAYLOAD_MAGIC: [u8; 5] = *b"\xff\xff\xffTS";
+pub use meshscale_ts2021::early::{EARLY_PAYLOAD_MAGIC, MAX_EARLY_PAYLOAD, encode_early_payload};
+
 /// Capability version that introduced the early payload (Headscale's
 /// `earlyNoiseCapabilityVersion`); older clients would choke on it.
 pub const EARLY_NOISE_MIN_VERSION: u16 = 49;
-/// The client refuses early payloads above 10 MiB.
-pub const MAX_EARLY_PAYLOAD: usize = 10 << 20;
 
 const CHALLENGE_PREFIX: &str = "chalpub:";
 
@@ -37,13 +34,7 @@ pub fn new_challenge() -> String {
 /// The bytes to write into the Noise stream for a given challenge text.
 pub fn encode(challenge: &str) -> Vec<u8> {
     let json = serde_json::json!({ "nodeKeyChallenge": challenge }).to_string();
-    // A 73-char challenge is nowhere near 4 GiB.
-    let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
-    let mut out = Vec::with_capacity(EARLY_PAYLOAD_MAGIC.len() + 4 + json.len());
-    out.extend_from_slice(&EARLY_PAYLOAD_MAGIC);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(json.as_bytes());
-    out
+    encode_early_payload(json.as_bytes())
 }
 
 #[cfg(test)]

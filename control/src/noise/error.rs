@@ -3,6 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
+pub use meshscale_ts2021::RecordError;
+
 /// Anything that can go wrong in the Noise layer, from the key file to the
 /// transport.
 #[derive(Debug, thiserror::Error)]
@@ -83,34 +85,5 @@ impl HandshakeError {
             )),
             Self::LowOrderKey(_) | Self::Decrypt(_) | Self::Noise(_) => None,
         }
-    }
-}
-
-/// A transport record could not be accepted; the connection is unusable
-/// afterwards (controlbase drops it too: the nonces are out of step).
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum RecordError {
-    #[error("received noise message of type {0:#04x}, want record (0x04)")]
-    UnexpectedType(u8),
-    #[error("noise frame of {0} bytes exceeds the maximum of 4096")]
-    TooLarge(usize),
-    #[error("noise record failed to decrypt")]
-    Decrypt,
-    #[error("noise cipher exhausted, no nonces left")]
-    NonceExhausted,
-    #[error("noise connection ended in the middle of a record")]
-    Truncated,
-    #[error("noise connection is closed after an earlier error")]
-    Closed,
-}
-
-impl From<RecordError> for io::Error {
-    fn from(e: RecordError) -> Self {
-        let kind = match e {
-            RecordError::Truncated => io::ErrorKind::UnexpectedEof,
-            RecordError::Closed => io::ErrorKind::BrokenPipe,
-            _ => io::ErrorKind::InvalidData,
-        };
-        io::Error::new(kind, e)
     }
 }

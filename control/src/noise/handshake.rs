@@ -9,16 +9,15 @@
 use snow::params::{DHChoice, NoiseParams};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 
-use super::cipher::TransportCipher;
 use super::error::HandshakeError;
 use super::key::ServerKey;
 use super::wire::{
     INITIATION_HEADER_LEN, INITIATION_LEN, INITIATION_PAYLOAD_LEN, MSG_INITIATION, MSG_RESPONSE,
     RESPONSE_LEN, RESPONSE_PAYLOAD_LEN, header,
 };
+use meshscale_ts2021::TransportCipher;
 
-pub const PROTOCOL_NAME: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
-pub const PROLOGUE_PREFIX: &str = "Tailscale Control Protocol v";
+pub use meshscale_ts2021::wire::{PROLOGUE_PREFIX, PROTOCOL_NAME, prologue};
 
 pub(crate) fn noise_params() -> NoiseParams {
     // A constant that snow's own tests parse; failing here is a build defect.
@@ -26,11 +25,6 @@ pub(crate) fn noise_params() -> NoiseParams {
         Ok(params) => params,
         Err(e) => unreachable!("snow rejects {PROTOCOL_NAME}: {e}"),
     }
-}
-
-/// The prologue mixed into the handshake for a given protocol version.
-pub fn prologue(version: u16) -> Vec<u8> {
-    format!("{PROLOGUE_PREFIX}{version}").into_bytes()
 }
 
 /// The cleartext fields of a structurally valid initiation.
@@ -192,7 +186,6 @@ fn is_low_order(point: &[u8]) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::super::kat;
-    use super::super::wire::{MAX_MESSAGE_SIZE, MAX_PLAINTEXT_SIZE};
     use super::*;
 
     pub(crate) fn kat_accept() -> Accepted {
@@ -211,25 +204,12 @@ pub(crate) mod tests {
     #[test]
     fn transport_records_match_controlbase_nonces() {
         let mut acc = kat_accept();
-        let mut buf = [0u8; MAX_MESSAGE_SIZE];
-        for (plain, want) in kat::server_records() {
-            let n = acc.transport.seal(plain, &mut buf).unwrap();
-            let mut record = header(0x04, n as u16).to_vec();
-            record.extend_from_slice(&buf[..n]);
-            assert_eq!(record, want, "server record for {plain:?}");
-        }
-        for (plain, record) in kat::client_records() {
-            let mut out = [0u8; MAX_PLAINTEXT_SIZE];
-            let n = acc.transport.open(&record[3..], &mut out).unwrap();
-            assert_eq!(&out[..n], plain);
-        }
-    }
-
-    #[test]
-    fn prologue_text() {
-        assert_eq!(prologue(130), b"Tailscale Control Protocol v130");
-        assert_eq!(prologue(0), b"Tailscale Control Protocol v0");
-        assert_eq!(prologue(65535), b"Tailscale Control Protocol v65535");
+        kat::check_transport(
+            &mut acc.transport,
+            &kat::SERVER_RECORDS,
+            &kat::CLIENT_RECORDS,
+            "server",
+        );
     }
 
     #[test]

@@ -20,12 +20,15 @@
 //! ```
 //!
 //! Layers, bottom up: [`wire`] (message layout), [`handshake`] (pure
-//! responder), `cipher` (transport nonces), [`conn`] (the stream),
+//! responder), [`conn`] (the stream),
 //! [`early`] (the early payload), `upgrade` (HTTP entry points), `http2`.
 //! Facts come from tailscale `control/controlbase`, `control/controlhttp`,
 //! `control/ts2021`, `tailcfg` and Headscale `hscontrol/noise.go`.
+//!
+//! What both roles share (message layout, transport cipher, record stream,
+//! early-payload framing, record errors, known-answer vectors) is in the
+//! `meshscale-ts2021` crate; `wire` and `conn` re-export it.
 
-mod cipher;
 pub mod conn;
 pub mod early;
 mod error;
@@ -40,11 +43,11 @@ mod kat;
 #[cfg(test)]
 mod tests;
 
-pub use cipher::TransportCipher;
 pub use conn::NoiseStream;
 pub use error::{HandshakeError, KeyError, NoiseError, RecordError};
 pub use http2::{Http2Limits, NoisePeer, serve_http2, serve_http2_stream, serve_http2_with};
 pub use key::{ServerKey, machine_key_text};
+pub use meshscale_ts2021::TransportCipher;
 pub use upgrade::{
     BoxFuture, ConnectionHandler, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MIN_PROTOCOL_VERSION,
     HANDSHAKE_HEADER, NOISE_CAPABILITY_VERSION, NoiseConnection, NoiseServer, UPGRADE_PROTOCOL,

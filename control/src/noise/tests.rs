@@ -13,7 +13,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::cipher::TransportCipher;
 use super::conn::NoiseStream;
 use super::early::EARLY_PAYLOAD_MAGIC;
 use super::error::{NoiseError, RecordError};
@@ -23,6 +22,7 @@ use super::kat;
 use super::key::ServerKey;
 use super::upgrade::{NoiseServer, answer_handshake, router};
 use super::wire::{HEADER_LEN, MSG_ERROR, MSG_RECORD, MSG_RESPONSE, RESPONSE_PAYLOAD_LEN};
+use meshscale_ts2021::TransportCipher;
 
 // ---- the test client ----
 

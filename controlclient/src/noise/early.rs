@@ -21,38 +21,9 @@ use tokio::sync::watch;
 
 use super::error::EarlyPayloadError;
 
-pub const EARLY_PAYLOAD_MAGIC: [u8; 5] = *b"\xff\xff\xffTS";
-/// The early header is exactly as long as an HTTP/2 frame header.
-pub const EARLY_HEADER_LEN: usize = 9;
-/// What the Go client accepts (`epLen > 10<<20` is an error).
-pub const MAX_EARLY_PAYLOAD: usize = 10 << 20;
-
-/// What the first 9 plaintext bytes say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EarlyHeader {
-    /// An early payload of `len` bytes follows.
-    Payload { len: usize },
-    /// No early payload: these bytes start the HTTP/2 stream.
-    Absent,
-}
-
-/// Classifies the first 9 plaintext bytes; refuses lengths above `max`.
-pub fn parse_early_header(
-    hdr: &[u8; EARLY_HEADER_LEN],
-    max: usize,
-) -> Result<EarlyHeader, EarlyPayloadError> {
-    if hdr[..5] != EARLY_PAYLOAD_MAGIC {
-        return Ok(EarlyHeader::Absent);
-    }
-    let len = u32::from_be_bytes([hdr[5], hdr[6], hdr[7], hdr[8]]);
-    match usize::try_from(len) {
-        Ok(len) if len <= max => Ok(EarlyHeader::Payload { len }),
-        _ => Err(EarlyPayloadError::TooLarge {
-            len: u64::from(len),
-            max,
-        }),
-    }
-}
+pub use meshscale_ts2021::early::{
+    EARLY_HEADER_LEN, EARLY_PAYLOAD_MAGIC, EarlyHeader, MAX_EARLY_PAYLOAD, parse_early_header,
+};
 
 /// Decodes the early payload's JSON.
 pub fn parse_early_payload(json: &[u8]) -> Result<EarlyNoise, EarlyPayloadError> {

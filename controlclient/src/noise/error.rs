@@ -1,6 +1,9 @@
-//! Errors of the Noise layer: the handshake and the record stream.
+//! Errors of the Noise layer: the handshake here, the record stream and the
+//! early payload shared with the server.
 
 use std::io;
+
+pub use meshscale_ts2021::{EarlyPayloadError, RecordError};
 
 /// The handshake did not produce a transport.
 #[derive(Debug, thiserror::Error)]
@@ -23,44 +26,4 @@ pub enum HandshakeError {
     Decrypt,
     #[error("reading the handshake response: {0}")]
     Io(#[source] io::Error),
-}
-
-/// A transport record could not be sent or accepted; the stream is unusable
-/// afterwards (controlbase drops it too: the nonces are out of step).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RecordError {
-    #[error("received noise message of type {0:#04x}, want record (0x04)")]
-    UnexpectedType(u8),
-    #[error("noise frame of {0} bytes exceeds the maximum of 4096")]
-    TooLarge(usize),
-    #[error("noise record failed to decrypt")]
-    Decrypt,
-    #[error("noise cipher exhausted, no nonces left")]
-    NonceExhausted,
-    #[error("noise connection ended in the middle of a record")]
-    Truncated,
-    #[error("noise connection is closed after an earlier error")]
-    Closed,
-}
-
-impl From<RecordError> for io::Error {
-    fn from(e: RecordError) -> Self {
-        let kind = match e {
-            RecordError::Truncated => io::ErrorKind::UnexpectedEof,
-            RecordError::Closed => io::ErrorKind::BrokenPipe,
-            _ => io::ErrorKind::InvalidData,
-        };
-        io::Error::new(kind, e)
-    }
-}
-
-/// The early payload could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EarlyPayloadError {
-    #[error("early payload of {len} bytes exceeds the limit of {max}")]
-    TooLarge { len: u64, max: usize },
-    #[error("early payload is not valid JSON: {0}")]
-    Json(String),
-    #[error("connection ended inside the early payload")]
-    Truncated,
 }

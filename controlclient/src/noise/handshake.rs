@@ -14,24 +14,18 @@
 
 use meshscale_wire::MachinePublic;
 
-use super::cipher::TransportCipher;
 use super::error::HandshakeError;
 use super::wire::{
     HEADER_LEN, INITIATION_LEN, INITIATION_PAYLOAD_LEN, MSG_ERROR, MSG_INITIATION, MSG_RESPONSE,
     RESPONSE_LEN, RESPONSE_PAYLOAD_LEN, header, parse_header,
 };
 use crate::keys::{MachineKey, is_low_order};
+use meshscale_ts2021::TransportCipher;
 
-pub const PROTOCOL_NAME: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
-pub const PROLOGUE_PREFIX: &str = "Tailscale Control Protocol v";
+pub use meshscale_ts2021::wire::{PROLOGUE_PREFIX, PROTOCOL_NAME, prologue};
 
 fn noise_params() -> Result<snow::params::NoiseParams, HandshakeError> {
     PROTOCOL_NAME.parse().map_err(HandshakeError::Noise)
-}
-
-/// The prologue mixed into the handshake for a protocol version.
-pub fn prologue(version: u16) -> Vec<u8> {
-    format!("{PROLOGUE_PREFIX}{version}").into_bytes()
 }
 
 /// A client mid-handshake: the initiation is built, the response not read.
@@ -170,39 +164,22 @@ pub fn parse_answer_header(hdr: [u8; HEADER_LEN]) -> Result<AnswerHeader, Handsh
 
 /// Builds a controlbase error message (type 0x03), as servers send it; for
 /// tests and fake servers.
-pub fn error_message(text: &str) -> Vec<u8> {
-    let mut end = text.len().min(usize::from(u16::MAX));
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let bytes = &text.as_bytes()[..end];
-    let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
-    let mut out = header(MSG_ERROR, len).to_vec();
-    out.extend_from_slice(bytes);
-    out
-}
+pub use meshscale_ts2021::wire::error_message;
 
 #[cfg(test)]
 mod tests {
     use super::super::kat;
-    use super::super::wire::{MAX_MESSAGE_SIZE, MSG_RECORD};
     use super::*;
     use crate::keys::public_of;
     use meshscale_wire::MachinePrivate;
 
     fn kat_initiator() -> Initiator {
         let machine =
-            MachineKey::from_private(MachinePrivate::from_bytes(kat::key(kat::CLIENT_PRIV)))
-                .unwrap();
-        assert_eq!(machine.public().as_bytes(), &kat::key(kat::CLIENT_PUB));
-        let server = MachinePublic::from_bytes(public_of(&kat::key(kat::SERVER_PRIV)).unwrap());
-        Initiator::with_fixed_ephemeral(
-            &machine,
-            &server,
-            kat::VERSION,
-            &kat::key(kat::CLIENT_EPHEMERAL),
-        )
-        .unwrap()
+            MachineKey::from_private(MachinePrivate::from_bytes(kat::CLIENT_PRIV)).unwrap();
+        assert_eq!(machine.public().as_bytes(), &kat::CLIENT_PUB);
+        let server = MachinePublic::from_bytes(public_of(&kat::SERVER_PRIV).unwrap());
+        Initiator::with_fixed_ephemeral(&machine, &server, kat::VERSION, &kat::CLIENT_EPHEMERAL)
+            .unwrap()
     }
 
     fn kat_response() -> [u8; RESPONSE_LEN] {
@@ -219,25 +196,12 @@ mod tests {
     #[test]
     fn transport_records_use_big_endian_nonces() {
         let mut cipher = kat_initiator().finish(&kat_response()).unwrap();
-        let mut buf = [0u8; MAX_MESSAGE_SIZE];
-        for (plain, want) in kat::CLIENT_RECORDS {
-            let n = cipher.seal(plain, &mut buf).unwrap();
-            let mut record = header(MSG_RECORD, n as u16).to_vec();
-            record.extend_from_slice(&buf[..n]);
-            assert_eq!(record, kat::bytes(want), "client record for {plain:?}");
-        }
-        for (plain, record) in kat::SERVER_RECORDS {
-            let record = kat::bytes(record);
-            let n = cipher.open(&record[3..], &mut buf).unwrap();
-            assert_eq!(&buf[..n], plain);
-        }
-    }
-
-    #[test]
-    fn prologue_text() {
-        assert_eq!(prologue(130), b"Tailscale Control Protocol v130");
-        assert_eq!(prologue(0), b"Tailscale Control Protocol v0");
-        assert_eq!(prologue(65535), b"Tailscale Control Protocol v65535");
+        kat::check_transport(
+            &mut cipher,
+            &kat::CLIENT_RECORDS,
+            &kat::SERVER_RECORDS,
+            "client",
+        );
     }
 
     #[test]

@@ -1,268 +1,9 @@
 //! [`NoiseStream`]: the byte stream inside the Noise transport (Tailscale
-//! `control/controlbase/conn.go`).
-//!
-//! Each record is type 0x04, a BE u16 length, then at most 4093 bytes of
-//! ciphertext (4077 plaintext + 16 tag), so a whole frame is at most 4096
-//! bytes. Reads reassemble records however the bytes arrive; writes are cut
-//! into records. Memory is bounded: one frame of ciphertext and one of
-//! plaintext for reading, a few frames for writing.
-//!
-//! A record that is malformed, too large or fails to decrypt is an error,
-//! and the stream is dead afterwards: the peers no longer agree on nonces.
+//! `control/controlbase/conn.go`). Shared with the server, see
+//! [`meshscale_ts2021::stream`]; the tests here run it against the
+//! initiator's handshake and the known-answer vectors.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-use super::cipher::TransportCipher;
-use super::error::RecordError;
-use super::wire::{
-    HEADER_LEN, MAX_CIPHERTEXT_SIZE, MAX_MESSAGE_SIZE, MAX_PLAINTEXT_SIZE, MSG_RECORD, TAG_LEN,
-    header, parse_header,
-};
-
-/// Sealed bytes that may wait for the socket: a few frames, so that a burst
-/// of HTTP/2 frames goes out in few writes.
-const TX_BUFFER: usize = 4 * MAX_MESSAGE_SIZE;
-
-/// Checks a record header and returns the whole frame's length. Checked
-/// before the body arrives, so a hostile peer is cut off at once.
-pub fn record_frame_len(hdr: [u8; HEADER_LEN]) -> Result<usize, RecordError> {
-    let (msg_type, len) = parse_header(hdr);
-    if msg_type != MSG_RECORD {
-        return Err(RecordError::UnexpectedType(msg_type));
-    }
-    if len > MAX_CIPHERTEXT_SIZE {
-        return Err(RecordError::TooLarge(HEADER_LEN + len));
-    }
-    Ok(HEADER_LEN + len)
-}
-
-/// Seals `plaintext` (at most [`MAX_PLAINTEXT_SIZE`] bytes) as one record
-/// appended to `out`.
-pub fn seal_record(
-    cipher: &mut TransportCipher,
-    plaintext: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), RecordError> {
-    if plaintext.len() > MAX_PLAINTEXT_SIZE {
-        return Err(RecordError::TooLarge(
-            HEADER_LEN + plaintext.len() + TAG_LEN,
-        ));
-    }
-    let start = out.len();
-    let sealed_len = plaintext.len() + TAG_LEN;
-    // sealed_len <= MAX_CIPHERTEXT_SIZE < u16::MAX.
-    out.extend_from_slice(&header(MSG_RECORD, sealed_len as u16));
-    out.resize(start + HEADER_LEN + sealed_len, 0);
-    match cipher.seal(plaintext, &mut out[start + HEADER_LEN..]) {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            out.truncate(start);
-            Err(e)
-        }
-    }
-}
-
-/// An encrypted, framed byte stream over `S` (the upgraded HTTP connection).
-pub struct NoiseStream<S> {
-    io: S,
-    cipher: TransportCipher,
-    /// Ciphertext read from `io`, not yet decrypted: `rx[..rx_len]`.
-    rx: Box<[u8]>,
-    rx_len: usize,
-    /// Decrypted bytes not yet handed out: `plain[plain_pos..plain_len]`.
-    plain: Box<[u8]>,
-    plain_pos: usize,
-    plain_len: usize,
-    rx_eof: bool,
-    /// Sealed frames not yet written: `tx[tx_pos..]`.
-    tx: Vec<u8>,
-    tx_pos: usize,
-    failed: bool,
-}
-
-impl<S> std::fmt::Debug for NoiseStream<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NoiseStream")
-            .field("cipher", &self.cipher)
-            .field("failed", &self.failed)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S> NoiseStream<S> {
-    pub fn new(io: S, cipher: TransportCipher) -> Self {
-        Self {
-            io,
-            cipher,
-            rx: vec![0; MAX_MESSAGE_SIZE].into_boxed_slice(),
-            rx_len: 0,
-            plain: vec![0; MAX_PLAINTEXT_SIZE].into_boxed_slice(),
-            plain_pos: 0,
-            plain_len: 0,
-            rx_eof: false,
-            tx: Vec::with_capacity(TX_BUFFER),
-            tx_pos: 0,
-            failed: false,
-        }
-    }
-
-    pub fn get_ref(&self) -> &S {
-        &self.io
-    }
-
-    /// Decrypts the first buffered frame if it is complete; `Ok(false)` if
-    /// more bytes are needed.
-    fn decrypt_buffered(&mut self) -> Result<bool, RecordError> {
-        if self.rx_len < HEADER_LEN {
-            return Ok(false);
-        }
-        let frame_len = record_frame_len([self.rx[0], self.rx[1], self.rx[2]])?;
-        if self.rx_len < frame_len {
-            return Ok(false);
-        }
-        let n = self
-            .cipher
-            .open(&self.rx[HEADER_LEN..frame_len], &mut self.plain)?;
-        self.plain_pos = 0;
-        self.plain_len = n;
-        self.rx.copy_within(frame_len..self.rx_len, 0);
-        self.rx_len -= frame_len;
-        Ok(true)
-    }
-
-    fn fail(&mut self, e: RecordError) -> io::Error {
-        self.failed = true;
-        self.plain_pos = 0;
-        self.plain_len = 0;
-        e.into()
-    }
-
-    fn check_failed(&self) -> io::Result<()> {
-        if self.failed {
-            return Err(RecordError::Closed.into());
-        }
-        Ok(())
-    }
-}
-
-impl<S: AsyncWrite + Unpin> NoiseStream<S> {
-    /// Writes queued frames until none is left or `io` would block.
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.tx_pos < self.tx.len() {
-            match ready!(Pin::new(&mut self.io).poll_write(cx, &self.tx[self.tx_pos..])) {
-                Ok(0) => {
-                    self.failed = true;
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                Ok(n) => self.tx_pos += n,
-                Err(e) => {
-                    // Part of a frame may have gone out: no resync possible.
-                    self.failed = true;
-                    return Poll::Ready(Err(e));
-                }
-            }
-        }
-        self.tx.clear();
-        self.tx_pos = 0;
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for NoiseStream<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.check_failed()?;
-        loop {
-            if this.plain_pos < this.plain_len {
-                let n = buf.remaining().min(this.plain_len - this.plain_pos);
-                buf.put_slice(&this.plain[this.plain_pos..this.plain_pos + n]);
-                this.plain_pos += n;
-                return Poll::Ready(Ok(()));
-            }
-            // Zero-length records are legal; keep going until data or EOF.
-            match this.decrypt_buffered() {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => return Poll::Ready(Err(this.fail(e))),
-            }
-            if this.rx_eof {
-                if this.rx_len == 0 {
-                    return Poll::Ready(Ok(())); // clean EOF between records
-                }
-                return Poll::Ready(Err(this.fail(RecordError::Truncated)));
-            }
-            let mut read_buf = ReadBuf::new(&mut this.rx[this.rx_len..]);
-            match ready!(Pin::new(&mut this.io).poll_read(cx, &mut read_buf)) {
-                Ok(()) => {
-                    let n = read_buf.filled().len();
-                    if n == 0 {
-                        this.rx_eof = true;
-                    }
-                    this.rx_len += n;
-                }
-                Err(e) => {
-                    this.failed = true;
-                    return Poll::Ready(Err(e));
-                }
-            }
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for NoiseStream<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.check_failed()?;
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        // Room for at least one whole frame first; nothing is consumed
-        // until there is, so Pending here is honest.
-        if this.tx.len() + MAX_MESSAGE_SIZE > TX_BUFFER {
-            ready!(this.poll_drain(cx))?;
-        }
-        let mut consumed = 0;
-        while consumed < buf.len() && this.tx.len() + MAX_MESSAGE_SIZE <= TX_BUFFER {
-            let end = buf.len().min(consumed + MAX_PLAINTEXT_SIZE);
-            if let Err(e) = seal_record(&mut this.cipher, &buf[consumed..end], &mut this.tx) {
-                return Poll::Ready(Err(this.fail(e)));
-            }
-            consumed = end;
-        }
-        // The bytes are sealed and ours now: push what the socket takes and
-        // leave the rest for the next write or flush (the waker is set).
-        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(consumed))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_drain(cx))?;
-        Pin::new(&mut this.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.failed {
-            ready!(this.poll_drain(cx))?;
-        }
-        Pin::new(&mut this.io).poll_shutdown(cx)
-    }
-}
+pub use meshscale_ts2021::stream::*;
 
 #[cfg(test)]
 mod tests {
@@ -270,19 +11,21 @@ mod tests {
     use super::super::kat;
     use super::*;
     use crate::keys::{MachineKey, public_of};
+    use meshscale_ts2021::wire::*;
+    use meshscale_ts2021::{RecordError, TransportCipher};
     use meshscale_wire::{MachinePrivate, MachinePublic};
+    use std::io;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     fn kat_cipher() -> TransportCipher {
         let machine =
-            MachineKey::from_private(MachinePrivate::from_bytes(kat::key(kat::CLIENT_PRIV)))
-                .unwrap();
-        let server = MachinePublic::from_bytes(public_of(&kat::key(kat::SERVER_PRIV)).unwrap());
+            MachineKey::from_private(MachinePrivate::from_bytes(kat::CLIENT_PRIV)).unwrap();
+        let server = MachinePublic::from_bytes(public_of(&kat::SERVER_PRIV).unwrap());
         let init = Initiator::with_fixed_ephemeral(
             &machine,
             &server,
             kat::VERSION,
-            &kat::key(kat::CLIENT_EPHEMERAL),
+            &kat::CLIENT_EPHEMERAL,
         )
         .unwrap();
         init.finish(&kat::bytes(kat::RESPONSE).try_into().unwrap())

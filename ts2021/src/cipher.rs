@@ -11,8 +11,8 @@
 
 use snow::StatelessTransportState;
 
-use super::error::RecordError;
-use super::wire::TAG_LEN;
+use crate::error::RecordError;
+use crate::wire::TAG_LEN;
 
 /// One direction's message counter. `u64::MAX` is reserved, as in Noise and
 /// controlbase (`invalidNonce`): once reached, the direction is exhausted.
@@ -51,9 +51,10 @@ impl std::fmt::Debug for TransportCipher {
 }
 
 impl TransportCipher {
-    /// Takes over a finished snow handshake; snow picks send and receive
-    /// keys by role (the initiator sends with k1).
-    pub(crate) fn from_handshake(hs: snow::HandshakeState) -> Result<Self, snow::Error> {
+    /// Takes over a finished snow handshake, in either role: snow picks the
+    /// send and receive keys by role (the initiator sends with k1, the
+    /// responder with k2).
+    pub fn from_handshake(hs: snow::HandshakeState) -> Result<Self, snow::Error> {
         Ok(Self {
             state: hs.into_stateless_transport_mode()?,
             tx: Counter::default(),
