@@ -4,6 +4,8 @@
 #
 #   CARGO_TARGET_DIR     reuse a build cache outside the clone (optional)
 #   MESHSCALE_TOOLS_DIR  where the official tailscale client and helm live (see setup.sh)
+#   MESHSCALE_FUZZ_SECONDS     fuzzing time per target (default 10)
+#   MESHSCALE_FUZZ_TARGET_DIR  the fuzz build cache (default /var/tmp/meshscale-fuzz-target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +28,9 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "dependency audit (cargo deny: bans, licenses, sources, advisories)"
+audit/deny.sh
+
 step "build"
 # The end-to-end scenarios (e2e/tests) run the real `meshscale` binary; build it
 # first and tell them where it is, so they never test a stale one.
@@ -44,4 +49,17 @@ set -e
 # cargo prints one result line per test binary; add them up into one closing line.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+
+# Bounded: every target (but the operator's AdmissionReview one, whose kube
+# build would double the step) for MESHSCALE_FUZZ_SECONDS each, after
+# replaying every kept crash input in fuzz/regressions/. Its own target dir:
+# instrumented builds share nothing with the workspace's.
+fuzz_secs="${MESHSCALE_FUZZ_SECONDS:-10}"
+step "fuzz (every target ${fuzz_secs} s, regressions replayed)"
+set +e
+CARGO_TARGET_DIR="${MESHSCALE_FUZZ_TARGET_DIR:-/var/tmp/meshscale-fuzz-target}" fuzz/run.sh "$fuzz_secs"
+fuzz_status=$?
+set -e
+((fuzz_status == 0)) || echo "fuzz: FAILED (status $fuzz_status)" >&2
+((status != 0)) && exit "$status"
+exit "$fuzz_status"

@@ -171,3 +171,32 @@ review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "reque
 put("admission_review", "create_pod", b"\x01" + json.dumps(review).encode())
 review["request"]["operation"] = "UPDATE"
 put("admission_review", "update_pod", b"\x00" + json.dumps(review).encode())
+
+# --- Disco (sidecar/src/disco.rs): plaintexts `type || version || payload`
+# as a box opens to, and the packet envelope (magic, sender key, box).
+txid = bytes(range(1, 13))
+def ep(ip16, port):
+    return ip16 + struct.pack(">H", port)
+v4 = bytes(10) + b"\xff\xff" + bytes([10, 1, 0, 11])
+v6 = bytes.fromhex("fd7a115ca1e000000000000000000002")
+put("disco", "ping", b"\x01\x00" + txid + key)
+put("disco", "ping_padded", b"\x01\x00" + txid + key + bytes(40))
+put("disco", "ping_no_key", b"\x01\x00" + txid)
+put("disco", "pong_v4", b"\x02\x00" + txid + ep(v4, 41641))
+put("disco", "pong_v6", b"\x02\x00" + txid + ep(v6, 41641))
+put("disco", "call_me_maybe", b"\x03\x00" + ep(v4, 41641) + ep(v6, 41641))
+put("disco", "envelope", b"TS\xf0\x9f\x92\xac" + key + bytes(24) + b"x" * 40)
+
+# --- Sidecar local API (sidecar/src/localapi.rs): one JSON line each way.
+put("sidecar_localapi", "status", '{"cmd":"status"}\n')
+put("sidecar_localapi", "ping", '{"cmd":"ping","target":"nodo1"}\n')
+put("sidecar_localapi", "down", '{"cmd":"down"}\n')
+put("sidecar_localapi", "response_error", '{"error":"peer not found"}\n')
+put("sidecar_localapi", "response_ok", '"ok"\n')
+
+# --- Noise transport + HTTP/2 (fuzz_targets/noise_h2.rs): size byte, raw
+# tail length, client cleartext. The recorded sessions (capture-*) carry
+# real requests; this one is the preface and an empty SETTINGS frame.
+preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">I", 0)[1:] + b"\x04\x00" + struct.pack(">I", 0)
+put("noise_h2", "preface", b"\xff\x00" + preface)
+put("noise_h2", "preface_small_records_bad_tail", b"\x00\x05" + preface + b"\x04\x00\x10abc")

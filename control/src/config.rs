@@ -75,6 +75,50 @@ pub struct Config {
     pub ephemeral_node_inactivity_timeout: String,
     pub dns: DnsConfig,
     pub log: LogConfig,
+    /// Per-connection deadlines against stalled and hostile clients.
+    pub timeouts: TimeoutsConfig,
+}
+
+/// Durations (`10s`, `1m`) after which the server gives up on a connection
+/// that has not made progress; see `docs/reliability.md` for the full table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// TCP accept to a finished TLS handshake on `listen_addr`.
+    pub tls_handshake: String,
+    /// TCP accept (or the end of the previous request) to complete request
+    /// headers on `listen_addr`: stalled and slowloris connections.
+    pub http_header_read: String,
+    /// `/ts2021` upgrade to the client's HTTP/2 preface inside Noise.
+    pub noise_handshake: String,
+    /// `/derp` upgrade to the client's authenticated ClientInfo.
+    pub derp_handshake: String,
+    /// How often the DERP relay re-checks that each connected node key
+    /// still belongs to a registered, unexpired node; connections of nodes
+    /// deleted or expired since are closed.
+    pub derp_verify_interval: String,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            tls_handshake: "10s".into(),
+            http_header_read: "10s".into(),
+            noise_handshake: "10s".into(),
+            derp_handshake: "10s".into(),
+            derp_verify_interval: "30s".into(),
+        }
+    }
+}
+
+/// [`TimeoutsConfig`], parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tls_handshake: Duration,
+    pub http_header_read: Duration,
+    pub noise_handshake: Duration,
+    pub derp_handshake: Duration,
+    pub derp_verify_interval: Duration,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -188,6 +232,7 @@ impl Default for Config {
             ephemeral_node_inactivity_timeout: "30m".into(),
             dns: DnsConfig::default(),
             log: LogConfig::default(),
+            timeouts: TimeoutsConfig::default(),
         }
     }
 }
@@ -373,6 +418,7 @@ impl Config {
         }
         self.database_target()?;
         self.ephemeral_inactivity_timeout()?;
+        self.timeouts()?;
         if self.derp.server.enabled {
             parse_addr(
                 "derp.server.stun_listen_addr",
@@ -423,6 +469,29 @@ impl Config {
     pub fn ephemeral_inactivity_timeout(&self) -> Result<Duration, ConfigError> {
         parse_duration(&self.ephemeral_node_inactivity_timeout)
             .map_err(|e| ConfigError::key("ephemeral_node_inactivity_timeout", e.to_string()))
+    }
+
+    pub fn timeouts(&self) -> Result<Timeouts, ConfigError> {
+        let t = &self.timeouts;
+        let parse = |key: &str, value: &str| {
+            let d = parse_duration(value)
+                .map_err(|e| ConfigError::key(&format!("timeouts.{key}"), e.to_string()))?;
+            // Zero would close every connection at once, not disable the check.
+            if d.is_zero() {
+                return Err(ConfigError::key(
+                    &format!("timeouts.{key}"),
+                    "must be longer than zero",
+                ));
+            }
+            Ok(d)
+        };
+        Ok(Timeouts {
+            tls_handshake: parse("tls_handshake", &t.tls_handshake)?,
+            http_header_read: parse("http_header_read", &t.http_header_read)?,
+            noise_handshake: parse("noise_handshake", &t.noise_handshake)?,
+            derp_handshake: parse("derp_handshake", &t.derp_handshake)?,
+            derp_verify_interval: parse("derp_verify_interval", &t.derp_verify_interval)?,
+        })
     }
 
     pub fn socket_mode(&self) -> Result<u32, ConfigError> {
@@ -713,6 +782,9 @@ mod tests {
             Duration::from_secs(1800)
         );
         assert_eq!(c.socket_mode().unwrap(), 0o700);
+        let t = c.timeouts().unwrap();
+        assert_eq!(t.http_header_read, Duration::from_secs(10));
+        assert_eq!(t.derp_verify_interval, Duration::from_secs(30));
     }
 
     #[test]
@@ -767,6 +839,16 @@ mod tests {
                 "unix_socket_permission: rwx",
                 &[],
                 "`unix_socket_permission`",
+            ),
+            (
+                "timeouts:\n  http_header_read: 0s",
+                &[],
+                "`timeouts.http_header_read`",
+            ),
+            (
+                "",
+                &[("MESHSCALE_TIMEOUTS_NOISE_HANDSHAKE", "soon")],
+                "`timeouts.noise_handshake`",
             ),
         ];
         for (text, env, want) in cases {

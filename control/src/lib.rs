@@ -3,6 +3,7 @@
 //! (what `meshscale serve` does) and [`store`] (the data model).
 
 pub mod admin;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod derp;

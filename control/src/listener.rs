@@ -9,19 +9,36 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
+use tower::ServiceExt;
 
-/// A client that has not finished its TLS handshake by then is dropped.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Requests must send their headers this fast (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes hyper may buffer while reading a request head (and body chunks
+/// it has not handed on). A Tailscale `/ts2021` request is ~400 bytes;
+/// a larger head is refused with 431 instead of growing the buffer
+/// (hyper's default is ~400 KiB per connection).
+pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+/// Header lines per request; more is refused with 431 (hyper's default).
+pub const MAX_HEADERS: usize = 100;
+
+/// Deadlines of the main listener, from `timeouts.*` in the config.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerTimeouts {
+    /// TCP accept to a finished TLS handshake.
+    pub tls_handshake: Duration,
+    /// TCP accept to the first byte, then again from there (or from the
+    /// end of the previous request on a kept-alive connection) to the end of
+    /// the request head. It is not reset by each byte, so dribbling headers
+    /// (slowloris) does not extend it.
+    pub header_read: Duration,
+}
 
 /// Loads a PEM certificate chain and private key into a TLS acceptor.
 pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcceptor> {
@@ -50,24 +67,33 @@ pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcce
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("the TLS certificate and key do not match")?;
-    // Upgrades (/ts2021, /derp) are HTTP/1.1 mechanisms; clients that negotiate h2 could not use them.
+    // Upgrades (/ts2021, /derp) are HTTP/1.1 mechanisms; clients that negotiate h2 could not use
+    // them, and the listener speaks HTTP/1.1 only.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, over TLS when an acceptor is given.
+///
+/// HTTP/1.1 only: everything served here (`/key`, `/ts2021`, `/derp`,
+/// `/health`, `/register/<id>`) is HTTP/1.1, and HTTP/2 would bring its own
+/// attack surface (stream and header-list limits, and a version sniff that
+/// waits for 24 bytes with no deadline).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Router,
+    timeouts: ListenerTimeouts,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .timer(hyper_util::rt::TokioTimer::new());
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read)
+        .max_header_size(MAX_REQUEST_HEAD_BYTES)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
     let builder = Arc::new(builder);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -83,18 +109,31 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers see the client's address (per-address limits, logs).
+        let router = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(req)
+        });
         let builder = builder.clone();
         let tls = tls.clone();
         // Detached: long-lived map streams and DERP sessions end when their peers go.
         tokio::spawn(async move {
             let result = match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    // Boxed, here and below: a spawned future is allocated at
+                    // its largest state's size from the start, and hyper's and
+                    // rustls' states are several KiB that a stalled connection
+                    // would otherwise pay for while it does nothing.
+                    let accept = Box::pin(acceptor.accept(tcp));
+                    match tokio::time::timeout(timeouts.tls_handshake, accept).await {
                         Ok(Ok(stream)) => {
-                            builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                                .await
+                            Box::pin(
+                                builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .with_upgrades(),
+                            )
+                            .await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -107,9 +146,28 @@ pub async fn serve(
                     }
                 }
                 None => {
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                        .await
+                    // hyper reserves an 8 KiB read buffer as soon as it is
+                    // polled; a connection that never sends a byte waits here
+                    // with only its task and socket instead. The header clock
+                    // then starts anew, so a client has at most twice
+                    // `header_read` to finish its head.
+                    match tokio::time::timeout(timeouts.header_read, tcp.readable()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "connection failed before its first byte");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "no request within the header read timeout");
+                            return;
+                        }
+                    }
+                    Box::pin(
+                        builder
+                            .serve_connection(TokioIo::new(tcp), service)
+                            .with_upgrades(),
+                    )
+                    .await
                 }
             };
             if let Err(e) = result {

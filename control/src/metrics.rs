@@ -33,6 +33,11 @@ struct StoreLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Cheap to clone: every clone updates the same counters.
@@ -47,6 +52,15 @@ struct Inner {
     grpc_requests: Family<GrpcLabels, Counter>,
     nodes: Family<StateLabels, Gauge>,
     store_latency: HistogramFamily<StoreLabels>,
+    derp_refused_frames: Family<ReasonLabels, Counter>,
+    derp_refused_connections: Family<ReasonLabels, Counter>,
+    noise_refused: Family<ReasonLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics(..)")
+    }
 }
 
 fn store_histogram() -> Histogram {
@@ -88,6 +102,27 @@ impl Metrics {
             "Latency of store operations by operation and result",
             store_latency.clone(),
         );
+        let derp_refused_frames = Family::<ReasonLabels, Counter>::default();
+        let derp_refused_connections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "derp_refused_frames",
+            "DERP packets not relayed, by reason (no_such_peer: the destination is not a \
+             connected, registered node)",
+            derp_refused_frames.clone(),
+        );
+        registry.register(
+            "derp_refused_connections",
+            "DERP connections refused or cut, by reason (not_a_node: refused at the handshake; \
+             revoked: the node was deleted or expired while connected)",
+            derp_refused_connections.clone(),
+        );
+        let noise_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "noise_upgrades_refused",
+            "/ts2021 upgrades answered 503 before the handshake, by reason (pending: too many \
+             pending noise connections; pending_per_address: too many from one address)",
+            noise_refused.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -95,6 +130,9 @@ impl Metrics {
                 grpc_requests,
                 nodes,
                 store_latency,
+                derp_refused_frames,
+                derp_refused_connections,
+                noise_refused,
             }),
         }
     }
@@ -146,6 +184,33 @@ impl Metrics {
         }
     }
 
+    pub fn derp_refused_frame(&self, reason: &str) {
+        self.inner
+            .derp_refused_frames
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn derp_refused_connection(&self, reason: &str) {
+        self.inner
+            .derp_refused_connections
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn noise_upgrade_refused(&self, reason: &str) {
+        self.inner
+            .noise_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -166,7 +231,13 @@ mod tests {
         m.grpc_request("CreateUser", tonic::Code::AlreadyExists);
         m.observe_store("create_user", Duration::from_millis(2), true);
         m.set_node_states(2, 1, 0);
+        m.derp_refused_frame("no_such_peer");
+        m.derp_refused_connection("revoked");
+        m.noise_upgrade_refused("pending");
         let text = m.encode();
+        assert!(text.contains(r#"meshscale_noise_upgrades_refused_total{reason="pending"} 1"#));
+        assert!(text.contains(r#"meshscale_derp_refused_frames_total{reason="no_such_peer"} 1"#));
+        assert!(text.contains(r#"meshscale_derp_refused_connections_total{reason="revoked"} 1"#));
         assert!(
             text.contains(r#"meshscale_http_requests_total{path="/health",code="200"} 1"#),
             "{text}"

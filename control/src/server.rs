@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::admin;
 use crate::config::Config;
-use crate::derp::{Relay, RelayConfig};
+use crate::derp::{Relay, RelayConfig, Verdict};
 use crate::http;
 use crate::mapper::{Hub, Live, Tailnet};
 use crate::metrics::Metrics;
@@ -36,14 +36,36 @@ pub fn init_logging(config: &Config) {
     };
 }
 
+/// Connections the kernel may queue for `accept`; it caps this at
+/// `net.core.somaxconn`. Tokio's default of 1024 overflows under a burst of
+/// connections (after a restart, or a flood) while the accept loop is busy,
+/// and the overflowing clients then hang until they retry; Go listens
+/// with `somaxconn` too.
+const LISTEN_BACKLOG: u32 = 65_535;
+
 async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({key})"))
+    let context = || format!("cannot listen on {addr} ({key})");
+    let parsed: std::net::SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        // Not a literal address (validated configs always are): let tokio resolve it.
+        Err(_) => return TcpListener::bind(addr).await.with_context(context),
+    };
+    let socket = if parsed.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .with_context(context)?;
+    // As std and tokio do in `TcpListener::bind`: a restart must not wait out TIME_WAIT.
+    socket.set_reuseaddr(true).with_context(context)?;
+    socket.bind(parsed).with_context(context)?;
+    socket.listen(LISTEN_BACKLOG).with_context(context)
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
+    raise_fd_limit();
+    let timeouts = config.timeouts()?;
     let signalled = shutdown_signal()?;
     let metrics = Metrics::new();
     let prefixes = config.ip_prefixes()?;
@@ -52,6 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot open the store")?;
     tracing::info!(backend = ?store.backend(), "store ready");
+    crate::capture::warn_if_enabled();
 
     // Bind everything before serving anything, so a taken port fails the start cleanly.
     let main_listener = bind(&config.listen_addr, "listen_addr").await?;
@@ -123,7 +146,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         } else {
             None
         };
-    let noise = Arc::new(NoiseServer::new(noise_key, {
+    let noise = NoiseServer::new(noise_key, {
         let state = state.clone();
         move |conn| {
             let router = protocol::noise_router(state.clone());
@@ -134,7 +157,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             })
         }
-    }));
+    })
+    .with_handshake_timeout(timeouts.noise_handshake)
+    .with_metrics(state.metrics.clone());
+    let noise = Arc::new(noise);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -147,7 +173,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tracing::info!(addr = %config.listen_addr, server_url = %config.server_url, "serving HTTP");
     let main_app = main_app(&state, noise, relay.clone());
-    tasks.spawn(listener::serve(main_listener, tls, main_app, stopped()));
+    let listener_timeouts = listener::ListenerTimeouts {
+        tls_handshake: timeouts.tls_handshake,
+        header_read: timeouts.http_header_read,
+    };
+    tasks.spawn(listener::serve(
+        main_listener,
+        tls,
+        main_app,
+        listener_timeouts,
+        stopped(),
+    ));
     tracing::info!(addr = %config.metrics_listen_addr, "serving metrics");
     let metrics_app = http::metrics_router(state.clone());
     let shutdown = stopped();
@@ -194,6 +230,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     outcome
 }
 
+/// Raises the soft limit on open files to the hard limit, as Go's runtime
+/// does at start-up: every client holds a socket, and the usual soft limit
+/// of 1024 would make a few hundred stalled connections refuse everyone.
+/// Failure only costs headroom, so it is logged, not fatal.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot read RLIMIT_NOFILE");
+        return;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), soft = before, "cannot raise RLIMIT_NOFILE");
+            return;
+        }
+    }
+    tracing::debug!(
+        soft = lim.rlim_cur,
+        hard = lim.rlim_max,
+        was = before,
+        "open-file limit (RLIMIT_NOFILE)"
+    );
+}
+
 /// Resolves on SIGINT or SIGTERM. Installed before anything is served, so a
 /// signal that arrives during start-up still means a clean shutdown.
 fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
@@ -235,19 +302,23 @@ fn derp_relay(config: &Config, state: &SharedState) -> anyhow::Result<Arc<Relay>
         async move {
             let text = meshscale_wire::key::NodePublic::from_bytes(node_key).to_string();
             match state.store.node_by_node_key(&text).await {
-                Ok(Some(node)) => !node.is_expired(chrono::Utc::now()),
-                Ok(None) => false,
+                Ok(Some(node)) => Verdict::from(!node.is_expired(chrono::Utc::now())),
+                Ok(None) => Verdict::Deny,
                 Err(e) => {
                     tracing::warn!(error = %e, "DERP admission: store lookup failed");
-                    false
+                    Verdict::Unknown
                 }
             }
         }
     });
+    let timeouts = config.timeouts()?;
     Ok(Relay::new(
         key,
         RelayConfig {
             verifier: Some(verifier),
+            handshake_timeout: timeouts.derp_handshake,
+            verify_interval: timeouts.derp_verify_interval,
+            metrics: Some(state.metrics.clone()),
             ..RelayConfig::default()
         },
     ))

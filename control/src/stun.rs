@@ -296,6 +296,7 @@ pub async fn serve(socket: UdpSocket, shutdown: impl Future<Output = ()>) {
                 }
             },
         };
+        crate::capture::record("stun_binding", &buf[..n]);
         let tx = match parse_binding_request(&buf[..n]) {
             Ok(tx) => tx,
             Err(e) => {

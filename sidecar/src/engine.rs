@@ -21,7 +21,6 @@ use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tokio_tun::Tun;
 use tracing::{debug, info, trace, warn};
 
 use crate::control::LocalInfo;
@@ -29,15 +28,20 @@ use crate::derp::client::DerpTls;
 use crate::derp::{self, DerpEvent, DerpHandle, DerpTarget};
 use crate::disco::{self, Message, Ping, Pong};
 use crate::netmap::{self, NetMap};
+use crate::offload::{self, Coalescer, VNET_HDR_LEN};
 use crate::paths::{PeerPath, Via};
 use crate::stun;
-use crate::tun;
+use crate::tun::{self, Tun};
 use crate::udp::{self, RecvBatch, SendBatch, Udp};
 use crate::wg::WgPeers;
 
 /// Room for a packet of the TUN MTU plus WireGuard overhead, and for any
 /// datagram the network hands us.
 const BUF: usize = 65_536;
+/// One TUN read: a virtio-net header and a TCP super-packet of up to 64 KiB.
+const TUN_BUF: usize = VNET_HDR_LEN + 65_536;
+/// TUN reads handled per wake-up before the other sources get a turn.
+const TUN_READS: usize = 16;
 const TICK: Duration = Duration::from_millis(250);
 /// How often active peers' endpoints are probed with disco pings (Go's
 /// `heartbeatInterval`): keeps a direct path proven while it is used.
@@ -111,6 +115,8 @@ pub struct PingResult {
 
 struct PeerState {
     node: Node,
+    /// The node's addresses: the only sources its packets may carry.
+    addrs: Vec<IpAddr>,
     path: PeerPath,
     tx_bytes: u64,
     rx_bytes: u64,
@@ -164,6 +170,9 @@ pub struct Engine {
     next_waiter: u64,
     ready: Arc<AtomicBool>,
     out: Vec<u8>,
+    /// TCP segments decrypted while handling one event, merged for the
+    /// TUN (with offloads).
+    to_tun: Coalescer,
     /// Where to send STUN binding requests (the DERP map's STUN nodes).
     stun_targets: Vec<SocketAddr>,
     stun_targets_tx: mpsc::Sender<Vec<SocketAddr>>,
@@ -245,6 +254,7 @@ impl Engine {
             next_waiter: 0,
             ready,
             out: vec![0u8; BUF],
+            to_tun: Coalescer::new(),
             stun_targets: Vec::new(),
             stun_targets_tx,
             stun_targets_rx,
@@ -258,7 +268,9 @@ impl Engine {
 
     /// Runs until `commands` closes.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut tun_buf = vec![0u8; BUF];
+        let mut tun_buf = vec![0u8; TUN_BUF];
+        // Where one segment of a TCP super-packet is built.
+        let mut seg_buf = vec![0u8; BUF];
         let mut udp_in = RecvBatch::new();
         let mut tick = tokio::time::interval(TICK);
         let mut last_round = Instant::now();
@@ -269,12 +281,12 @@ impl Engine {
             tokio::select! {
                 r = self.tun.recv(&mut tun_buf) => match r {
                     Ok(n) => {
-                        self.on_tun(&tun_buf[..n]);
+                        self.on_tun_read(&mut tun_buf[..n], &mut seg_buf);
                         // Take what else is queued, so that one sendmmsg
                         // carries it all.
-                        for _ in 1..udp::BATCH {
+                        for _ in 1..TUN_READS {
                             match self.tun.try_recv(&mut tun_buf) {
-                                Ok(n) => self.on_tun(&tun_buf[..n]),
+                                Ok(n) => self.on_tun_read(&mut tun_buf[..n], &mut seg_buf),
                                 Err(_) => break,
                             }
                         }
@@ -319,8 +331,19 @@ impl Engine {
                     None => return,
                 },
             }
+            self.flush_tun();
             self.flush_udp();
         }
+    }
+
+    /// Writes the TCP super-packet merged while handling one event.
+    fn flush_tun(&mut self) {
+        let tun = &self.tun;
+        self.to_tun.flush(|b| {
+            if let Err(e) = tun.try_send(b) {
+                debug!(error = %e, "TUN write");
+            }
+        });
     }
 
     /// Sends the WireGuard datagrams queued while handling one event;
@@ -600,6 +623,7 @@ impl Engine {
                 .collect();
             let st = self.peers.entry(key).or_insert_with(|| PeerState {
                 node: peer.clone(),
+                addrs: Vec::new(),
                 path: PeerPath::default(),
                 tx_bytes: 0,
                 rx_bytes: 0,
@@ -612,6 +636,7 @@ impl Engine {
                 st.path = PeerPath::default();
             }
             st.path.set_map_endpoints(endpoints);
+            st.addrs = netmap::addresses(peer);
             st.node = peer.clone();
         }
         for key in self.wg.keys() {
@@ -624,6 +649,18 @@ impl Engine {
         self.current = nm;
     }
 
+    /// One TUN read: with offloads, a header and a packet or a TCP
+    /// super-packet to cut up first.
+    fn on_tun_read(&mut self, read: &mut [u8], scratch: &mut [u8]) {
+        if !self.tun.vnet() {
+            self.on_tun(read);
+            return;
+        }
+        if let Err(e) = offload::split(read, scratch, |p| self.on_tun(p)) {
+            debug!(error = %e, "TUN packet dropped");
+        }
+    }
+
     fn on_tun(&mut self, packet: &[u8]) {
         let Some(dst) = Tunn::dst_address(packet) else {
             return;
@@ -632,9 +669,53 @@ impl Engine {
             trace!(%dst, "no peer for destination");
             return;
         };
+        let now = Instant::now();
+        let Some(st) = self.peers.get_mut(&key) else {
+            return;
+        };
+        st.tx_bytes += packet.len() as u64;
+        st.last_activity = Some(now);
+        let direct = st.path.direct(now);
+        let probe = direct.is_none()
+            && st
+                .last_probe
+                .is_none_or(|t| now.duration_since(t) >= PROBE_MIN_INTERVAL);
+        if direct.is_some() && self.udp_out.is_full() {
+            self.flush_udp();
+        }
         let Some(peer) = self.wg.get_mut(&key) else {
             return;
         };
+        // On a direct path the datagram is encrypted straight into the
+        // send batch: no copy, no allocation.
+        if let Some(addr) = direct
+            && let Some(slot) = self.udp_out.next_slot()
+            && packet.len() + 32 <= slot.len()
+        {
+            let base = slot.as_ptr();
+            let len = match peer.tunn.encapsulate(packet, slot) {
+                TunnResult::WriteToNetwork(p) if p.as_ptr() == base => p.len(),
+                TunnResult::WriteToNetwork(p) => {
+                    let p = p.to_vec();
+                    self.send_wg(key, &p);
+                    return;
+                }
+                TunnResult::Err(e) => {
+                    debug!(peer = %key, error = ?e, "encapsulate");
+                    return;
+                }
+                _ => return,
+            };
+            if self.udp.commit(&mut self.udp_out, len, addr, key).is_err()
+                && let Some(slot) = self.udp_out.next_slot()
+            {
+                // Not queueable (no IPv6 socket for this address): the
+                // slow path decides, as for any other datagram.
+                let p = slot[..len].to_vec();
+                self.send_wg(key, &p);
+            }
+            return;
+        }
         let out = match peer.tunn.encapsulate(packet, &mut self.out) {
             TunnResult::WriteToNetwork(p) => p.to_vec(),
             TunnResult::Err(e) => {
@@ -643,16 +724,6 @@ impl Engine {
             }
             _ => return,
         };
-        let now = Instant::now();
-        let mut probe = false;
-        if let Some(st) = self.peers.get_mut(&key) {
-            st.tx_bytes += packet.len() as u64;
-            st.last_activity = Some(now);
-            probe = st.path.direct(now).is_none()
-                && st
-                    .last_probe
-                    .is_none_or(|t| now.duration_since(t) >= PROBE_MIN_INTERVAL);
-        }
         self.send_wg(key, &out);
         if probe {
             // Path discovery on demand, as magicsock does on send.
@@ -753,54 +824,70 @@ impl Engine {
     }
 
     fn wg_in(&mut self, key: NodePublic, data: &[u8], src: Option<SocketAddr>) {
-        let allowed: Vec<IpAddr> = self
-            .peers
-            .get(&key)
-            .map(|p| netmap::addresses(&p.node))
-            .unwrap_or_default();
+        enum Out {
+            Net(Vec<u8>),
+            Tun(usize, IpAddr),
+            Nothing,
+        }
+        // With offloads, TUN writes start with a virtio-net header: all
+        // zeroes (no GSO, checksums complete), kept in front of `out`.
+        let head = if self.tun.vnet() { VNET_HDR_LEN } else { 0 };
         let mut datagram = data;
-        let mut to_network = Vec::new();
-        let mut to_tun = Vec::new();
-        {
+        loop {
             let Some(peer) = self.wg.get_mut(&key) else {
                 return;
             };
-            loop {
+            let out =
                 match peer
                     .tunn
-                    .decapsulate(src.map(|s| s.ip()), datagram, &mut self.out)
+                    .decapsulate(src.map(|s| s.ip()), datagram, &mut self.out[head..])
                 {
-                    TunnResult::WriteToNetwork(p) => {
-                        to_network.push(p.to_vec());
-                        // Flush what boringtun queued while handshaking.
-                        datagram = &[];
-                        continue;
+                    TunnResult::WriteToNetwork(p) => Out::Net(p.to_vec()),
+                    TunnResult::WriteToTunnelV4(p, ip) => Out::Tun(p.len(), IpAddr::V4(ip)),
+                    TunnResult::WriteToTunnelV6(p, ip) => Out::Tun(p.len(), IpAddr::V6(ip)),
+                    TunnResult::Err(e) => {
+                        debug!(peer = %key, error = ?e, "decapsulate");
+                        Out::Nothing
                     }
-                    TunnResult::WriteToTunnelV4(p, ip) => to_tun.push((p.to_vec(), IpAddr::V4(ip))),
-                    TunnResult::WriteToTunnelV6(p, ip) => to_tun.push((p.to_vec(), IpAddr::V6(ip))),
-                    TunnResult::Err(e) => debug!(peer = %key, error = ?e, "decapsulate"),
-                    TunnResult::Done => {}
+                    TunnResult::Done => Out::Nothing,
+                };
+            match out {
+                Out::Net(p) => {
+                    // A handshake answer, or what boringtun queued while
+                    // handshaking: send it and ask for more.
+                    self.send_wg(key, &p);
+                    datagram = &[];
+                    continue;
                 }
-                break;
+                Out::Tun(len, ip) => {
+                    let Some(st) = self.peers.get_mut(&key) else {
+                        return;
+                    };
+                    // A peer may only speak for its own addresses, else any
+                    // peer could inject traffic as another.
+                    if !st.addrs.contains(&ip) {
+                        debug!(peer = %key, %ip, "packet from an address the peer does not own");
+                        return;
+                    }
+                    st.rx_bytes += len as u64;
+                    st.last_activity = Some(Instant::now());
+                    self.out[..head].fill(0);
+                    let packet = &self.out[..head + len];
+                    let tun = &self.tun;
+                    let write = |b: &[u8]| {
+                        if let Err(e) = tun.try_send(b) {
+                            debug!(error = %e, "TUN write");
+                        }
+                    };
+                    if head > 0 {
+                        self.to_tun.add(packet, write);
+                    } else {
+                        write(packet);
+                    }
+                }
+                Out::Nothing => {}
             }
-        }
-        for p in to_network {
-            self.send_wg(key, &p);
-        }
-        for (p, ip) in to_tun {
-            // A peer may only speak for its own addresses, else any peer
-            // could inject traffic as another.
-            if !allowed.contains(&ip) {
-                debug!(peer = %key, %ip, "packet from an address the peer does not own");
-                continue;
-            }
-            if let Some(st) = self.peers.get_mut(&key) {
-                st.rx_bytes += p.len() as u64;
-                st.last_activity = Some(Instant::now());
-            }
-            if let Err(e) = self.tun.try_send(&p) {
-                debug!(error = %e, "TUN write");
-            }
+            return;
         }
     }
 

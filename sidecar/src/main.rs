@@ -1,23 +1,6 @@
 //! `meshscale-sidecar`: the node agent. `up` runs the node in the
 //! foreground; the other commands are thin clients of its local API.
 
-mod backoff;
-mod control;
-mod derp;
-mod disco;
-mod engine;
-#[cfg(test)]
-mod fuzz;
-mod localapi;
-mod nacl;
-mod netmap;
-mod paths;
-mod state;
-mod stun;
-mod tun;
-mod udp;
-mod wg;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -29,7 +12,8 @@ use meshscale_controlclient::DiscoKey;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, error, info};
 
-use crate::localapi::{Request, Response};
+use meshscale_sidecar::localapi::{Request, Response};
+use meshscale_sidecar::{control, engine, localapi, netmap, state, tun};
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/meshscale-sidecar";
 const SOCKET_NAME: &str = "meshscale-sidecar.sock";

@@ -4,10 +4,18 @@
 //! container), it falls back to an IPv4-only socket.
 //!
 //! Reads and writes are batched where the OS allows: `recvmmsg` fills up
-//! to [`BATCH`] datagrams per wake-up into a reused [`RecvBatch`], and
+//! to [`BATCH`] messages per wake-up into a reused [`RecvBatch`], and
 //! `sendmmsg` sends a [`SendBatch`] queued while handling one event. When
 //! the kernel (or a seccomp filter) refuses those calls, the socket falls
-//! back to one `recvfrom`/`sendto` per datagram for good.
+//! back to one `recvmsg`/`sendto` per datagram for good.
+//!
+//! On top of that, UDP segmentation offload (`UDP_SEGMENT`): runs of
+//! equal-sized datagrams to one destination (a TCP super-packet from the
+//! TUN, cut up and encrypted) leave as one message the kernel splits late,
+//! and UDP GRO (`UDP_GRO`): the kernel hands over runs of datagrams from
+//! one source as one message with their size. Both save most of the
+//! kernel's per-datagram cost; both turn themselves off where refused.
+//! Socket buffers are raised to [`SOCKET_BUFFER`] so bursts are not lost.
 //!
 //! Also the host's own interface addresses, our LAN endpoint candidates.
 
@@ -19,12 +27,28 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
-/// Datagrams per `recvmmsg`/`sendmmsg` call.
+/// Messages per `recvmmsg` call.
 pub const BATCH: usize = 32;
+/// Datagrams queued for one flush: a little over two TCP super-packets
+/// (64 KiB in 1,240-byte segments) cut up.
+pub const SEND_BATCH: usize = 128;
 /// Bytes per batch slot: a WireGuard datagram for a 1280-byte MTU plus
 /// headroom. Larger datagrams are dropped on receive (flagged truncated)
 /// and sent one by one on transmit.
 pub const SLOT: usize = 2048;
+/// A received message with UDP GRO on: up to 64 KiB of datagrams.
+const GRO_SLOT: usize = 65_536;
+/// Send and receive buffer size asked for (tailscaled asks for 7 MiB): a
+/// TCP window's worth of datagrams must fit while the agent is busy.
+pub const SOCKET_BUFFER: usize = 7 << 20;
+/// Segments per `UDP_SEGMENT` message (the kernel's limit is 64 on older
+/// kernels) and bytes (an IPv4 datagram's payload limit, with margin).
+const MAX_GSO_SEGMENTS: usize = 64;
+const MAX_GSO_BYTES: usize = 65_000;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Room for one `cmsghdr` with an int (UDP_SEGMENT / UDP_GRO), aligned.
+type Cmsg = [u64; 4];
 
 pub struct Udp {
     sock: UdpSocket,
@@ -33,14 +57,22 @@ pub struct Udp {
     /// that they do not.
     recv_mmsg: AtomicBool,
     send_mmsg: AtomicBool,
+    /// `UDP_SEGMENT` works; cleared on the first refusal.
+    gso: AtomicBool,
+    /// `UDP_GRO` is on: received messages may hold several datagrams.
+    gro: AtomicBool,
 }
 
-/// Reused receive buffers: `BATCH` slots of `SLOT` bytes and their source
-/// addresses.
+/// Reused receive buffers: `BATCH` slots (of `SLOT` bytes, or 64 KiB with
+/// GRO) and their source addresses.
 pub struct RecvBatch {
     bufs: Box<[u8]>,
+    slot: usize,
     names: Box<[libc::sockaddr_storage]>,
+    ctrl: Box<[Cmsg]>,
     lens: [usize; BATCH],
+    /// GRO segment size of each message; 0: one datagram.
+    segs: [usize; BATCH],
     /// `None`: dropped (truncated, or an address family we do not speak).
     srcs: [Option<SocketAddr>; BATCH],
     n: usize,
@@ -56,19 +88,43 @@ impl RecvBatch {
     pub fn new() -> RecvBatch {
         RecvBatch {
             bufs: vec![0u8; BATCH * SLOT].into_boxed_slice(),
+            slot: SLOT,
             // SAFETY: sockaddr_storage is plain data; all zeroes is valid.
             names: vec![unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }; BATCH]
                 .into_boxed_slice(),
+            ctrl: vec![[0u64; 4]; BATCH].into_boxed_slice(),
             lens: [0; BATCH],
+            segs: [0; BATCH],
             srcs: [None; BATCH],
             n: 0,
         }
     }
 
-    /// The datagrams of the last receive, with their sources.
+    /// Grows the slots for GRO (once; the pages are only touched when
+    /// a burst fills them).
+    fn ensure_slot(&mut self, slot: usize) {
+        if self.slot < slot {
+            self.bufs = vec![0u8; BATCH * slot].into_boxed_slice();
+            self.slot = slot;
+        }
+    }
+
+    /// The datagrams of the last receive, with their sources; a GRO
+    /// message is cut back into its datagrams.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> + '_ {
-        (0..self.n).filter_map(|i| {
-            self.srcs[i].map(|src| (&self.bufs[i * SLOT..i * SLOT + self.lens[i]], src))
+        (0..self.n).flat_map(move |i| {
+            let data = &self.bufs[i * self.slot..i * self.slot + self.lens[i]];
+            let (step, src) = match self.segs[i] {
+                // A lone datagram larger than a WireGuard datagram can be
+                // is nobody's: dropped, as when it was truncated.
+                0 => (
+                    data.len().max(1),
+                    self.srcs[i].filter(|_| data.len() <= SLOT),
+                ),
+                s => (s, self.srcs[i]),
+            };
+            src.into_iter()
+                .flat_map(move |src| data.chunks(step).map(move |c| (c, src)))
         })
     }
 
@@ -84,8 +140,10 @@ impl RecvBatch {
 pub struct SendBatch<T> {
     bufs: Box<[u8]>,
     names: Box<[libc::sockaddr_storage]>,
-    name_lens: [libc::socklen_t; BATCH],
-    lens: [usize; BATCH],
+    name_lens: [libc::socklen_t; SEND_BATCH],
+    lens: [usize; SEND_BATCH],
+    /// Destinations as given to the socket, to find runs for GSO.
+    dsts: Vec<SocketAddr>,
     tags: Vec<T>,
 }
 
@@ -98,13 +156,14 @@ impl<T: Copy> Default for SendBatch<T> {
 impl<T: Copy> SendBatch<T> {
     pub fn new() -> SendBatch<T> {
         SendBatch {
-            bufs: vec![0u8; BATCH * SLOT].into_boxed_slice(),
+            bufs: vec![0u8; SEND_BATCH * SLOT].into_boxed_slice(),
             // SAFETY: sockaddr_storage is plain data; all zeroes is valid.
-            names: vec![unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }; BATCH]
+            names: vec![unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }; SEND_BATCH]
                 .into_boxed_slice(),
-            name_lens: [0; BATCH],
-            lens: [0; BATCH],
-            tags: Vec::with_capacity(BATCH),
+            name_lens: [0; SEND_BATCH],
+            lens: [0; SEND_BATCH],
+            dsts: Vec::with_capacity(SEND_BATCH),
+            tags: Vec::with_capacity(SEND_BATCH),
         }
     }
 
@@ -113,7 +172,14 @@ impl<T: Copy> SendBatch<T> {
     }
 
     pub fn is_full(&self) -> bool {
-        self.tags.len() == BATCH
+        self.tags.len() == SEND_BATCH
+    }
+
+    /// The free slot the next datagram goes to, to build it in place
+    /// (then [`Udp::commit`] it); `None` when the batch is full.
+    pub fn next_slot(&mut self) -> Option<&mut [u8]> {
+        let i = self.tags.len();
+        (i < SEND_BATCH).then(|| &mut self.bufs[i * SLOT..(i + 1) * SLOT])
     }
 
     fn data(&self, i: usize) -> &[u8] {
@@ -148,11 +214,31 @@ impl Udp {
     }
 
     fn new(sock: UdpSocket, dual: bool) -> Udp {
+        let fd = sock.as_raw_fd();
+        for (force, plain) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        ] {
+            // FORCE passes net.core.[rw]mem_max (needs CAP_NET_ADMIN,
+            // which the agent has for its TUN); else as much as allowed.
+            if let Err(e) = set_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER as libc::c_int)
+                .or_else(|_| set_int(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER as libc::c_int))
+            {
+                debug!(error = %e, "cannot raise the UDP socket buffer");
+            }
+        }
+        // MESHSCALE_UDP_OFFLOAD=0: no GSO/GRO (a kernel or middlebox that
+        // mishandles them; and to measure what they give).
+        let offload = std::env::var("MESHSCALE_UDP_OFFLOAD").map_or(true, |v| v != "0");
+        let gro = offload && set_int(fd, libc::SOL_UDP, UDP_GRO, 1).is_ok();
+        debug!(gro, gso = offload, "UDP socket options");
         Udp {
             sock,
             dual,
             recv_mmsg: AtomicBool::new(true),
             send_mmsg: AtomicBool::new(true),
+            gso: AtomicBool::new(offload),
+            gro: AtomicBool::new(gro),
         }
     }
 
@@ -189,11 +275,15 @@ impl Udp {
     pub async fn recv_batch(&self, batch: &mut RecvBatch) -> std::io::Result<usize> {
         let fd = self.sock.as_raw_fd();
         batch.n = 0;
+        let gro = self.gro.load(Ordering::Relaxed);
+        if gro {
+            batch.ensure_slot(GRO_SLOT);
+        }
         let n = self
             .sock
             .async_io(Interest::READABLE, || {
                 if self.recv_mmsg.load(Ordering::Relaxed) {
-                    match recv_mmsg(fd, batch) {
+                    match recv_mmsg(fd, batch, gro) {
                         Err(e) if mmsg_unsupported(&e) => {
                             warn!(error = %e, "recvmmsg unavailable; receiving one datagram per call");
                             self.recv_mmsg.store(false, Ordering::Relaxed);
@@ -201,7 +291,7 @@ impl Udp {
                         r => return r,
                     }
                 }
-                recv_one(fd, batch)
+                recv_one(fd, batch, gro)
             })
             .await?;
         batch.n = n;
@@ -218,17 +308,39 @@ impl Udp {
         dst: SocketAddr,
         tag: T,
     ) -> std::io::Result<()> {
+        if data.len() > SLOT {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "datagram too large for a batch slot",
+            ));
+        }
+        let slot = batch
+            .next_slot()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "batch full"))?;
+        slot[..data.len()].copy_from_slice(data);
+        self.commit(batch, data.len(), dst, tag)
+    }
+
+    /// Queues the datagram built in [`SendBatch::next_slot`] (its first
+    /// `len` bytes). Fails, queueing nothing, as [`Udp::queue`] does.
+    pub fn commit<T: Copy>(
+        &self,
+        batch: &mut SendBatch<T>,
+        len: usize,
+        dst: SocketAddr,
+        tag: T,
+    ) -> std::io::Result<()> {
         let dst = self.wire_addr(dst)?;
-        if batch.is_full() || data.len() > SLOT {
+        if batch.is_full() || len > SLOT {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "batch full or datagram too large for a batch slot",
             ));
         }
         let i = batch.tags.len();
-        batch.bufs[i * SLOT..i * SLOT + data.len()].copy_from_slice(data);
-        batch.lens[i] = data.len();
+        batch.lens[i] = len;
         batch.name_lens[i] = write_sockaddr(&mut batch.names[i], dst);
+        batch.dsts.push(dst);
         batch.tags.push(tag);
         Ok(())
     }
@@ -242,7 +354,11 @@ impl Udp {
         let total = batch.tags.len();
         let mut sent = 0;
         while sent < total {
-            let r = if self.send_mmsg.load(Ordering::Relaxed) {
+            let gso = self.gso.load(Ordering::Relaxed) && self.send_mmsg.load(Ordering::Relaxed);
+            let r = if gso {
+                self.sock
+                    .try_io(Interest::WRITABLE, || send_gso(fd, batch, sent))
+            } else if self.send_mmsg.load(Ordering::Relaxed) {
                 self.sock
                     .try_io(Interest::WRITABLE, || send_mmsg(fd, batch, sent))
             } else {
@@ -253,6 +369,11 @@ impl Udp {
                 Ok(0) => break,
                 Ok(k) => sent += k,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // EIO: the route's device cannot checksum for GSO.
+                Err(e) if gso && gso_refused(&e) => {
+                    warn!(error = %e, "UDP segmentation offload refused; sending datagram by datagram");
+                    self.gso.store(false, Ordering::Relaxed);
+                }
                 Err(e) => {
                     // sendmmsg reports an error only for the first datagram
                     // it tried. Try that one alone: if that works and the
@@ -286,6 +407,7 @@ impl Udp {
             failed(batch.tags[i], batch.data(i));
         }
         batch.tags.clear();
+        batch.dsts.clear();
     }
 }
 
@@ -298,23 +420,68 @@ fn mmsg_unsupported(e: &std::io::Error) -> bool {
     )
 }
 
-fn recv_mmsg(fd: RawFd, batch: &mut RecvBatch) -> std::io::Result<usize> {
+/// Points `h` at slot `i` of the batch (and its control buffer with GRO).
+fn prepare_recv(
+    batch: &mut RecvBatch,
+    i: usize,
+    iov: &mut libc::iovec,
+    h: &mut libc::msghdr,
+    gro: bool,
+) {
+    *iov = libc::iovec {
+        // SAFETY: (i + 1) * slot <= bufs.len().
+        iov_base: unsafe { batch.bufs.as_mut_ptr().add(i * batch.slot) }.cast(),
+        iov_len: batch.slot,
+    };
+    h.msg_name = (&mut batch.names[i] as *mut libc::sockaddr_storage).cast();
+    h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    h.msg_iov = iov;
+    h.msg_iovlen = 1;
+    if gro {
+        h.msg_control = batch.ctrl[i].as_mut_ptr().cast();
+        h.msg_controllen = std::mem::size_of::<Cmsg>() as _;
+    }
+}
+
+/// Records message `i` of a receive: length, GRO segment size, source
+/// (`None` when truncated).
+fn finish_recv(batch: &mut RecvBatch, i: usize, h: &libc::msghdr, len: usize) {
+    batch.lens[i] = len.min(batch.slot);
+    batch.segs[i] = gro_segment(h);
+    batch.srcs[i] = if h.msg_flags & libc::MSG_TRUNC != 0 || len > batch.slot {
+        None
+    } else {
+        read_sockaddr(&batch.names[i])
+    };
+}
+
+/// The `UDP_GRO` segment size the kernel attached, if any.
+fn gro_segment(h: &libc::msghdr) -> usize {
+    if h.msg_control.is_null() {
+        return 0;
+    }
+    // SAFETY: the kernel filled msg_control/msg_controllen; the CMSG
+    // macros stay inside them.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return usize::try_from(v).unwrap_or(0);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    0
+}
+
+fn recv_mmsg(fd: RawFd, batch: &mut RecvBatch, gro: bool) -> std::io::Result<usize> {
     // SAFETY: iovec and mmsghdr are plain data; zeroes are valid and every
     // pointer used is set below.
     let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
     let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    let base = batch.bufs.as_mut_ptr();
     for i in 0..BATCH {
-        iov[i] = libc::iovec {
-            // SAFETY: i * SLOT + SLOT <= bufs.len().
-            iov_base: unsafe { base.add(i * SLOT) }.cast(),
-            iov_len: SLOT,
-        };
-        let h = &mut hdrs[i].msg_hdr;
-        h.msg_name = (&mut batch.names[i] as *mut libc::sockaddr_storage).cast();
-        h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        h.msg_iov = &mut iov[i];
-        h.msg_iovlen = 1;
+        prepare_recv(batch, i, &mut iov[i], &mut hdrs[i].msg_hdr, gro);
     }
     // SAFETY: hdrs describes BATCH valid, disjoint buffers and address
     // slots that outlive the call.
@@ -332,53 +499,134 @@ fn recv_mmsg(fd: RawFd, batch: &mut RecvBatch) -> std::io::Result<usize> {
     }
     let n = r as usize;
     for (i, h) in hdrs.iter().enumerate().take(n) {
-        batch.lens[i] = (h.msg_len as usize).min(SLOT);
-        batch.srcs[i] = if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-            None
-        } else {
-            read_sockaddr(&batch.names[i])
-        };
+        finish_recv(batch, i, &h.msg_hdr, h.msg_len as usize);
     }
     Ok(n)
 }
 
-fn recv_one(fd: RawFd, batch: &mut RecvBatch) -> std::io::Result<usize> {
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: slot 0 is SLOT bytes; names[0] is a sockaddr_storage of `len`.
-    let r = unsafe {
-        libc::recvfrom(
-            fd,
-            batch.bufs.as_mut_ptr().cast(),
-            SLOT,
-            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            (&mut batch.names[0] as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
+fn recv_one(fd: RawFd, batch: &mut RecvBatch, gro: bool) -> std::io::Result<usize> {
+    // SAFETY: plain data; every pointer used is set by prepare_recv.
+    let mut iov: libc::iovec = unsafe { std::mem::zeroed() };
+    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+    prepare_recv(batch, 0, &mut iov, &mut h, gro);
+    // SAFETY: h describes slot 0 and its address and control buffers.
+    let r = unsafe { libc::recvmsg(fd, &mut h, libc::MSG_DONTWAIT) };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // With MSG_TRUNC the real length comes back even when it did not fit.
-    let n = r as usize;
-    batch.lens[0] = n.min(SLOT);
-    batch.srcs[0] = if n > SLOT {
-        None
-    } else {
-        read_sockaddr(&batch.names[0])
-    };
+    finish_recv(batch, 0, &h, r as usize);
     Ok(1)
+}
+
+/// Sends from datagram `from` on, each run of equal-sized datagrams to one
+/// destination (the last of a run may be shorter) as one `UDP_SEGMENT`
+/// message; returns how many datagrams the kernel took.
+fn send_gso<T: Copy>(fd: RawFd, batch: &mut SendBatch<T>, from: usize) -> std::io::Result<usize> {
+    let total = batch.tags.len();
+    // SAFETY: plain data; every pointer used is set below.
+    let mut iov: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
+    let mut hdrs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
+    let mut ctrl: [Cmsg; SEND_BATCH] = [[0; 4]; SEND_BATCH];
+    let mut counts = [0usize; SEND_BATCH];
+    let base = batch.bufs.as_mut_ptr();
+    let mut m = 0;
+    let mut i = from;
+    while i < total {
+        let start = i;
+        let seg = batch.lens[i];
+        let dst = batch.dsts[i];
+        let mut bytes = 0;
+        while i < total
+            && batch.dsts[i] == dst
+            && batch.lens[i] <= seg
+            && i - start < MAX_GSO_SEGMENTS
+            && bytes + batch.lens[i] <= MAX_GSO_BYTES
+            && (seg > 0 || i == start)
+        {
+            let len = batch.lens[i];
+            iov[i] = libc::iovec {
+                // SAFETY: i < SEND_BATCH, so the slot lies inside bufs.
+                iov_base: unsafe { base.add(i * SLOT) }.cast(),
+                iov_len: len,
+            };
+            bytes += len;
+            i += 1;
+            // A shorter datagram can only end a run.
+            if len < seg {
+                break;
+            }
+        }
+        let k = i - start;
+        let h = &mut hdrs[m].msg_hdr;
+        h.msg_name = (&mut batch.names[start] as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = batch.name_lens[start];
+        h.msg_iov = &mut iov[start];
+        h.msg_iovlen = k as _;
+        if k > 1 {
+            h.msg_control = ctrl[m].as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE/CMSG_LEN are pure size computations;
+            // the control buffer (32 bytes) holds one cmsghdr with a u16.
+            unsafe {
+                h.msg_controllen = libc::CMSG_SPACE(2) as _;
+                let c = libc::CMSG_FIRSTHDR(h);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
+            }
+        }
+        counts[m] = k;
+        m += 1;
+    }
+    // SAFETY: the first m headers describe valid buffers, addresses and
+    // control data that outlive the call.
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), m as _, libc::MSG_DONTWAIT as _) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(counts[..r as usize].iter().sum())
+}
+
+/// Errors that say `UDP_SEGMENT` itself is refused here.
+fn gso_refused(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT | libc::EPERM)
+    )
+}
+
+fn set_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: a c_int option value of the stated size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn send_mmsg<T: Copy>(fd: RawFd, batch: &mut SendBatch<T>, from: usize) -> std::io::Result<usize> {
     let count = batch.tags.len() - from;
     // SAFETY: plain data; every pointer used is set below.
-    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let mut iov: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
+    let mut hdrs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
     let base = batch.bufs.as_mut_ptr();
     for j in 0..count {
         let i = from + j;
         iov[j] = libc::iovec {
-            // SAFETY: i < BATCH, so the slot lies inside bufs.
+            // SAFETY: i < SEND_BATCH, so the slot lies inside bufs.
             iov_base: unsafe { base.add(i * SLOT) }.cast(),
             iov_len: batch.lens[i],
         };
@@ -769,10 +1017,39 @@ mod tests {
         let mut out = SendBatch::<()>::new();
         let dst: SocketAddr = "127.0.0.1:9".parse().unwrap();
         assert!(a.queue(&mut out, &[0u8; SLOT + 1], dst, ()).is_err());
-        for _ in 0..BATCH {
+        for _ in 0..SEND_BATCH {
             a.queue(&mut out, b"x", dst, ()).unwrap();
         }
         assert!(out.is_full());
         assert!(a.queue(&mut out, b"x", dst, ()).is_err());
+    }
+
+    /// A run of equal-sized datagrams to one destination (ending with a
+    /// shorter one) arrives whole and in order, whether it leaves as one
+    /// `UDP_SEGMENT` message or datagram by datagram, and whether the
+    /// receiver gets it coalesced (GRO) or not.
+    #[tokio::test]
+    async fn segmented_runs_arrive_whole_and_in_order() {
+        for gso in [true, false] {
+            let a = Udp::bind(0).await.unwrap();
+            a.gso.store(gso, Ordering::Relaxed);
+            a.sock.writable().await.unwrap();
+            let r = Udp::bind(0).await.unwrap();
+            let dst: SocketAddr = ([127, 0, 0, 1], r.port().unwrap()).into();
+            let want: Vec<Vec<u8>> = (0..70u8)
+                .map(|i| vec![i; if i == 69 { 300 } else { 1200 }])
+                .collect();
+            let mut out = SendBatch::<usize>::new();
+            let mut failed = Vec::new();
+            for (i, d) in want.iter().enumerate() {
+                a.queue(&mut out, d, dst, i).unwrap();
+            }
+            a.flush(&mut out, |t, _| failed.push(t));
+            assert!(failed.is_empty(), "failed: {failed:?}");
+            assert_eq!(a.gso.load(Ordering::Relaxed), gso, "GSO state changed");
+            let (got, _) = receive_all(&r, want.len()).await;
+            let got: Vec<Vec<u8>> = got.into_iter().map(|(d, _)| d).collect();
+            assert_eq!(got, want);
+        }
     }
 }

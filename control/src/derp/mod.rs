@@ -29,4 +29,4 @@ pub use fast_start::FastStartListener;
 pub use frame::NodeKey;
 pub use http::router;
 pub use keyfile::{KeyFileError, load_or_create_server_key};
-pub use server::{Relay, RelayConfig, Verifier};
+pub use server::{Relay, RelayConfig, Verdict, Verifier};

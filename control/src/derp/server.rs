@@ -26,6 +26,7 @@ use super::frame::{
 };
 use super::outbox::{Packet, Queued};
 use super::registry::{Peer, Registry};
+use crate::metrics::Metrics;
 
 /// Largest frame accepted from an authenticated client: a full packet plus
 /// two keys (ForwardPacket's size). Nothing a client legitimately sends
@@ -39,20 +40,44 @@ const WRITE_BATCH: usize = 64 << 10;
 /// that proportion for other periods.
 const KEEP_ALIVE_JITTER_DIVISOR: u32 = 12;
 
-pub type VerifyFuture = Pin<Box<dyn Future<Output = bool> + Send>>;
+pub type VerifyFuture = Pin<Box<dyn Future<Output = Verdict> + Send>>;
+
+/// A verifier's answer about one node key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny,
+    /// The check could not be made (store unavailable). New connections
+    /// are refused; connected clients are kept until a definite answer, so
+    /// a store outage does not cut the whole mesh off its relay.
+    Unknown,
+}
+
+impl From<bool> for Verdict {
+    fn from(allowed: bool) -> Self {
+        if allowed {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        }
+    }
+}
 
 /// Admission control, called with a client's node public key once its
-/// ClientInfo has been authenticated; `false` closes the connection before
-/// it can send or receive anything (Headscale's `verify_clients`).
+/// ClientInfo has been authenticated, and again every
+/// [`RelayConfig::verify_interval`] while it stays connected. A refusal
+/// closes the connection: before it can send or receive anything at the
+/// handshake (Headscale's `verify_clients`), or as soon as the node is gone
+/// (deleted, expired, key rotated away) later on.
 #[derive(Clone)]
 pub struct Verifier(Arc<dyn Fn(NodeKey) -> VerifyFuture + Send + Sync>);
 
 impl Verifier {
     /// From a synchronous check, e.g. against an in-memory node set.
-    pub fn new(f: impl Fn(NodeKey) -> bool + Send + Sync + 'static) -> Self {
+    pub fn new<V: Into<Verdict>>(f: impl Fn(NodeKey) -> V + Send + Sync + 'static) -> Self {
         Verifier(Arc::new(move |k| {
-            let allowed = f(k);
-            Box::pin(async move { allowed })
+            let verdict = f(k).into();
+            Box::pin(async move { verdict })
         }))
     }
 
@@ -60,12 +85,16 @@ impl Verifier {
     pub fn new_async<F, Fut>(f: F) -> Self
     where
         F: Fn(NodeKey) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = bool> + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: Into<Verdict>,
     {
-        Verifier(Arc::new(move |k| Box::pin(f(k))))
+        Verifier(Arc::new(move |k| {
+            let fut = f(k);
+            Box::pin(async move { fut.await.into() })
+        }))
     }
 
-    async fn verify(&self, key: NodeKey) -> bool {
+    async fn verify(&self, key: NodeKey) -> Verdict {
         (self.0)(key).await
     }
 }
@@ -98,12 +127,19 @@ pub struct RelayConfig {
     /// silent for long. Clients that cannot ack pings are never timed out
     /// on reads, as in Tailscale.
     pub idle_timeout: Duration,
+    /// How often each connected client's key is put to the verifier again
+    /// (plus up to 1/12 of jitter, so clients are not re-checked in step).
+    pub verify_interval: Duration,
+    /// Where refusals are counted (`meshscale_derp_refused_*`).
+    pub metrics: Option<Metrics>,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             verifier: None,
+            verify_interval: Duration::from_secs(30),
+            metrics: None,
             send_queue_depth: 32,
             write_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
@@ -128,6 +164,8 @@ pub(crate) enum ConnError {
     BadClientInfo(String),
     #[error("node key refused by the verify hook")]
     Rejected,
+    #[error("node key no longer allowed (node deleted or expired)")]
+    Revoked,
     #[error("client sent mesh-only frame {0}; this server has no mesh")]
     MeshOnly(FrameType),
 }
@@ -197,6 +235,7 @@ impl Relay {
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        let io = crate::capture::tap(io, "derp_frames");
         let span = tracing::info_span!("derp_conn", %remote, node = tracing::field::Empty);
         let mut stop = self.shutdown.subscribe();
         async move {
@@ -210,7 +249,12 @@ impl Relay {
             match result {
                 Ok(()) => tracing::debug!("DERP client disconnected"),
                 Err(ConnError::Rejected) => {
+                    self.count_refused_connection("not_a_node");
                     tracing::info!("DERP client refused: node key not allowed")
+                }
+                Err(ConnError::Revoked) => {
+                    self.count_refused_connection("revoked");
+                    tracing::info!("DERP client cut off: its node was deleted or expired")
                 }
                 Err(e) => tracing::debug!(error = %e, "DERP connection closed"),
             }
@@ -237,8 +281,8 @@ impl Relay {
 
         if let Some(verifier) = &self.config.verifier {
             match tokio::time::timeout(self.config.verify_timeout, verifier.verify(key)).await {
-                Ok(true) => {}
-                Ok(false) => return Err(ConnError::Rejected),
+                Ok(Verdict::Allow) => {}
+                Ok(Verdict::Deny | Verdict::Unknown) => return Err(ConnError::Rejected),
                 Err(_) => return Err(ConnError::Timeout("verify hook")),
             }
         }
@@ -272,6 +316,36 @@ impl Relay {
         tokio::select! {
             r = self.read_loop(&peer, &mut rd, rbuf, &decoder, &liveness) => r,
             r = self.write_loop(&peer, &mut wr, info.can_ack_pings, &liveness) => r,
+            r = self.reverify_loop(key) => r,
+        }
+    }
+
+    /// Puts `key` to the verifier again every `verify_interval`; ends with
+    /// [`ConnError::Revoked`] once it is refused. Without a verifier, never
+    /// ends.
+    async fn reverify_loop(&self, key: NodeKey) -> Result<(), ConnError> {
+        let Some(verifier) = &self.config.verifier else {
+            return std::future::pending().await;
+        };
+        let max_jitter = self.config.verify_interval / KEEP_ALIVE_JITTER_DIVISOR;
+        let period = self.config.verify_interval + max_jitter.mul_f64(rand::random::<f64>());
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match tokio::time::timeout(self.config.verify_timeout, verifier.verify(key)).await {
+                Ok(Verdict::Deny) => return Err(ConnError::Revoked),
+                Ok(Verdict::Allow) => {}
+                Ok(Verdict::Unknown) | Err(_) => {
+                    tracing::debug!("DERP re-verification inconclusive; keeping the client")
+                }
+            }
+        }
+    }
+
+    fn count_refused_connection(&self, reason: &str) {
+        if let Some(m) = &self.config.metrics {
+            m.derp_refused_connection(reason);
         }
     }
 
@@ -358,6 +432,11 @@ impl Relay {
                 }
             }
             None => {
+                // Not a connected, admitted node: nobody this client has
+                // business with here.
+                if let Some(m) = &self.config.metrics {
+                    m.derp_refused_frame("no_such_peer");
+                }
                 // Only disco gets an answer, so the sender stops trying a
                 // path through us; data to an absent peer is just dropped.
                 if frame::looks_like_disco(&packet) && not_here.allow() {
@@ -619,6 +698,66 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(relay.connection_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn revoked_key_is_cut_off_and_strangers_are_counted() {
+        let key = crypto::generate_private_key();
+        let allowed = Arc::new(std::sync::Mutex::new(Verdict::Allow));
+        let checks = Arc::new(AtomicU64::new(0));
+        let (check, counted) = (allowed.clone(), checks.clone());
+        let metrics = Metrics::new();
+        let relay = relay_with(RelayConfig {
+            verifier: Some(Verifier::new(move |_k| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                *check.lock().unwrap()
+            })),
+            verify_interval: Duration::from_millis(50),
+            metrics: Some(metrics.clone()),
+            ..RelayConfig::default()
+        });
+        let (s1, c1) = tokio::io::duplex(64 << 10);
+        tokio::spawn(relay.clone().accept(s1, "doomed".into()));
+        let mut doomed = TestClient::handshake_with_key(c1, key).await.unwrap();
+        let mut other = connect(&relay).await;
+        wait_until(|| relay.connection_count() == 2).await;
+
+        // To a key that is no connected node: dropped and counted.
+        doomed.send_packet(&[0x42; 32], b"to nobody").await.unwrap();
+        wait_until(|| {
+            metrics
+                .encode()
+                .contains(r#"meshscale_derp_refused_frames_total{reason="no_such_peer"} 1"#)
+        })
+        .await;
+
+        // Inconclusive checks (store down) keep the clients.
+        *allowed.lock().unwrap() = Verdict::Unknown;
+        let seen = checks.load(Ordering::Relaxed);
+        wait_until(|| checks.load(Ordering::Relaxed) >= seen + 4).await;
+        other.ping([7; 8]).await.unwrap();
+        assert_eq!(
+            other.recv_data().await.unwrap(),
+            ServerMessage::Pong([7; 8])
+        );
+        assert_eq!(relay.connection_count(), 2);
+
+        // Its node is deleted: every connection of that key is closed at
+        // the next re-check.
+        *allowed.lock().unwrap() = Verdict::Deny;
+        loop {
+            match doomed.recv_data().await {
+                Ok(ServerMessage::KeepAlive | ServerMessage::Ping(_)) => continue,
+                Ok(m) => panic!("unexpected {m:?}"),
+                Err(_) => break,
+            }
+        }
+        wait_until(|| !relay.is_connected(&doomed.public)).await;
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"meshscale_derp_refused_connections_total{reason="revoked"}"#)
+        );
     }
 
     #[tokio::test]

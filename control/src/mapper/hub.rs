@@ -1,18 +1,30 @@
 //! The tailnet in memory and the fan-out of changes to live map sessions.
 //!
-//! Every change is turned into one delta message, encoded once, and the same
-//! bytes are queued to every session that must see it: a change costs
-//! O(changed nodes) per receiver, never a full map rebuild per node. Only a
-//! session's first message is a full map, built from the cached views.
+//! Changes are applied to the in-memory tailnet at once, but what peers are
+//! told is batched: changes that arrive within a short window (growing with
+//! the number of sessions, see [`batch_window`]) are merged per node into ONE
+//! delta message, encoded once, and the same bytes are queued to every
+//! session. A join storm thus costs each session one frame per window instead
+//! of several frames per joining node, and a change costs O(changed nodes)
+//! per receiver, never a full map rebuild per node.
+//!
+//! A session's first message is a full map, spliced together from each
+//! peer's cached JSON (see [`Member::view_json`]), so building it is a copy,
+//! not a re-serialization of every peer.
 //!
 //! All mutations happen under one lock, in order, and a new session's
-//! snapshot is taken under that same lock, so no session ever misses or
-//! double-applies a delta.
+//! snapshot is taken under that same lock. Every change carries a sequence
+//! number; a session remembers the sequence its snapshot covered, so it is
+//! sent every change made after it (never misses one). A batch it receives
+//! may repeat changes its snapshot already had; clients apply peer deltas
+//! idempotently. A node never receives a full entry about itself as a peer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::Utc;
 use meshscale_wire::tailcfg::{Debug as MapDebug, MapResponse, Node, PeerChange, UserProfile};
 use tokio::sync::mpsc;
@@ -25,22 +37,90 @@ use crate::store;
 /// reconnects and starts again from a full map.
 const SESSION_QUEUE: usize = 512;
 
+/// Shortest and longest time changes wait to be merged into one delta.
+const MIN_WINDOW: Duration = Duration::from_millis(10);
+const MAX_WINDOW: Duration = Duration::from_millis(100);
+/// What queueing one frame to one session and writing it out costs, roughly:
+/// the window grows with the sessions so that fan-out stays a bounded share
+/// of the server's time however many nodes are connected.
+const PER_SESSION: Duration = Duration::from_micros(10);
+
+/// How long changes are held back to be merged, for `sessions` live sessions.
+fn batch_window(sessions: usize) -> Duration {
+    PER_SESSION
+        .saturating_mul(u32::try_from(sessions).unwrap_or(u32::MAX))
+        .clamp(MIN_WINDOW, MAX_WINDOW)
+}
+
+struct Session {
+    id: u64,
+    tx: mpsc::Sender<Arc<Frame>>,
+    /// The last change its full map already contained.
+    since: u64,
+}
+
 struct Member {
     record: store::Node,
     live: Live,
     /// The node as peers see it, rebuilt only when the node changes.
     view: Node,
-    sessions: Vec<(u64, mpsc::Sender<Arc<Frame>>)>,
+    /// `view` serialized, spliced as is into every full map.
+    view_json: Bytes,
+    sessions: Vec<Session>,
+}
+
+impl Member {
+    fn new(record: store::Node, live: Live, view: Node) -> Member {
+        let view_json = encode_json(&view);
+        Member {
+            record,
+            live,
+            view,
+            view_json,
+            sessions: Vec::new(),
+        }
+    }
+
+    fn set_view(&mut self, view: Node) {
+        self.view_json = encode_json(&view);
+        self.view = view;
+    }
+}
+
+/// What peers have not yet been told about one node, merged.
+#[derive(Debug)]
+enum Change {
+    /// Send the node's whole current view (it was added or its record
+    /// changed), then the patches that came after it: the view already
+    /// holds their values, but clients watch for e.g. `Online` patches.
+    /// Patches older than the last full change are dropped, never sent
+    /// after it (clients apply patches after full entries).
+    Full(Option<PeerChange>),
+    /// Send these fields only.
+    Patch(PeerChange),
+    Removed,
+}
+
+#[derive(Debug)]
+struct Pending {
+    change: Change,
+    /// Sequence number of the latest change merged into it.
+    seq: u64,
 }
 
 #[derive(Default)]
 struct State {
     members: BTreeMap<i64, Member>,
+    pending: BTreeMap<i64, Pending>,
+    /// Sequence number of the last change applied.
+    seq: u64,
+    flush_scheduled: bool,
+    sessions: usize,
 }
 
 pub struct Hub {
     tailnet: Tailnet,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     next_session: AtomicU64,
 }
 
@@ -60,17 +140,21 @@ impl Drop for Subscription {
     }
 }
 
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Hub {
     pub fn new(tailnet: Tailnet) -> Hub {
         Hub {
             tailnet,
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
             next_session: AtomicU64::new(1),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     fn view(&self, record: &store::Node, live: &Live, is_self: bool) -> Node {
@@ -82,15 +166,8 @@ impl Hub {
         let mut st = self.lock();
         for (record, live) in nodes {
             let view = self.view(&record, &live, false);
-            st.members.insert(
-                record.id,
-                Member {
-                    record,
-                    live,
-                    view,
-                    sessions: Vec::new(),
-                },
-            );
+            st.members
+                .insert(record.id, Member::new(record, live, view));
         }
     }
 
@@ -113,6 +190,42 @@ impl Hub {
         self.lock().members.get(&node_id).map(|m| m.live.clone())
     }
 
+    /// Records a change for peers and makes sure a flush is coming.
+    fn note(&self, st: &mut State, node_id: i64, change: Change) {
+        st.seq += 1;
+        let seq = st.seq;
+        match st.pending.get_mut(&node_id) {
+            Some(p) => {
+                p.seq = seq;
+                merge(&mut p.change, change);
+            }
+            None => {
+                st.pending.insert(node_id, Pending { change, seq });
+            }
+        }
+        if st.flush_scheduled {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                st.flush_scheduled = true;
+                let state = self.state.clone();
+                let window = batch_window(st.sessions);
+                rt.spawn(async move {
+                    tokio::time::sleep(window).await;
+                    flush(&mut lock(&state));
+                });
+            }
+            // No runtime (a plain thread): nothing can wait, send now.
+            Err(_) => flush(st),
+        }
+    }
+
+    /// Sends what is pending now instead of at the end of the window.
+    pub fn flush(&self) {
+        flush(&mut self.lock());
+    }
+
     /// A node was admitted or its record changed (rename, expiry, owner, tags, keys).
     pub fn upsert(&self, record: store::Node) {
         let mut st = self.lock();
@@ -125,28 +238,23 @@ impl Hub {
             .unwrap_or_default();
         let view = self.view(&record, &live, false);
         let self_view = self.view(&record, &live, true);
-        let member = st.members.entry(id).or_insert_with(|| Member {
-            record: record.clone(),
-            live,
-            view: view.clone(),
-            sessions: Vec::new(),
-        });
-        member.record = record;
-        member.view = view.clone();
-        let to_peers = Frame::encode(&MapResponse {
-            peers_changed: vec![view],
-            user_profiles: vec![profile.clone()],
-            control_time: Some(Utc::now()),
-            ..MapResponse::default()
-        });
+        match st.members.get_mut(&id) {
+            Some(member) => {
+                member.record = record;
+                member.set_view(view);
+            }
+            None => {
+                st.members.insert(id, Member::new(record, live, view));
+            }
+        }
         let to_self = Frame::encode(&MapResponse {
             node: Some(self_view),
             user_profiles: vec![profile],
             control_time: Some(Utc::now()),
             ..MapResponse::default()
         });
-        broadcast(&mut st, Some(id), &to_peers);
         send_to(&mut st, id, &to_self);
+        self.note(&mut st, id, Change::Full(None));
     }
 
     /// A node is gone: every peer drops it, and its own sessions get a last
@@ -158,6 +266,7 @@ impl Hub {
         let Some(mut member) = st.members.remove(&node_id) else {
             return;
         };
+        st.sessions = st.sessions.saturating_sub(member.sessions.len());
         let now = Utc::now();
         let mut record = member.record.clone();
         record.expiry = Some(now - chrono::Duration::seconds(1));
@@ -167,12 +276,7 @@ impl Hub {
             ..MapResponse::default()
         });
         queue(&mut member, &last);
-        let frame = Frame::encode(&MapResponse {
-            peers_removed: vec![node_id],
-            control_time: Some(Utc::now()),
-            ..MapResponse::default()
-        });
-        broadcast(&mut st, None, &frame);
+        self.note(&mut st, node_id, Change::Removed);
     }
 
     /// Applies what a node reported (endpoints, disco key, Hostinfo). Peers get
@@ -187,18 +291,19 @@ impl Hub {
         if after == before {
             return None;
         }
-        member.view = node_view(
+        let view = node_view(
             &member.record,
             &member.live,
             &self.tailnet,
             Utc::now(),
             false,
         );
-        let msg = if after.hostinfo != before.hostinfo {
-            MapResponse {
-                peers_changed: vec![member.view.clone()],
-                ..MapResponse::default()
-            }
+        member.set_view(view);
+        // A patch cannot say "no endpoints any more" (empty means unchanged).
+        let change = if after.hostinfo != before.hostinfo
+            || (after.endpoints.is_empty() && !before.endpoints.is_empty())
+        {
+            Change::Full(None)
         } else {
             let mut patch = PeerChange {
                 node_id,
@@ -216,16 +321,9 @@ impl Hub {
             if after.capver != before.capver {
                 patch.cap = after.capver;
             }
-            MapResponse {
-                peers_changed_patch: vec![patch],
-                ..MapResponse::default()
-            }
+            Change::Patch(patch)
         };
-        let frame = Frame::encode(&MapResponse {
-            control_time: Some(Utc::now()),
-            ..msg
-        });
-        broadcast(&mut st, Some(node_id), &frame);
+        self.note(&mut st, node_id, change);
         Some(after)
     }
 
@@ -234,28 +332,36 @@ impl Hub {
     pub fn subscribe(self: &Arc<Self>, node_id: i64) -> Option<Subscription> {
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let session_id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (self_view, peers, profiles) = {
+        let full = {
             let mut st = self.lock();
             let member = st.members.get_mut(&node_id)?;
             let came_online = !member.live.online;
             member.live.online = true;
             member.live.last_seen = Some(Utc::now());
-            member.view = node_view(
+            let view = node_view(
                 &member.record,
                 &member.live,
                 &self.tailnet,
                 Utc::now(),
                 false,
             );
-            member.sessions.push((session_id, tx));
+            member.set_view(view);
             if came_online {
-                let frame = online_patch(node_id, true);
-                broadcast(&mut st, Some(node_id), &frame);
+                self.note(&mut st, node_id, Change::Patch(online_patch(node_id, true)));
             }
+            let since = st.seq;
+            let member = st.members.get_mut(&node_id)?;
+            member.sessions.push(Session {
+                id: session_id,
+                tx,
+                since,
+            });
+            st.sessions += 1;
             self.collect_full(&st, node_id)?
         };
-        // Encoding the full map happens outside the lock: it is the one O(N) step.
-        let first = Frame::encode(&self.full_map(self_view, peers, profiles));
+        // Assembling and compressing the full map happens outside the lock:
+        // it is the one O(N) step.
+        let first = self.full_map(full);
         Some(Subscription {
             first,
             frames: rx,
@@ -267,17 +373,14 @@ impl Hub {
 
     /// A one-shot map (a non-streaming request): the same content as a session's first message.
     pub fn snapshot(&self, node_id: i64) -> Option<Arc<Frame>> {
-        let (self_view, peers, profiles) = self.collect_full(&self.lock(), node_id)?;
-        Some(Frame::encode(&self.full_map(self_view, peers, profiles)))
+        let full = self.collect_full(&self.lock(), node_id)?;
+        Some(self.full_map(full))
     }
 
-    /// Everything a full map needs, cloned out of the locked state: the
-    /// node's own view, every peer's cached view, and their owners' profiles.
-    fn collect_full(
-        &self,
-        st: &State,
-        node_id: i64,
-    ) -> Option<(Node, Vec<Node>, Vec<UserProfile>)> {
+    /// Everything a full map needs, taken out of the locked state: the
+    /// node's own view, every peer's cached JSON (cheap reference-counted
+    /// copies), and their owners' profiles.
+    fn collect_full(&self, st: &State, node_id: i64) -> Option<FullMap> {
         let member = st.members.get(&node_id)?;
         let self_view = node_view(
             &member.record,
@@ -293,36 +396,38 @@ impl Hub {
                 .entry(m.record.user.id)
                 .or_insert_with(|| user_profile(&m.record.user));
             if *id != node_id {
-                peers.push(m.view.clone());
+                peers.push(m.view_json.clone());
             }
         }
-        Some((self_view, peers, profiles.into_values().collect()))
+        Some(FullMap {
+            self_view,
+            peers,
+            profiles: profiles.into_values().collect(),
+        })
     }
 
-    fn full_map(
-        &self,
-        self_view: Node,
-        peers: Vec<Node>,
-        profiles: Vec<UserProfile>,
-    ) -> MapResponse {
+    fn full_map(&self, full: FullMap) -> Arc<Frame> {
         let mut filters = BTreeMap::new();
         filters.insert("base".to_string(), Some(allow_all_filter()));
-        MapResponse {
-            node: Some(self_view),
+        let rest = MapResponse {
+            node: Some(full.self_view),
             derp_map: Some(self.tailnet.derp_map.clone()),
-            peers,
             dns_config: Some(self.tailnet.dns.clone()),
             domain: self.tailnet.domain.clone(),
             collect_services: Some(false),
             packet_filters: filters,
-            user_profiles: profiles,
+            user_profiles: full.profiles,
             control_time: Some(Utc::now()),
             debug: Some(MapDebug {
                 disable_log_tail: true,
                 ..MapDebug::default()
             }),
             ..MapResponse::default()
-        }
+        };
+        Arc::new(Frame::from_json(splice_peers(
+            encode_json(&rest),
+            &full.peers,
+        )))
     }
 
     fn unsubscribe(&self, node_id: i64, session_id: u64) {
@@ -330,45 +435,201 @@ impl Hub {
         let Some(member) = st.members.get_mut(&node_id) else {
             return;
         };
-        member.sessions.retain(|(id, _)| *id != session_id);
-        if member.sessions.is_empty() && member.live.online {
+        let before = member.sessions.len();
+        member.sessions.retain(|s| s.id != session_id);
+        let removed = before - member.sessions.len();
+        let went_offline = member.sessions.is_empty() && member.live.online;
+        if went_offline {
             member.live.online = false;
             member.live.last_seen = Some(Utc::now());
-            member.view = node_view(
+            let view = node_view(
                 &member.record,
                 &member.live,
                 &self.tailnet,
                 Utc::now(),
                 false,
             );
-            let frame = online_patch(node_id, false);
-            broadcast(&mut st, Some(node_id), &frame);
+            member.set_view(view);
+        }
+        st.sessions = st.sessions.saturating_sub(removed);
+        if went_offline {
+            self.note(
+                &mut st,
+                node_id,
+                Change::Patch(online_patch(node_id, false)),
+            );
         }
     }
 }
 
-fn online_patch(node_id: i64, online: bool) -> Arc<Frame> {
-    let now = Utc::now();
-    Frame::encode(&MapResponse {
-        peers_changed_patch: vec![PeerChange {
+struct FullMap {
+    self_view: Node,
+    peers: Vec<Bytes>,
+    profiles: Vec<UserProfile>,
+}
+
+fn encode_json<T: serde::Serialize>(v: &T) -> Bytes {
+    // Serializing our own types cannot fail (no maps with non-string keys, no fallible Serialize impls).
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// Adds `"Peers":[...]` to an encoded `MapResponse` that has none (an empty
+/// `peers` is not serialized), from each peer's encoded view.
+fn splice_peers(rest: Bytes, peers: &[Bytes]) -> Vec<u8> {
+    let body = rest.strip_suffix(b"}").unwrap_or(&rest);
+    let size = body.len() + peers.iter().map(|p| p.len() + 1).sum::<usize>() + 16;
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(body);
+    if body.len() > 1 {
+        out.push(b',');
+    }
+    out.extend_from_slice(br#""Peers":["#);
+    for (i, p) in peers.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(p);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+fn online_patch(node_id: i64, online: bool) -> PeerChange {
+    PeerChange {
+        node_id,
+        online: Some(online),
+        last_seen: (!online).then(Utc::now),
+        ..PeerChange::default()
+    }
+}
+
+/// Folds a newer change into what is pending for the same node.
+fn merge(old: &mut Change, new: Change) {
+    match (&mut *old, new) {
+        (Change::Full(Some(p)), Change::Patch(n)) | (Change::Patch(p), Change::Patch(n)) => {
+            merge_patch(p, n)
+        }
+        (Change::Full(p @ None), Change::Patch(n)) => *p = Some(n),
+        (_, new) => *old = new,
+    }
+}
+
+/// Later values win; fields a patch leaves unset keep the earlier value.
+fn merge_patch(p: &mut PeerChange, n: PeerChange) {
+    if !n.endpoints.is_empty() {
+        p.endpoints = n.endpoints;
+    }
+    if n.disco_key.is_some() {
+        p.disco_key = n.disco_key;
+    }
+    if n.derp_region != 0 {
+        p.derp_region = n.derp_region;
+    }
+    if n.cap != 0 {
+        p.cap = n.cap;
+    }
+    if n.online.is_some() {
+        p.online = n.online;
+        p.last_seen = n.last_seen;
+    }
+}
+
+/// One entry of a batch.
+struct Entry {
+    node_id: i64,
+    seq: u64,
+    change: Change,
+}
+
+/// Encodes the pending changes once and queues the same frame to every
+/// session that needs it. Sessions opened after the last change in the batch
+/// already have it all in their full map. A session whose own node is in the
+/// batch gets a copy without that node (a node is not its own peer) and
+/// without what its full map already had; in a join storm these are the
+/// sessions opened during the window.
+fn flush(st: &mut State) {
+    st.flush_scheduled = false;
+    if st.pending.is_empty() {
+        return;
+    }
+    let mut entries: Vec<Entry> = std::mem::take(&mut st.pending)
+        .into_iter()
+        .map(|(node_id, p)| Entry {
             node_id,
-            online: Some(online),
-            last_seen: (!online).then_some(now),
-            ..PeerChange::default()
-        }],
-        control_time: Some(now),
-        ..MapResponse::default()
-    })
-}
-
-/// Queues `frame` to every session except those of `except`. A session whose
-/// queue is full is cut off rather than allowed to slow everyone down.
-fn broadcast(st: &mut State, except: Option<i64>, frame: &Arc<Frame>) {
-    for (id, member) in st.members.iter_mut() {
-        if Some(*id) != except {
-            queue(member, frame);
+            seq: p.seq,
+            change: p.change,
+        })
+        .collect();
+    entries.sort_by_key(|e| e.seq);
+    let newest = entries.last().map_or(0, |e| e.seq);
+    let changed: BTreeSet<i64> = entries.iter().map(|e| e.node_id).collect();
+    let shared = encode_entries(&st.members, &entries, |_| true);
+    let mut custom: HashMap<u64, Arc<Frame>> = HashMap::new();
+    for id in &changed {
+        let Some(m) = st.members.get(id) else {
+            continue;
+        };
+        for s in m.sessions.iter().filter(|s| s.since < newest) {
+            let only_new = |e: &Entry| e.node_id != *id && e.seq > s.since;
+            if let Some(f) = encode_entries(&st.members, &entries, only_new) {
+                custom.insert(s.id, f);
+            }
         }
     }
+    for (id, member) in st.members.iter_mut() {
+        let own = changed.contains(id);
+        let node_id = *id;
+        member.sessions.retain(|s| {
+            if s.since >= newest {
+                return true;
+            }
+            let frame = if own {
+                custom.get(&s.id)
+            } else {
+                shared.as_ref()
+            };
+            match frame {
+                Some(f) => try_queue(node_id, s, f),
+                None => true,
+            }
+        });
+    }
+    // Sessions cut off above no longer count.
+    st.sessions = st.members.values().map(|m| m.sessions.len()).sum();
+}
+
+/// The entries `keep` selects as one message, or `None` if it selects none.
+fn encode_entries(
+    members: &BTreeMap<i64, Member>,
+    entries: &[Entry],
+    keep: impl Fn(&Entry) -> bool,
+) -> Option<Arc<Frame>> {
+    let mut msg = MapResponse {
+        control_time: Some(Utc::now()),
+        ..MapResponse::default()
+    };
+    let mut profiles = BTreeMap::new();
+    let mut any = false;
+    for e in entries.iter().filter(|e| keep(e)) {
+        any = true;
+        match &e.change {
+            Change::Removed => msg.peers_removed.push(e.node_id),
+            Change::Patch(p) => msg.peers_changed_patch.push(p.clone()),
+            Change::Full(patch) => {
+                if let Some(m) = members.get(&e.node_id) {
+                    msg.peers_changed.push(m.view.clone());
+                    profiles
+                        .entry(m.record.user.id)
+                        .or_insert_with(|| user_profile(&m.record.user));
+                }
+                if let Some(p) = patch {
+                    msg.peers_changed_patch.push(p.clone());
+                }
+            }
+        }
+    }
+    msg.user_profiles = profiles.into_values().collect();
+    any.then(|| Frame::encode(&msg))
 }
 
 fn send_to(st: &mut State, node_id: i64, frame: &Arc<Frame>) {
@@ -378,20 +639,26 @@ fn send_to(st: &mut State, node_id: i64, frame: &Arc<Frame>) {
 }
 
 fn queue(member: &mut Member, frame: &Arc<Frame>) {
-    member
-        .sessions
-        .retain(|(session, tx)| match tx.try_send(frame.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(
-                    node.id = member.record.id,
-                    session,
-                    "map session too slow; closing it"
-                );
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+    let node_id = member.record.id;
+    member.sessions.retain(|s| try_queue(node_id, s, frame));
+}
+
+/// Queues `frame` to one session; `false` when the session must go. A
+/// session whose queue is full is cut off rather than allowed to slow
+/// everyone down.
+fn try_queue(node_id: i64, s: &Session, frame: &Arc<Frame>) -> bool {
+    match s.tx.try_send(frame.clone()) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::warn!(
+                node.id = node_id,
+                session = s.id,
+                "map session too slow; closing it"
+            );
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
 }
 
 #[cfg(test)]
@@ -497,12 +764,87 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn changes_within_a_window_reach_a_session_as_one_frame() {
+        let hub = Arc::new(Hub::new(tailnet()));
+        hub.upsert(record(1));
+        let mut s1 = hub.subscribe(1).unwrap();
+        for id in 2..=4 {
+            hub.upsert(record(id));
+        }
+        hub.update_live(2, |l| l.endpoints = vec!["10.0.0.2:41641".into()]);
+        hub.flush();
+        let batch = decode(&s1.frames.try_recv().unwrap());
+        let mut ids: Vec<i64> = batch.peers_changed.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [2, 3, 4], "one full entry per node, merged");
+        let two = batch.peers_changed.iter().find(|n| n.id == 2).unwrap();
+        assert_eq!(
+            two.endpoints,
+            ["10.0.0.2:41641"],
+            "the entry is the node as it is now"
+        );
+        // The patch that came after node 2's full entry rides along, after it.
+        assert_eq!(batch.peers_changed_patch.len(), 1);
+        assert_eq!(batch.peers_changed_patch[0].node_id, 2);
+        assert_eq!(batch.peers_changed_patch[0].endpoints, two.endpoints);
+        assert!(s1.frames.try_recv().is_err(), "nothing else queued");
+    }
+
+    #[tokio::test]
+    async fn a_session_opened_in_a_window_gets_later_changes_but_never_itself() {
+        let hub = Arc::new(Hub::new(tailnet()));
+        hub.upsert(record(1));
+        let mut s1 = hub.subscribe(1).unwrap();
+        hub.flush();
+        while s1.frames.try_recv().is_ok() {}
+        // Node 2 joins and opens its session, then node 3 joins, in one window.
+        hub.upsert(record(2));
+        let mut s2 = hub.subscribe(2).unwrap();
+        while s2.frames.try_recv().is_ok() {}
+        assert_eq!(decode(&s2.first).peers.len(), 1);
+        hub.upsert(record(3));
+        hub.flush();
+        let to_2 = decode(&s2.frames.try_recv().unwrap());
+        let ids: Vec<i64> = to_2.peers_changed.iter().map(|n| n.id).collect();
+        assert_eq!(ids, [3], "what came after its full map, and not itself");
+        let to_1 = decode(&s1.frames.try_recv().unwrap());
+        let mut ids: Vec<i64> = to_1.peers_changed.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [2, 3]);
+
+        // A node's own endpoint change is not echoed back to it.
+        hub.update_live(2, |l| l.endpoints = vec!["10.0.0.2:1".into()]);
+        hub.flush();
+        assert!(s2.frames.try_recv().is_err());
+        let patch = decode(&s1.frames.try_recv().unwrap());
+        assert_eq!(patch.peers_changed_patch[0].endpoints, ["10.0.0.2:1"]);
+    }
+
+    #[test]
+    fn spliced_full_map_decodes_like_a_serialized_one() {
+        let hub = Hub::new(tailnet());
+        for id in 1..=3 {
+            hub.upsert(record(id));
+        }
+        let map = decode(&hub.snapshot(2).unwrap());
+        let ids: Vec<i64> = map.peers.iter().map(|n| n.id).collect();
+        assert_eq!(ids, [1, 3]);
+        assert_eq!(map.node.unwrap().id, 2);
+        assert!(map.derp_map.is_some() && map.packet_filters.contains_key("base"));
+        assert_eq!(
+            splice_peers(Bytes::from_static(b"{}"), &[]),
+            b"{\"Peers\":[]}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_session_that_stops_reading_is_cut_off_not_waited_for() {
         let hub = Arc::new(Hub::new(tailnet()));
         hub.upsert(record(1));
         let mut slow = hub.subscribe(1).unwrap();
         for i in 0..(SESSION_QUEUE as i64 + 10) {
             hub.upsert(record(100 + i));
+            hub.flush();
         }
         let mut received = 0;
         while slow.frames.recv().await.is_some() {

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceExt;
 
+use super::admission::PrefaceDeadline;
 use super::conn::NoiseStream;
 use super::error::NoiseError;
 use super::key::machine_key_text;
@@ -77,7 +78,13 @@ pub async fn serve_http2_with(
     limits: &Http2Limits,
 ) -> Result<(), NoiseError> {
     let peer = conn.peer();
-    serve_http2_stream(conn.stream, peer, router, limits).await
+    serve_io(
+        PrefaceDeadline::new(conn.stream, conn.admission),
+        peer,
+        router,
+        limits,
+    )
+    .await
 }
 
 /// Serves `router` over any Noise stream (tests use in-memory pipes).
@@ -90,10 +97,23 @@ pub async fn serve_http2_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_io(stream, peer, router, limits).await
+}
+
+async fn serve_io<I>(
+    io: I,
+    peer: NoisePeer,
+    router: Router,
+    limits: &Http2Limits,
+) -> Result<(), NoiseError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(peer);
         router.clone().oneshot(req)
     });
+    let io = crate::capture::tap(io, "noise_h2");
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -102,7 +122,7 @@ where
         .keep_alive_interval(limits.keep_alive_interval)
         .keep_alive_timeout(limits.keep_alive_timeout);
     builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .await
         .map_err(NoiseError::Http2)
 }

@@ -29,6 +29,7 @@
 //! early-payload framing, record errors, known-answer vectors) is in the
 //! `meshscale-ts2021` crate; `wire` and `conn` re-export it.
 
+pub mod admission;
 pub mod conn;
 pub mod early;
 mod error;

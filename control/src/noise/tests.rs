@@ -494,3 +494,70 @@ async fn key_endpoint() {
     let (head, _) = http_request(server.addr, "GET", "/key?v=39", &[]).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
+
+/// A client that completes the handshake but never starts HTTP/2 holds a
+/// pending slot until the handshake deadline; while the slots are taken,
+/// further upgrades get 503 before any handshake work.
+#[tokio::test]
+async fn stalled_sessions_hold_pending_slots_until_the_deadline() {
+    let key = ServerKey::generate().unwrap();
+    let public = *key.public();
+    let server = Arc::new(
+        NoiseServer::new(key, |conn| {
+            Box::pin(async move {
+                let _ = serve_http2(conn, echo_router()).await;
+            })
+        })
+        .with_pending_limits(2, 2)
+        .with_handshake_timeout(std::time::Duration::from_millis(300)),
+    );
+    let app = Router::new().merge(router(server.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let client = client_key();
+        let initiator = initiate(&public, client.private(), 131, None);
+        let (head, mut tcp) = upgrade(addr, "POST", &initiator.init).await;
+        assert_switched(&head);
+        assert!(matches!(
+            read_answer(&mut tcp).await.unwrap(),
+            Answer::Response(_)
+        ));
+        stalled.push(tcp);
+    }
+    assert_eq!(server.pending_handshakes(), 2);
+    let client = client_key();
+    let third = initiate(&public, client.private(), 131, None);
+    let (head, _tcp) = upgrade(addr, "POST", &third.init).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+
+    // Past the deadline the server hangs up on both and frees the slots.
+    for mut tcp in stalled {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tcp.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(read.is_ok(), "stalled session not closed");
+    }
+    for _ in 0..100 {
+        if server.pending_handshakes() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.pending_handshakes(), 0);
+    let (head, _tcp) = upgrade(addr, "POST", &third.init).await;
+    assert_switched(&head);
+    task.abort();
+}

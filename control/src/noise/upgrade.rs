@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -24,6 +24,9 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::admission::{
+    Admission, MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES_PER_IP, PendingLimiter, PendingSlot,
+};
 use super::conn::NoiseStream;
 use super::early;
 use super::error::{HandshakeError, NoiseError};
@@ -31,6 +34,7 @@ use super::handshake::{self, Accepted};
 use super::http2::NoisePeer;
 use super::key::{ServerKey, machine_key_text};
 use super::wire;
+use crate::metrics::Metrics;
 
 /// The `Upgrade` token of the control protocol.
 pub const UPGRADE_PROTOCOL: &str = "tailscale-control-protocol";
@@ -43,8 +47,9 @@ pub const NOISE_CAPABILITY_VERSION: i64 = 39;
 /// Oldest client capability version accepted by default: Headscale's
 /// `MinSupportedCapabilityVersion` (113, Tailscale 1.74).
 pub const DEFAULT_MIN_PROTOCOL_VERSION: u16 = 113;
-/// Time allowed from the 101 to a flushed handshake response.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed from the upgrade request to the client's HTTP/2 preface
+/// inside Noise (config `timeouts.noise_handshake`).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The initiation is 101 bytes, 136 in base64; anything much longer is junk
 /// and isn't worth decoding.
 const MAX_HANDSHAKE_HEADER: usize = 256;
@@ -63,6 +68,9 @@ pub struct NoiseConnection {
     pub machine_key: [u8; 32],
     /// The client's capability version from the handshake.
     pub protocol_version: u16,
+    /// Until its HTTP/2 preface arrives the connection holds a pending
+    /// slot and runs against the handshake deadline.
+    pub admission: Admission,
 }
 
 impl NoiseConnection {
@@ -94,6 +102,8 @@ pub struct NoiseServer {
     on_conn: ConnectionHandler,
     min_protocol_version: u16,
     handshake_timeout: Duration,
+    pending: Arc<PendingLimiter>,
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for NoiseServer {
@@ -116,7 +126,27 @@ impl NoiseServer {
             on_conn: Arc::new(on_conn),
             min_protocol_version: DEFAULT_MIN_PROTOCOL_VERSION,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            pending: PendingLimiter::new(MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES_PER_IP),
+            metrics: None,
         }
+    }
+
+    /// Where refused upgrades are counted.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// How many connections may be between the upgrade and their HTTP/2
+    /// preface at once, in total and per source address.
+    pub fn with_pending_limits(mut self, total: usize, per_ip: usize) -> Self {
+        self.pending = PendingLimiter::new(total, per_ip);
+        self
+    }
+
+    /// Connections between the upgrade and their HTTP/2 preface now.
+    pub fn pending_handshakes(&self) -> usize {
+        self.pending.pending()
     }
 
     /// Clients below this version get a controlbase error message telling
@@ -265,12 +295,34 @@ async fn ts2021_handler(State(server): State<Arc<NoiseServer>>, mut req: Request
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
         return plain_error(StatusCode::BAD_REQUEST, "make request over HTTP/1");
     };
+    // Checked before the Diffie-Hellman work, so a flood costs us little.
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let slot = match server.pending.admit(ip) {
+        Ok(slot) => slot,
+        Err(full) => {
+            tracing::debug!(?ip, error = %full, "/ts2021 refused");
+            if let Some(m) = &server.metrics {
+                m.noise_upgrade_refused(full.reason());
+            }
+            let mut response = plain_error(StatusCode::SERVICE_UNAVAILABLE, &full.to_string());
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            // Free the socket too, not just the slot.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    };
+    let deadline = tokio::time::Instant::now() + server.handshake_timeout;
 
     // The handshake is pure computation on the header, so it runs now; its
     // outcome, good or bad, is sent after the 101 because that is the only
     // place a Tailscale client reads a handshake answer from.
+    crate::capture::record("noise_initiation", &init);
     let outcome = handshake::respond(&server.key, &init, server.min_protocol_version);
-    tokio::spawn(run_connection(server, on_upgrade, outcome));
+    tokio::spawn(run_connection(server, on_upgrade, outcome, slot, deadline));
 
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -284,10 +336,12 @@ async fn run_connection(
     server: Arc<NoiseServer>,
     on_upgrade: OnUpgrade,
     outcome: Result<Accepted, HandshakeError>,
+    slot: PendingSlot,
+    deadline: tokio::time::Instant,
 ) {
-    let finished = tokio::time::timeout(
-        server.handshake_timeout,
-        finish_handshake(on_upgrade, outcome),
+    let finished = tokio::time::timeout_at(
+        deadline,
+        finish_handshake(on_upgrade, outcome, Admission::new(Some(slot), deadline)),
     )
     .await;
     let conn = match finished {
@@ -314,6 +368,7 @@ async fn run_connection(
 async fn finish_handshake(
     on_upgrade: OnUpgrade,
     outcome: Result<Accepted, HandshakeError>,
+    admission: Admission,
 ) -> Result<NoiseConnection, NoiseError> {
     let io = TokioIo::new(on_upgrade.await.map_err(NoiseError::Upgrade)?);
     let (stream, peer) = answer_handshake(io, outcome).await?;
@@ -321,6 +376,7 @@ async fn finish_handshake(
         stream,
         machine_key: peer.machine_key,
         protocol_version: peer.protocol_version,
+        admission,
     })
 }
 

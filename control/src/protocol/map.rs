@@ -69,6 +69,9 @@ async fn serve_map(state: SharedState, node: Node, mut req: MapRequest) -> Respo
         }
         live.capver = req.version;
     });
+    // `update_node_live` also stamps `last_seen`: a stream that wrote it needs
+    // no second write (each is a serialized transaction in a join storm).
+    let mut seen_recorded = false;
     if let Some(live) = changed {
         let hostname = live
             .hostinfo
@@ -82,6 +85,8 @@ async fn serve_map(state: SharedState, node: Node, mut req: MapRequest) -> Respo
             .await
         {
             tracing::warn!(error = %e, "cannot persist the node's endpoints");
+        } else {
+            seen_recorded = true;
         }
     }
     let compress = req.compress == "zstd";
@@ -97,8 +102,10 @@ async fn serve_map(state: SharedState, node: Node, mut req: MapRequest) -> Respo
     let Some(subscription) = state.hub.subscribe(node.id) else {
         return (StatusCode::NOT_FOUND, "node not found").into_response();
     };
-    if let Err(e) = state.store.touch_last_seen(node.id, Utc::now()).await {
-        tracing::warn!(error = %e, "cannot record last seen");
+    if !seen_recorded {
+        if let Err(e) = state.store.touch_last_seen(node.id, Utc::now()).await {
+            tracing::warn!(error = %e, "cannot record last seen");
+        }
     }
     tracing::info!("map session started");
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(8);
@@ -122,7 +129,10 @@ async fn run_session(
     tx: mpsc::Sender<Result<Bytes, Infallible>>,
     compress: bool,
 ) {
-    if tx.send(Ok(sub.first.wire(compress))).await.is_ok() {
+    // The full map is the largest thing a session ever holds: keep only its
+    // wire form, and only until it is written.
+    let first = std::mem::replace(&mut sub.first, KEEP_ALIVE.clone()).wire(compress);
+    if tx.send(Ok(first)).await.is_ok() {
         loop {
             let jitter = Duration::from_millis(rand::rng().random_range(0..9_000));
             let idle = tokio::time::sleep(KEEP_ALIVE_EVERY + jitter);

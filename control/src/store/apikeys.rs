@@ -2,7 +2,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{ApiKey, ApiKeySelector, Store, StoreError, from_ms, now, to_ms};
+use super::{ApiKey, ApiKeySelector, Store, StoreError, from_ms, now, returned_id, to_ms};
 use crate::keys::{self, API_KEY_KIND};
 
 const API_KEY_COLUMNS: &str = "id, prefix, expiration, created_at, last_seen";
@@ -41,16 +41,16 @@ impl Store {
         }
         self.timed("create_api_key", async {
             let key = keys::generate(API_KEY_KIND);
-            let row = sqlx::query(
+            let rows = sqlx::query(
                 "INSERT INTO api_keys (prefix, hash, expiration, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
             )
             .bind(&key.prefix)
             .bind(&key.hash)
             .bind(to_ms(expiration))
             .bind(to_ms(now()))
-            .fetch_one(&self.pool)
+            .fetch_all(&self.pool)
             .await?;
-            let id: i64 = row.try_get("id")?;
+            let id = returned_id(&rows)?;
             let stored = self.api_key(&ApiKeySelector::Id(id)).await?;
             Ok((stored, key.full))
         })

@@ -12,6 +12,7 @@ mod apikeys;
 mod model;
 mod nodes;
 mod preauth;
+mod recycle;
 mod users;
 
 use std::future::Future;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 
 use crate::config::DatabaseTarget;
 use crate::ipam::IpPrefixes;
@@ -33,6 +34,12 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 
 /// How long a query may wait for a pooled connection before the store counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one write probe's outcome answers [`Store::ping`].
+const PROBE_REUSE: Duration = Duration::from_secs(1);
+
+/// The `ip_cursors` key the write probe inserts and deletes in one transaction.
+const PROBE_ROW: &str = "health-probe";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -59,9 +66,62 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+            sqlx::Error::Database(db) => {
+                let code = db.code();
+                let fault = if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    code.and_then(|c| c.parse().ok()).and_then(sqlite_fault)
+                } else {
+                    code.as_deref().and_then(postgres_fault)
+                };
+                match fault {
+                    Some(what) => {
+                        recycle::mark();
+                        StoreError::Unavailable(format!("{what} ({e})"))
+                    }
+                    None => StoreError::Database(e.to_string()),
+                }
+            }
             _ => StoreError::Database(e.to_string()),
         }
     }
+}
+
+// Database errors that say the storage cannot take the change right now
+// (disk full, read-only, I/O failure, server going away), as opposed to a
+// bad query or constraint: clients are told to retry later, and the admin
+// reads why.
+
+/// SQLite result codes; extended codes carry the primary one in the low byte.
+fn sqlite_fault(code: i64) -> Option<&'static str> {
+    match code & 0xff {
+        13 => Some("the disk is full"),
+        8 => Some("the database is read-only"),
+        10 => Some("disk I/O error"),
+        14 => Some("the database file cannot be opened"),
+        _ => None,
+    }
+}
+
+/// PostgreSQL SQLSTATEs.
+fn postgres_fault(code: &str) -> Option<&'static str> {
+    match code {
+        "53100" => Some("the disk is full"),
+        "25006" => Some("the database is read-only"),
+        "58030" => Some("disk I/O error"),
+        c if c.starts_with("53") => Some("the database server is out of resources"),
+        c if c.starts_with("57") => Some("the database server is shutting down or restarting"),
+        c if c.starts_with("08") => Some("the connection to the database failed"),
+        _ => None,
+    }
+}
+
+/// The `id` of an `INSERT ... RETURNING id`, run with `fetch_all`. With
+/// SQLite outside a transaction the implicit commit happens after the row
+/// is returned: `fetch_one` would stop at the row and miss a commit that
+/// fails (disk full), handing out the id of a row that was never stored.
+fn returned_id(rows: &[sqlx::any::AnyRow]) -> Result<i64, sqlx::Error> {
+    use sqlx::Row;
+    rows.first().ok_or(sqlx::Error::RowNotFound)?.try_get("id")
 }
 
 /// True when the error is a UNIQUE violation, which callers turn into "already exists".
@@ -85,6 +145,8 @@ pub struct Store {
     /// working on a deleted or unmounted file, silently writing into nothing.
     sqlite_path: Option<std::path::PathBuf>,
     write_lock: tokio::sync::Mutex<()>,
+    /// The last write probe: when, and its error text if it failed.
+    last_probe: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
     prefixes: IpPrefixes,
     metrics: Metrics,
 }
@@ -135,6 +197,29 @@ impl Store {
                     Ok(())
                 })
             })
+            .before_acquire(|_, meta| Box::pin(async move { Ok(recycle::reusable(meta.age)) }))
+            .after_release(move |conn, _| {
+                Box::pin(async move {
+                    // sqlx's SQLite worker counts transaction depth only for
+                    // statements that succeed. After a failed COMMIT or
+                    // ROLLBACK (disk full, I/O error: SQLite may already have
+                    // rolled back by itself) the count stays above zero, the
+                    // next `begin` on the connection becomes a SAVEPOINT,
+                    // and rolling that back leaves a transaction open: later
+                    // "committed" writes on it are never committed, and its
+                    // reads see an old snapshot. Such a connection is closed
+                    // rather than reused. A count above zero may also be a
+                    // dropped transaction's rollback the worker has not run
+                    // yet: the ping lets it run first.
+                    if !conn.is_in_transaction() {
+                        return Ok(true);
+                    }
+                    if backend == Backend::Sqlite {
+                        conn.ping().await?;
+                    }
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot open the database: {e}")))?;
@@ -158,6 +243,7 @@ impl Store {
             backend,
             sqlite_path,
             write_lock: tokio::sync::Mutex::new(()),
+            last_probe: tokio::sync::Mutex::new(None),
             prefixes,
             metrics,
         })
@@ -167,21 +253,70 @@ impl Store {
         self.backend
     }
 
-    /// Whether the database answers a trivial query now.
+    /// Whether the database can take a write now. A read alone passes on a
+    /// full or read-only disk, so this commits a small write; concurrent
+    /// callers share one probe, and a result is reused for [`PROBE_REUSE`]
+    /// so that a flood of health checks cannot turn into a flood of writes.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.timed("ping", async {
-            if let Some(path) = &self.sqlite_path
-                && !path.exists()
-            {
-                return Err(StoreError::Unavailable(format!(
-                    "the database file {} is gone",
-                    path.display()
-                )));
+        // Cheap and write-free, so never answered from the cache.
+        if let Some(path) = &self.sqlite_path
+            && !path.exists()
+        {
+            return Err(StoreError::Unavailable(format!(
+                "the database file {} is gone",
+                path.display()
+            )));
+        }
+        let mut last = self.last_probe.lock().await;
+        if let Some((at, result)) = last.as_ref()
+            && at.elapsed() < PROBE_REUSE
+        {
+            return result.clone().map_err(StoreError::Unavailable);
+        }
+        let result = self
+            .timed("ping", self.probe_write())
+            .await
+            .map_err(|e| match e {
+                StoreError::Unavailable(why) | StoreError::Database(why) => why,
+                other => other.to_string(),
+            });
+        if result.is_ok() && last.as_ref().is_some_and(|(_, r)| r.is_err()) {
+            // Back from a fault: connections opened during it may still be
+            // read-only.
+            recycle::mark();
+        }
+        *last = Some((Instant::now(), result.clone()));
+        result.map_err(StoreError::Unavailable)
+    }
+
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        // Under the write lock: on SQLite a commit landing between a
+        // registration's first read and its first write would fail that
+        // registration (a stale WAL snapshot cannot be upgraded).
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        // A row that exists only inside this transaction: nothing reads it,
+        // yet the commit must write a page (a no-op UPDATE writes nothing).
+        let result = async {
+            sqlx::query("INSERT INTO ip_cursors (family, last) VALUES ($1, '')")
+                .bind(PROBE_ROW)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM ip_cursors WHERE family = $1")
+                .bind(PROBE_ROW)
+                .execute(&mut *tx)
+                .await?;
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => tx.commit().await?,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e.into());
             }
-            let _: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&self.pool).await?;
-            Ok(())
-        })
-        .await
+        }
+        Ok(())
     }
 
     pub async fn close(&self) {
@@ -269,4 +404,27 @@ pub fn validate_tags(tags: &[String]) -> Result<(), StoreError> {
             .map_err(|e| StoreError::Invalid(format!("tag {t:?}: {e}")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod fault_tests {
+    use super::*;
+
+    #[test]
+    fn storage_faults_are_told_apart_from_bad_queries() {
+        assert_eq!(sqlite_fault(13), Some("the disk is full"));
+        // SQLITE_IOERR_WRITE, SQLITE_READONLY_DBMOVED: extended codes.
+        assert_eq!(sqlite_fault(778), Some("disk I/O error"));
+        assert_eq!(sqlite_fault(1032), Some("the database is read-only"));
+        // SQLITE_CONSTRAINT_UNIQUE, SQLITE_ERROR.
+        assert_eq!(sqlite_fault(2067), None);
+        assert_eq!(sqlite_fault(1), None);
+        assert_eq!(postgres_fault("25006"), Some("the database is read-only"));
+        assert_eq!(postgres_fault("53100"), Some("the disk is full"));
+        assert!(postgres_fault("57P01").is_some());
+        assert!(postgres_fault("08006").is_some());
+        // unique_violation, syntax_error.
+        assert_eq!(postgres_fault("23505"), None);
+        assert_eq!(postgres_fault("42601"), None);
+    }
 }

@@ -331,6 +331,9 @@ impl Store {
     /// endpoints and Hostinfo (JSON text, stored as received after parsing).
     pub async fn update_node_live(&self, id: i64, live: &NodeLive) -> Result<(), StoreError> {
         self.timed("update_node_live", async {
+            // Under the write lock like every registration: a commit between a
+            // registration's first read and first write fails it on SQLite.
+            let _guard = self.write_lock.lock().await;
             sqlx::query(
                 "UPDATE nodes SET disco_key = $1, endpoints = $2, hostinfo = $3, hostname = $4, last_seen = $5 \
                  WHERE id = $6",
@@ -350,6 +353,7 @@ impl Store {
 
     pub async fn touch_last_seen(&self, id: i64, at: DateTime<Utc>) -> Result<(), StoreError> {
         self.timed("touch_last_seen", async {
+            let _guard = self.write_lock.lock().await;
             sqlx::query("UPDATE nodes SET last_seen = $1 WHERE id = $2")
                 .bind(to_ms(at))
                 .bind(id)

@@ -3,8 +3,8 @@ use sqlx::any::AnyRow;
 
 use super::users::user_from_row;
 use super::{
-    NewPreAuthKey, PreAuthKey, Store, StoreError, flag, from_ms, now, tags_from_json, tags_to_json,
-    to_ms, validate_tags,
+    NewPreAuthKey, PreAuthKey, Store, StoreError, flag, from_ms, now, returned_id, tags_from_json,
+    tags_to_json, to_ms, validate_tags,
 };
 use crate::keys::{self, PREAUTH_KEY_KIND};
 
@@ -51,7 +51,7 @@ impl Store {
                 self.user_by_id(uid).await?;
             }
             let key = keys::generate(PREAUTH_KEY_KIND);
-            let row = sqlx::query(
+            let rows = sqlx::query(
                 "INSERT INTO pre_auth_keys (prefix, hash, user_id, reusable, ephemeral, used, tags, expiration, created_at) \
                  VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8) RETURNING id",
             )
@@ -63,9 +63,9 @@ impl Store {
             .bind(tags_to_json(&new.tags))
             .bind(to_ms(new.expiration))
             .bind(to_ms(now()))
-            .fetch_one(&self.pool)
+            .fetch_all(&self.pool)
             .await?;
-            let stored = self.preauth_key_by_id(row.try_get("id")?).await?;
+            let stored = self.preauth_key_by_id(returned_id(&rows)?).await?;
             Ok((stored, key.full))
         })
         .await

@@ -2,7 +2,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{
-    NewUser, Store, StoreError, User, UserFilter, from_ms, is_unique_violation, now, to_ms,
+    NewUser, Store, StoreError, User, UserFilter, from_ms, is_unique_violation, now, returned_id,
+    to_ms,
 };
 use crate::names::validate_dns_label;
 
@@ -35,10 +36,10 @@ impl Store {
             .bind(&new.email)
             .bind(&new.profile_pic_url)
             .bind(created)
-            .fetch_one(&self.pool)
+            .fetch_all(&self.pool)
             .await;
             match result {
-                Ok(row) => self.user_by_id(row.try_get("id")?).await,
+                Ok(rows) => self.user_by_id(returned_id(&rows)?).await,
                 Err(e) if is_unique_violation(&e) => {
                     Err(StoreError::AlreadyExists(format!("user {:?}", new.name)))
                 }
