@@ -45,11 +45,33 @@ const MAX_WINDOW: Duration = Duration::from_millis(100);
 /// of the server's time however many nodes are connected.
 const PER_SESSION: Duration = Duration::from_micros(10);
 
+/// The longest window during a burst of changes (a join storm). Every
+/// batch costs each live session a frame (queue, HTTP/2, Noise, a write), so
+/// in a storm the number of batches, not their size, is what the server pays
+/// for; a quarter of a second keeps one change's propagation well under the
+/// 1 s a node may wait for it.
+const MAX_BURST_WINDOW: Duration = Duration::from_millis(250);
+/// A change arriving this soon after the previous batch went out means
+/// changes are coming in a burst.
+const BURST_GAP: Duration = Duration::from_millis(200);
+
 /// How long changes are held back to be merged, for `sessions` live sessions.
 fn batch_window(sessions: usize) -> Duration {
     PER_SESSION
         .saturating_mul(u32::try_from(sessions).unwrap_or(u32::MAX))
         .clamp(MIN_WINDOW, MAX_WINDOW)
+}
+
+/// The window for the next batch: the base window for a lone change; in a
+/// burst (the previous batch left less than [`BURST_GAP`] ago) twice the
+/// previous window, up to [`MAX_BURST_WINDOW`].
+fn next_window(base: Duration, previous: Duration, since_last_flush: Option<Duration>) -> Duration {
+    match since_last_flush {
+        Some(gap) if gap < BURST_GAP => previous
+            .saturating_mul(2)
+            .clamp(base, MAX_BURST_WINDOW.max(base)),
+        _ => base,
+    }
 }
 
 struct Session {
@@ -116,6 +138,9 @@ struct State {
     seq: u64,
     flush_scheduled: bool,
     sessions: usize,
+    /// When the last batch went out, and the window it waited.
+    last_flush: Option<std::time::Instant>,
+    window: Duration,
 }
 
 pub struct Hub {
@@ -210,7 +235,12 @@ impl Hub {
             Ok(rt) => {
                 st.flush_scheduled = true;
                 let state = self.state.clone();
-                let window = batch_window(st.sessions);
+                let window = next_window(
+                    batch_window(st.sessions),
+                    st.window,
+                    st.last_flush.map(|t| t.elapsed()),
+                );
+                st.window = window;
                 rt.spawn(async move {
                     tokio::time::sleep(window).await;
                     flush(&mut lock(&state));
@@ -549,6 +579,7 @@ struct Entry {
 /// sessions opened during the window.
 fn flush(st: &mut State) {
     st.flush_scheduled = false;
+    st.last_flush = Some(std::time::Instant::now());
     if st.pending.is_empty() {
         return;
     }
@@ -761,6 +792,25 @@ mod tests {
             s.frames.recv().await.is_none(),
             "the session ends after that"
         );
+    }
+
+    #[test]
+    fn windows_grow_only_in_a_burst() {
+        let base = Duration::from_millis(10);
+        let lone = Some(Duration::from_secs(5));
+        assert_eq!(next_window(base, Duration::from_millis(160), lone), base);
+        assert_eq!(next_window(base, Duration::ZERO, None), base);
+        let burst = Some(Duration::from_millis(5));
+        let mut w = base;
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            w = next_window(base, w, burst);
+            seen.push(w.as_millis());
+        }
+        assert_eq!(seen, [20, 40, 80, 160, 250, 250, 250, 250]);
+        // A base window above the burst cap is never shortened by a burst.
+        let big = Duration::from_millis(400);
+        assert_eq!(next_window(big, base, burst), big);
     }
 
     #[tokio::test]

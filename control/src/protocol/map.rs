@@ -102,10 +102,8 @@ async fn serve_map(state: SharedState, node: Node, mut req: MapRequest) -> Respo
     let Some(subscription) = state.hub.subscribe(node.id) else {
         return (StatusCode::NOT_FOUND, "node not found").into_response();
     };
-    if !seen_recorded {
-        if let Err(e) = state.store.touch_last_seen(node.id, Utc::now()).await {
-            tracing::warn!(error = %e, "cannot record last seen");
-        }
+    if !seen_recorded && let Err(e) = state.store.touch_last_seen(node.id, Utc::now()).await {
+        tracing::warn!(error = %e, "cannot record last seen");
     }
     tracing::info!("map session started");
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(8);
