@@ -13,7 +13,8 @@
 # missing. The exit status is non-zero when any part failed.
 #
 # Environment:
-#   CARGO_TARGET_DIR      build directory (default <repo>/target)
+#   CARGO_TARGET_DIR      build directory (default /var/tmp/meshscale-target, the same
+#                         cache .ci/run uses; an empty folder on a new machine)
 #   MESHSCALE_TOOLS_DIR   tailscale/tailscaled (e2e/setup.sh) and the report's venv
 #                         (default /var/cache/meshscale-tools)
 #   BENCH_PARTS           subset of "dataplane control cargo_bench" (default all;
@@ -46,7 +47,7 @@ mkdir -p "$OUT" || {
 }
 OUT=$(cd "$OUT" && pwd)
 cd "$ROOT" || exit 1
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/meshscale-target}
 case $CARGO_TARGET_DIR in /*) ;; *) CARGO_TARGET_DIR=$ROOT/$CARGO_TARGET_DIR ;; esac
 RELEASE=$CARGO_TARGET_DIR/release
 
