@@ -56,11 +56,15 @@ if [[ $DBS == *postgres* ]]; then
   PSQL="$(_pg_bindir)/psql"
 fi
 
+# Below the kernel's ephemeral range (32768+ by default), where the load
+# generator's 10,000 client sockets and their TIME_WAIT leftovers live, and
+# not used by any socket at all; start_server still retries on a lost race.
 free_port() {
-  local p
+  local p low
+  low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
   while :; do
-    p=$((20000 + RANDOM % 20000))
-    ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
+    p=$((10000 + RANDOM % (low - 10000)))
+    ss -Htan "sport = :$p" | grep -q . || { echo "$p"; return; }
   done
 }
 
@@ -82,8 +86,6 @@ run_one() {
   dir=$WORK/$db-$n
   mkdir -p "$dir"
   cfg=$dir/config.yaml
-  http=127.0.0.1:$(free_port)
-  metrics=127.0.0.1:$(free_port)
   if [[ $db == sqlite ]]; then
     database=$'database:\n  type: sqlite\n'
   else
@@ -92,7 +94,11 @@ run_one() {
     database=$'database:\n  type: postgres\n  postgres:\n    host: 127.0.0.1\n'
     database+="    port: $(_pg_port)"$'\n'"    name: $dbname"$'\n    user: postgres\n'
   fi
-  cat >"$cfg" <<CFG
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    http=127.0.0.1:$(free_port)
+    metrics=127.0.0.1:$(free_port)
+    cat >"$cfg" <<CFG
 server_url: http://$http
 listen_addr: $http
 metrics_listen_addr: $metrics
@@ -106,9 +112,13 @@ derp:
     enabled: false
 $database
 CFG
-  "$MESHSCALE_BIN" -c "$cfg" serve >"$dir/server.log" 2>&1 &
-  SERVER_PID=$!
-  wait_ready "$cfg" "$dir/server.log"
+    "$MESHSCALE_BIN" -c "$cfg" serve >"$dir/server.log" 2>&1 &
+    SERVER_PID=$!
+    wait_ready "$cfg" "$dir/server.log" && break
+    wait "$SERVER_PID" 2>/dev/null || true
+    grep -q "Address already in use" "$dir/server.log" && ((attempt < 5)) || return 1
+    log "$db N=$n: port taken meanwhile; new ports (attempt $((attempt + 1)))"
+  done
   "$MESHSCALE_BIN" -c "$cfg" users create bench >/dev/null
   key=$("$MESHSCALE_BIN" -c "$cfg" preauthkeys create --user bench --reusable --expiration 1h | tail -n 1)
   log "$db N=$n: running"
@@ -140,7 +150,11 @@ FAILED=()
 : >"$WORK/runs.jsonl"
 for db in $DBS; do
   for n in "${NS[@]}"; do
-    run_one "$db" "$n"
+    if ! run_one "$db" "$n"; then
+      FAILED+=("$db N=$n (server did not start)")
+      printf '{"db":"%s","n":%s,"held":false,"register_per_s":null,"all_mapped_s":null,"propagation":null,"server_rss_kib":null,"server_rss_peak_kib":null,"server_cpu_s_per_change":null,"bytes_per_change":null,"nodes_list_ms":null,"notes":"server did not start"}\n' \
+        "$db" "$n" >>"$WORK/runs.jsonl"
+    fi
   done
 done
 

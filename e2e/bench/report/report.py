@@ -268,6 +268,20 @@ def runs_at(ctl, n, db=None):
     return [r for r in (ctl or {}).get("runs") or [] if r.get("n") == n and (db is None or r.get("db") == db)]
 
 
+def live_sessions(r):
+    """Sessions alive at the end of a run that did not hold all N (from its notes)."""
+    m = re.search(r"(\d+) of (\d+) sessions alive", r.get("notes") or "")
+    return int(m.group(1)) if m else None
+
+
+def partial(r):
+    """A figure taken at fewer sessions than N says so, and cannot meet an at-N target."""
+    if r.get("held"):
+        return ""
+    k = live_sessions(r)
+    return f" (over {k:,} live sessions, not {r.get('n'):,})" if k is not None else " (not all nodes held)"
+
+
 def ctl_targets(ctl):
     out = []
     runs = runs_at(ctl, 10000)
@@ -282,8 +296,10 @@ def ctl_targets(ctl):
         prop = r.get("propagation") or {}
         p99s = {k: (prop.get(k) or {}).get("p99_ms") for k in PROP_KINDS}
         worst = max((v for v in p99s.values() if v is not None), default=None)
-        parts.append(f"{r.get('db')}: " + ", ".join(f"{k} {num(v)} ms" for k, v in p99s.items()))
-        if worst is None:
+        parts.append(f"{r.get('db')}: " + ", ".join(f"{k} {num(v)} ms" for k, v in p99s.items()) + partial(r))
+        if not r.get("held") and worst is not None and worst < 1000:
+            met = None if met is not False else False
+        elif worst is None:
             met = None if met is not False else False
         elif met is not None:
             met = met and worst < 1000
@@ -294,8 +310,9 @@ def ctl_targets(ctl):
     for r in runs:
         rss = r.get("server_rss_kib")
         parts.append(f"{r.get('db')}: {num(None if rss is None else rss / 1024)} MiB"
-                     f" (peak {num(None if r.get('server_rss_peak_kib') is None else r['server_rss_peak_kib'] / 1024)} MiB)")
-        if rss is None:
+                     f" (peak {num(None if r.get('server_rss_peak_kib') is None else r['server_rss_peak_kib'] / 1024)} MiB)"
+                     + partial(r))
+        if rss is None or (not r.get("held") and rss < 300 * 1024):
             met = None
         elif met is not None:
             met = met and rss < 300 * 1024
