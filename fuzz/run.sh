@@ -26,7 +26,8 @@ if [[ "${FUZZ_OPERATOR:-0}" == 1 ]]; then
 fi
 command -v cargo-fuzz >/dev/null || { echo "run.sh: cargo-fuzz missing: cargo install cargo-fuzz" >&2; exit 2; }
 
-if [[ $# -gt 0 ]]; then
+named=$(($# > 0))
+if ((named)); then
     targets=("$@")
 else
     mapfile -t targets < <(cargo fuzz list)
@@ -35,7 +36,12 @@ else
     fi
 fi
 
-cargo fuzz build "${features[@]}"
+if ((named)); then
+    # Only what was asked for: a chosen target must not pay for the others' build.
+    for t in "${targets[@]}"; do cargo fuzz build "${features[@]}" "$t"; done
+else
+    cargo fuzz build "${features[@]}"
+fi
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 bin_dir="$CARGO_TARGET_DIR/$triple/release"
 log_dir="${FUZZ_LOG_DIR:-$CARGO_TARGET_DIR/fuzz-logs}"
