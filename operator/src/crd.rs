@@ -70,11 +70,14 @@ pub struct MeshUserSpec {
     pub email: Option<String>,
 }
 
+// Status `Option` fields serialize as `null`, never as absent: the operator
+// writes statuses with JSON merge patches, where only an explicit `null`
+// clears a field the server has dropped (e.g. a node's expiry disabled).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeshUserStatus {
     /// The user's id in the control server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub id: Option<u64>,
     #[serde(default)]
     pub node_count: u32,
@@ -144,10 +147,10 @@ fn default_expiration() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct PreAuthKeyStatus {
     /// The key's id in the control server (never the key itself).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub id: Option<u64>,
     /// RFC 3339.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub expires_at: Option<String>,
     #[serde(default)]
     pub used: bool,
@@ -195,14 +198,14 @@ pub struct MeshNodeStatus {
     pub addresses: Vec<String>,
     #[serde(default)]
     pub online: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_seen: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub expiry: Option<String>,
     #[serde(default)]
     pub ephemeral: bool,
     /// `namespace/name` of the pod this node runs in, when it is an injected pod.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pod: Option<String>,
     #[serde(default)]
     pub conditions: Vec<Condition>,

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 
 use crate::admin::{Admin, AdminError, ApiPreAuthKey, NewKey, Node, User, timestamp};
 use crate::crd::{
-    MeshNode, MeshNodeSpec, MeshNodeStatus, MeshUserStatus, PreAuthKeySpec, PreAuthKeyStatus,
+    MeshNode, MeshNodeSpec, MeshUser, MeshNodeStatus, MeshUserStatus, PreAuthKeySpec, PreAuthKeyStatus,
 };
 use crate::kubeops::{FINALIZER, Kube, KubeError, Note};
 
@@ -180,7 +180,12 @@ pub struct KubeState {
     pub pak_status: BTreeMap<String, PreAuthKeyStatus>,
     pub secrets: BTreeMap<String, Secret>,
     pub nodes: BTreeMap<String, MeshNode>,
+    /// MeshUsers as listed (tests put them here); `user_status` updates theirs.
+    pub users: BTreeMap<String, MeshUser>,
+    /// Every Secret write fails, dry runs included (RBAC, owner enforcement).
     pub fail_secret_writes: bool,
+    /// Only the real write fails, after a dry run passed (a lost race).
+    pub fail_secret_apply: bool,
     /// PreAuthKeys the operator created, by `ns/name`.
     pub paks: BTreeMap<String, PreAuthKeySpec>,
     /// (kind/namespace/name, note), in order.
@@ -225,11 +230,11 @@ impl Kube for FakeKube {
         Ok(())
     }
     async fn user_status(&self, name: &str, s: &MeshUserStatus) -> Result<(), KubeError> {
-        self.state
-            .lock()
-            .unwrap()
-            .user_status
-            .insert(name.into(), s.clone());
+        let mut st = self.state.lock().unwrap();
+        if let Some(u) = st.users.get_mut(name) {
+            u.status = Some(s.clone());
+        }
+        st.user_status.insert(name.into(), s.clone());
         Ok(())
     }
     async fn pak_finalizers(&self, ns: &str, name: &str, f: Vec<String>) -> Result<(), KubeError> {
@@ -264,7 +269,7 @@ impl Kube for FakeKube {
     }
     async fn apply_secret(&self, secret: Secret) -> Result<(), KubeError> {
         let mut s = self.state.lock().unwrap();
-        if s.fail_secret_writes {
+        if s.fail_secret_writes || s.fail_secret_apply {
             return Err(KubeError::Api("secrets is forbidden".into()));
         }
         let key = format!(
@@ -274,6 +279,15 @@ impl Kube for FakeKube {
         );
         s.secrets.insert(key, secret);
         Ok(())
+    }
+    async fn check_secret_write(&self, _secret: Secret) -> Result<(), KubeError> {
+        if self.state.lock().unwrap().fail_secret_writes {
+            return Err(KubeError::Api("secrets is forbidden".into()));
+        }
+        Ok(())
+    }
+    async fn list_mesh_users(&self) -> Result<Vec<MeshUser>, KubeError> {
+        Ok(self.state.lock().unwrap().users.values().cloned().collect())
     }
     async fn list_mesh_nodes(&self) -> Result<Vec<MeshNode>, KubeError> {
         Ok(self.state.lock().unwrap().nodes.values().cloned().collect())

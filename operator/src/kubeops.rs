@@ -81,6 +81,14 @@ pub trait Kube: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Secret>, KubeError>> + Send;
     /// Creates or replaces the Secret (server-side apply).
     fn apply_secret(&self, secret: Secret) -> impl Future<Output = Result<(), KubeError>> + Send;
+    /// The same apply as a dry run: whether the API server would accept the
+    /// write (RBAC, owner-reference enforcement, admission) before anything
+    /// that cannot be undone, such as minting a key, happens.
+    fn check_secret_write(
+        &self,
+        secret: Secret,
+    ) -> impl Future<Output = Result<(), KubeError>> + Send;
+    fn list_mesh_users(&self) -> impl Future<Output = Result<Vec<MeshUser>, KubeError>> + Send;
     fn list_mesh_nodes(&self) -> impl Future<Output = Result<Vec<MeshNode>, KubeError>> + Send;
     /// Creates `name` with the finalizer already set, then its status.
     fn create_mesh_node(
@@ -217,6 +225,22 @@ impl Kube for KubeClient {
         )
         .await?;
         Ok(())
+    }
+    async fn check_secret_write(&self, secret: Secret) -> Result<(), KubeError> {
+        let ns = secret.metadata.namespace.clone().unwrap_or_default();
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force().dry_run(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+        Ok(())
+    }
+    async fn list_mesh_users(&self) -> Result<Vec<MeshUser>, KubeError> {
+        let api: Api<MeshUser> = Api::all(self.client.clone());
+        Ok(api.list(&ListParams::default()).await?.items)
     }
     async fn list_mesh_nodes(&self) -> Result<Vec<MeshNode>, KubeError> {
         let api: Api<MeshNode> = Api::all(self.client.clone());

@@ -125,6 +125,33 @@ impl Elector {
         }
     }
 
+    /// Gives the lease up if we hold it (holder cleared, 1 s duration), so a
+    /// follower takes over at its next check instead of after the lease lapses.
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.me.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(micro(Utc::now()));
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Someone else wrote it since: it is no longer ours to release.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Blocks until this replica leads.
     pub async fn acquire(&self) {
         loop {

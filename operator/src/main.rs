@@ -171,6 +171,10 @@ struct RunArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any TLS client exists: with both ring and aws-lc-rs compiled in
+    // (feature unification across the workspace), rustls cannot pick a
+    // process-wide provider and kube's client would panic on first use.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Crds { out } => crds(out),
@@ -404,9 +408,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(addr = %args.metrics_addr, "metrics and probes listening");
     let mut metrics_server =
         tokio::spawn(metrics::serve(metrics_listener, Arc::clone(&ctx.metrics)));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     // Followers serve the webhook and probes while they wait for the lease.
     tokio::select! {
         _ = elector.acquire() => {}
+        _ = &mut shutdown => {
+            info!("shutting down");
+            return Ok(());
+        }
         r = &mut metrics_server => bail!("metrics server stopped: {r:?}"),
         r = &mut webhook => bail!("webhook server stopped: {r:?}"),
     }
@@ -414,21 +424,44 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(target) = cert_target(&args)? {
         tokio::spawn(renew_webhook_cert(target, Arc::clone(&ctx)));
     }
-    tokio::select! {
+    let result = tokio::select! {
         _ = controller::run(client, ctx, Duration::from_secs(args.node_sync_seconds.max(1)), Arc::new(keys)) => {
             info!("controllers stopped");
+            Ok(())
+        }
+        _ = &mut shutdown => {
+            info!("shutting down");
             Ok(())
         }
         _ = elector.hold() => {
             // Another replica may lead now: exit so Kubernetes restarts us as a follower.
             error!("leadership lost; exiting");
-            bail!("leadership lost")
+            return Err(anyhow::anyhow!("leadership lost"));
         }
-        r = &mut webhook => {
-            bail!("webhook server stopped: {r:?}")
+        r = &mut webhook => Err(anyhow::anyhow!("webhook server stopped: {r:?}")),
+        r = &mut metrics_server => Err(anyhow::anyhow!("metrics server stopped: {r:?}")),
+    };
+    // Hand the lease over now rather than let a follower wait out its duration.
+    match elector.release().await {
+        Ok(()) => info!("lease released"),
+        Err(e) => error!(error = %e, "could not release the lease"),
+    }
+    result
+}
+
+/// SIGTERM (what the kubelet sends) or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
         }
-        r = &mut metrics_server => {
-            bail!("metrics server stopped: {r:?}")
+        Err(e) => {
+            error!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -90,3 +90,5 @@ mod real_server;
 
 #[cfg(test)]
 mod real_kube;
+#[cfg(test)]
+mod live;

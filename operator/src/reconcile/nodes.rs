@@ -125,5 +125,39 @@ pub async fn sync<A: Admin, K: Kube>(
         }
         report.deleted += 1;
     }
+    update_node_counts(ctx, &nodes).await?;
     Ok(report)
+}
+
+/// Keeps every MeshUser's `nodeCount` in step with the node list just read,
+/// so it follows node changes within one sync instead of the user's resync.
+/// Only counts that changed are written.
+async fn update_node_counts<A: Admin, K: Kube>(
+    ctx: &Ctx<A, K>,
+    nodes: &[Node],
+) -> Result<(), ReconcileError> {
+    let mut per_user: HashMap<&str, u32> = HashMap::new();
+    for n in nodes {
+        if let Some(u) = &n.user {
+            *per_user.entry(u.name.as_str()).or_default() += 1;
+        }
+    }
+    for mu in ctx.kube.list_mesh_users().await? {
+        // Only users the operator has reconciled: their status is its to write.
+        let Some(mut status) = mu.status.clone().filter(|s| s.id.is_some()) else {
+            continue;
+        };
+        if mu.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let count = per_user
+            .get(super::user::user_name(&mu).as_str())
+            .copied()
+            .unwrap_or(0);
+        if status.node_count != count {
+            status.node_count = count;
+            ctx.kube.user_status(&mu.name_any(), &status).await?;
+        }
+    }
+    Ok(())
 }

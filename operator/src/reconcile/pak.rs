@@ -18,7 +18,7 @@ use crate::admin::{Admin, AdminError, ApiPreAuthKey, NewKey, from_timestamp};
 use crate::conditions::{self, READY, SYNCED};
 use crate::crd::{PreAuthKey, PreAuthKeyStatus};
 use crate::duration;
-use crate::kubeops::{Kube, has_finalizer, with_finalizer, without_finalizer};
+use crate::kubeops::{Kube, KubeError, Note, has_finalizer, with_finalizer, without_finalizer};
 
 /// The data key of the Secret, read by the injected sidecar as `MESHSCALE_AUTHKEY`.
 pub const SECRET_KEY: &str = "authkey";
@@ -132,6 +132,20 @@ pub async fn reconcile<A: Admin, K: Kube>(
         Decision::Issue { reason } => {
             let expiration =
                 now + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::MAX);
+            // Ask the API server whether the Secret can be written BEFORE
+            // minting: a key minted into a Secret we cannot write would have
+            // to be expired again, on every retry.
+            let probe = ApiPreAuthKey {
+                id: current_id.unwrap_or_default(),
+                ..Default::default()
+            };
+            if let Err(e) = ctx
+                .kube
+                .check_secret_write(secret_for(pak, &probe, expiration))
+                .await
+            {
+                return secret_failed(pak, ctx, status, e).await;
+            }
             let new = NewKey {
                 user_id: user.id,
                 reusable: pak.spec.reusable,
@@ -153,7 +167,7 @@ pub async fn reconcile<A: Admin, K: Kube>(
                 if let Err(x) = ctx.admin.expire_pre_auth_key(key.id).await {
                     warn!(key_id = key.id, error = %x, "could not expire an orphaned key");
                 }
-                return Err(e.into());
+                return secret_failed(pak, ctx, status, e).await;
             }
             info!(key_id = key.id, reason, "pre-auth key issued");
             let event = if reason == "Rotation" {
@@ -168,11 +182,19 @@ pub async fn reconcile<A: Admin, K: Kube>(
                 expires.to_rfc3339_opts(SecondsFormat::Secs, true)
             );
             emit(ctx, pak, normal(event, "CreatePreAuthKey", m)).await;
-            // A spec change means the old key no longer says what the user wants.
-            if reason == "SpecChanged"
-                && let Some(old) = current
+            // The key the new one replaces must stop working when it no longer
+            // says what the user wants (SpecChanged) or when its Secret was
+            // deleted (NoKey: whoever deleted it may have a copy). A rotated
+            // key runs out on its own.
+            let replaced = current.map(|k| k.id).or(status.id);
+            if matches!(reason, "SpecChanged" | "NoKey")
+                && let Some(old) = replaced.filter(|old| *old != key.id)
             {
-                let _ = ctx.admin.expire_pre_auth_key(old.id).await;
+                match ctx.admin.expire_pre_auth_key(old).await {
+                    Ok(()) => info!(key_id = old, "replaced pre-auth key expired"),
+                    Err(AdminError::NotFound(_)) => {}
+                    Err(e) => warn!(key_id = old, error = %e, "could not expire the replaced key"),
+                }
             }
             (key.id, expires, false)
         }
@@ -287,6 +309,34 @@ async fn fail<A: Admin, K: Kube>(
             g,
         );
     }
+    ctx.kube
+        .pak_status(
+            &pak.namespace().unwrap_or_default(),
+            &pak.name_any(),
+            &status,
+        )
+        .await?;
+    Err(e.into())
+}
+
+/// The key Secret cannot be written: say so on the PreAuthKey (condition and
+/// Warning event) and retry with back-off.
+async fn secret_failed<A: Admin, K: Kube>(
+    pak: &PreAuthKey,
+    ctx: &Ctx<A, K>,
+    mut status: PreAuthKeyStatus,
+    e: KubeError,
+) -> Result<Action, ReconcileError> {
+    let m = format!("cannot write Secret {}: {e}", pak.spec.secret_name);
+    let note = Note {
+        warning: true,
+        reason: "SecretWriteFailed",
+        action: "WriteSecret",
+        message: m.clone(),
+    };
+    emit(ctx, pak, note).await;
+    let g = pak.metadata.generation;
+    conditions::set(&mut status.conditions, READY, false, "SecretWriteFailed", &m, g);
     ctx.kube
         .pak_status(
             &pak.namespace().unwrap_or_default(),

@@ -107,9 +107,10 @@ async fn real_kube_client_and_real_server_drive_crs_through_create_update_outage
     let mu = users.get("team-a").await.expect("get");
     let st = mu.status.clone().expect("status");
     let ready = condition(&st.conditions, "Ready").expect("Ready");
+    // The reason stays what it was at creation; the generation moves on.
     assert_eq!(
         (ready.reason.as_str(), ready.observed_generation),
-        ("Exists", Some(2))
+        ("Created", Some(2))
     );
     assert_eq!(users_named(&s.json(&["users", "list"]).await, "team-a"), 1);
 

@@ -108,8 +108,51 @@ async fn meshuser_creates_the_user_once_and_adopts_it_afterwards() {
     let s = c.admin.state.lock().unwrap();
     assert_eq!(s.users.len(), 1);
     assert_eq!(s.create_user_calls, 1);
+    // The reason tells how the user came to be and stays so: the reconcile
+    // its own status write triggers must not flip it to Exists.
     let st = c.kube.state.lock().unwrap().user_status["alice"].clone();
+    assert_eq!(conditions::reason(&st.conditions, READY), Some("Created"));
+    drop(s);
+    // A MeshUser for a user that already exists adopts it: Exists.
+    let other = MeshUser::new(
+        "alice-again",
+        MeshUserSpec {
+            name: Some("alice".into()),
+            display_name: None,
+            email: None,
+        },
+    );
+    user::reconcile(&other, &c).await.unwrap();
+    let st = c.kube.state.lock().unwrap().user_status["alice-again"].clone();
     assert_eq!(conditions::reason(&st.conditions, READY), Some("Exists"));
+}
+
+#[tokio::test]
+async fn meshuser_node_count_follows_the_node_sync_and_unchanged_counts_are_not_written() {
+    let c = ctx();
+    let mu = meshuser("alice");
+    user::reconcile(&mu, &c).await.unwrap();
+    let mu = refreshed_user(&mu, &c);
+    assert_eq!(mu.status.as_ref().unwrap().node_count, 0);
+    c.kube
+        .state
+        .lock()
+        .unwrap()
+        .users
+        .insert("alice".into(), mu.clone());
+    c.admin.add_node("alice", "web-1");
+    c.admin.add_node("alice", "web-2");
+    nodes::sync(&c, &Default::default()).await.unwrap();
+    let count = |c: &TestCtx| c.kube.state.lock().unwrap().users["alice"].status.as_ref().unwrap().node_count;
+    assert_eq!(count(&c), 2);
+    // Nothing changed: no status write at all.
+    c.kube.state.lock().unwrap().user_status.clear();
+    nodes::sync(&c, &Default::default()).await.unwrap();
+    assert!(c.kube.state.lock().unwrap().user_status.is_empty());
+    let first = c.admin.state.lock().unwrap().nodes.keys().copied().next().unwrap();
+    c.admin.delete_node(first).await.unwrap();
+    nodes::sync(&c, &Default::default()).await.unwrap();
+    assert_eq!(count(&c), 1);
 }
 
 #[tokio::test]
@@ -318,14 +361,68 @@ async fn preauthkey_for_a_missing_user_waits_for_it() {
 }
 
 #[tokio::test]
-async fn preauthkey_whose_secret_cannot_be_written_leaves_no_working_key() {
+async fn preauthkey_whose_secret_cannot_be_written_says_so_and_mints_nothing() {
     let c = ctx();
     with_user(&c, "alice").await;
     c.kube.state.lock().unwrap().fail_secret_writes = true;
-    assert!(pak::reconcile(&pak("inject", "alice"), &c).await.is_err());
+    let p = pak("inject", "alice");
+    for _ in 0..3 {
+        assert!(pak::reconcile(&refreshed_pak(&p, &c), &c).await.is_err());
+    }
+    // The dry run refused the write: no key minted (and none to expire) on any retry.
+    assert_eq!(c.admin.state.lock().unwrap().keys.len(), 0);
+    let st = refreshed_pak(&p, &c).status.unwrap();
+    assert_eq!(
+        conditions::reason(&st.conditions, READY),
+        Some("SecretWriteFailed")
+    );
+    assert!(!conditions::is_true(&st.conditions, READY));
+    assert!(c.kube.reasons().contains(&"SecretWriteFailed"));
+    // Fixed (e.g. the RBAC rule added): the next retry issues the key.
+    c.kube.state.lock().unwrap().fail_secret_writes = false;
+    pak::reconcile(&refreshed_pak(&p, &c), &c).await.unwrap();
+    let st = refreshed_pak(&p, &c).status.unwrap();
+    assert!(conditions::is_true(&st.conditions, READY));
+    assert_eq!(c.admin.state.lock().unwrap().keys.len(), 1);
+}
+
+#[tokio::test]
+async fn preauthkey_whose_secret_write_fails_after_the_dry_run_leaves_no_working_key() {
+    let c = ctx();
+    with_user(&c, "alice").await;
+    c.kube.state.lock().unwrap().fail_secret_apply = true;
+    let p = pak("inject", "alice");
+    assert!(pak::reconcile(&p, &c).await.is_err());
     let s = c.admin.state.lock().unwrap();
     assert_eq!(s.keys.len(), 1);
     assert_eq!(s.expired_keys, s.keys.keys().copied().collect::<Vec<_>>());
+    drop(s);
+    let st = refreshed_pak(&p, &c).status.unwrap();
+    assert_eq!(
+        conditions::reason(&st.conditions, READY),
+        Some("SecretWriteFailed")
+    );
+}
+
+#[tokio::test]
+async fn deleting_the_key_secret_issues_a_new_key_and_expires_the_old_one() {
+    let c = ctx();
+    with_user(&c, "alice").await;
+    let p = pak("inject", "alice");
+    pak::reconcile(&p, &c).await.unwrap();
+    let old = refreshed_pak(&p, &c).status.unwrap().id.unwrap();
+    c.kube
+        .state
+        .lock()
+        .unwrap()
+        .secrets
+        .remove("apps/meshscale-authkey");
+    pak::reconcile(&refreshed_pak(&p, &c), &c).await.unwrap();
+    let new = refreshed_pak(&p, &c).status.unwrap().id.unwrap();
+    assert_ne!(old, new);
+    assert_eq!(c.admin.state.lock().unwrap().expired_keys, vec![old]);
+    let secret = c.kube.state.lock().unwrap().secrets["apps/meshscale-authkey"].clone();
+    assert_eq!(secret.metadata.annotations.unwrap()[ANN_KEY_ID], new.to_string());
 }
 
 #[tokio::test]

@@ -56,11 +56,24 @@ pub async fn reconcile<A: Admin, K: Kube>(
             let mut status = mu.status.clone().unwrap_or_default();
             status.id = Some(user.id);
             status.node_count = nodes;
-            let reason = if created { "Created" } else { "Exists" };
+            // The reason says how the user came to be, once: "Created" must not
+            // turn into "Exists" at the reconcile its own status write triggers.
+            let kept = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == READY && c.status == "True")
+                .map(|c| c.reason.clone());
+            let reason = match (created, kept.as_deref()) {
+                (true, _) => "Created",
+                (false, Some("Created")) => "Created",
+                _ => "Exists",
+            };
             let g = mu.metadata.generation;
             conditions::set(&mut status.conditions, READY, true, reason, "", g);
             conditions::set(&mut status.conditions, SYNCED, true, "Synced", "", g);
-            ctx.kube.user_status(&name, &status).await?;
+            if mu.status.as_ref() != Some(&status) {
+                ctx.kube.user_status(&name, &status).await?;
+            }
             Ok(Action::requeue(RESYNC))
         }
         Err(e) => {
