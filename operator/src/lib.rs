@@ -17,5 +17,7 @@ pub mod webhook;
 
 #[cfg(test)]
 mod fake;
+// Also compiled into the integration tests (by path), which use the rest.
 #[cfg(test)]
+#[allow(dead_code)]
 mod fake_apiserver;

@@ -18,7 +18,7 @@ use meshscale_operator::reconcile::Ctx;
 use meshscale_operator::webhook::patch::{CaSource, InjectConfig, is_quantity};
 use meshscale_operator::webhook::{certs, server, tls};
 use meshscale_operator::{controller, crdgen, duration, metrics};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Manages Meshscale users, nodes and pre-auth keys as Kubernetes resources.
 #[derive(Parser)]
@@ -152,9 +152,11 @@ struct RunArgs {
     webhook_cert: PathBuf,
     #[arg(long, default_value = "/etc/meshscale/webhook/tls.key")]
     webhook_key: PathBuf,
-    /// The Secret (in --namespace) the webhook certificate is mounted from. When
-    /// set, the leader issues the certificate, renews it before expiry and keeps
-    /// --webhook-config's caBundle in step; unset, the files are used as they are.
+    /// The Secret (in --namespace) holding the webhook certificate. When set,
+    /// the operator alone owns it: the leader issues it, renews it before
+    /// expiry (or when it no longer verifies against the bundle) and keeps
+    /// --webhook-config's caBundle in step, and every replica serves it as
+    /// read through the API; unset, --webhook-cert/--webhook-key are served.
     #[arg(long)]
     webhook_secret: Option<String>,
     /// The MutatingWebhookConfiguration whose caBundle the operator maintains.
@@ -264,17 +266,55 @@ fn cert_target(args: &RunArgs) -> anyhow::Result<Option<certs::CertTarget>> {
 }
 
 /// The leader's certificate loop: at start (so the caBundle is right before
-/// the first pod arrives), then twice a day; a failure retries within minutes.
+/// the first pod arrives), then every minute: a check is two GETs, and a
+/// `helm upgrade` or a hand edit of the Secret or the webhook configuration
+/// is corrected within that minute instead of at the next renewal.
 async fn renew_webhook_cert<A: Admin, K: Kube>(t: certs::CertTarget, ctx: Arc<Ctx<A, K>>) {
     loop {
         let wait = match certs::ensure(&t, &ctx, chrono::Utc::now()).await {
-            Ok(_) => Duration::from_secs(12 * 3600),
+            Ok(_) => Duration::from_secs(60),
             Err(e) => {
                 error!(error = %e, "webhook certificate check failed");
-                Duration::from_secs(120)
+                Duration::from_secs(20)
             }
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// Every replica serves the certificate the leader keeps in the webhook
+/// Secret, read through the API (not a volume mount, which the kubelet
+/// refreshes only every minute or two, and which would keep a first
+/// install's pods from starting until the Secret exists).
+async fn follow_webhook_secret(
+    client: kube::Client,
+    namespace: String,
+    secret: String,
+    cert: Arc<tls::MemoryCert>,
+) {
+    use k8s_openapi::api::core::v1::Secret;
+    let api: kube::Api<Secret> = kube::Api::namespaced(client, &namespace);
+    loop {
+        match api.get_opt(&secret).await {
+            Ok(Some(s)) => {
+                let data = s.data.unwrap_or_default();
+                if let (Some(c), Some(k)) = (data.get("tls.crt"), data.get("tls.key")) {
+                    match cert.set_pem(&c.0, &k.0) {
+                        Ok(true) => info!(secret = %secret, "webhook certificate loaded"),
+                        Ok(false) => {}
+                        Err(e) => warn!(secret = %secret, error = %e, "keeping the previous webhook certificate"),
+                    }
+                }
+            }
+            Ok(None) => {
+                if !cert.is_set() {
+                    info!(secret = %secret, "waiting for the leader to issue the webhook certificate");
+                }
+            }
+            Err(e) => warn!(secret = %secret, error = %e, "cannot read the webhook Secret"),
+        }
+        let wait = if cert.is_set() { 10 } else { 1 };
+        tokio::time::sleep(Duration::from_secs(wait)).await;
     }
 }
 
@@ -383,13 +423,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let keys = key_defaults(&args.inject)?;
     let inject = Arc::new(inject_config(&args.inject, &args.namespace)?);
-    let cert = Arc::new(
-        tls::ReloadingCert::new(args.webhook_cert.clone(), args.webhook_key.clone())
-            .context("loading the webhook certificate")?,
-    );
+    let resolver: Arc<dyn tokio_rustls::rustls::server::ResolvesServerCert> =
+        match &args.webhook_secret {
+            Some(secret) => {
+                let cert = Arc::new(tls::MemoryCert::default());
+                tokio::spawn(follow_webhook_secret(
+                    client.clone(),
+                    args.namespace.clone(),
+                    secret.clone(),
+                    Arc::clone(&cert),
+                ));
+                cert
+            }
+            None => Arc::new(
+                tls::ReloadingCert::new(args.webhook_cert.clone(), args.webhook_key.clone())
+                    .context("loading the webhook certificate")?,
+            ),
+        };
     let listener = server::bind(args.webhook_addr).await?;
     info!(addr = %args.webhook_addr, "webhook listening");
-    let mut webhook = tokio::spawn(server::serve(listener, tls::server_config(cert), inject));
+    let mut webhook = tokio::spawn(server::serve(listener, tls::server_config(resolver), inject));
 
     let elector = Elector::new(
         client.clone(),

@@ -50,22 +50,49 @@ fn data<'a>(s: &'a Secret, key: &str) -> Option<&'a [u8]> {
     s.data.as_ref()?.get(key).map(|b| b.0.as_slice())
 }
 
-/// The expiry we recorded; `None` for a Secret we did not write (e.g. the
-/// chart's install-time certificate), which is then replaced by ours.
-pub fn not_after(s: &Secret) -> Option<DateTime<Utc>> {
-    let v = s.metadata.annotations.as_ref()?.get(ANN_NOT_AFTER)?;
-    DateTime::parse_from_rfc3339(v)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
+/// Why the Secret's certificate cannot be kept until `at`: checked from the
+/// certificates themselves, never from our annotation (which a `helm
+/// upgrade` or a hand edit leaves behind when it replaces the files). It must
+/// hold a key matching the certificate, and the certificate must verify, as
+/// the API server will verify it, for every DNS name against the bundle the
+/// operator puts into `caBundle`, and still at `at`.
+pub fn check(s: &Secret, t: &CertTarget, at: DateTime<Utc>) -> Result<(), String> {
+    use tokio_rustls::rustls::client::WebPkiServerVerifier;
+    use tokio_rustls::rustls::client::danger::ServerCertVerifier;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use tokio_rustls::rustls::{RootCertStore, crypto};
 
-/// Whether a new certificate is due.
-pub fn due(secret: Option<&Secret>, now: DateTime<Utc>, renew_before: chrono::Duration) -> bool {
-    let Some(s) = secret else { return true };
-    if data(s, "tls.crt").is_none() || data(s, "tls.key").is_none() {
-        return true;
+    let (Some(cert), Some(key)) = (data(s, "tls.crt"), data(s, "tls.key")) else {
+        return Err("no tls.crt/tls.key".into());
+    };
+    let served = super::tls::MemoryCert::default();
+    served.set_pem(cert, key).map_err(|e| e.to_string())?;
+    let bundle = data(s, CA_BUNDLE_KEY)
+        .or_else(|| data(s, "ca.crt"))
+        .ok_or("no CA bundle")?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(bundle) {
+        let ca = ca.map_err(|e| format!("CA bundle: {e}"))?;
+        roots.add(ca).map_err(|e| format!("CA bundle: {e}"))?;
     }
-    not_after(s).is_none_or(|t| t - now <= renew_before)
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.crt: {e}"))?;
+    let (leaf, rest) = chain.split_first().ok_or("tls.crt holds no certificate")?;
+    let provider = std::sync::Arc::new(crypto::ring::default_provider());
+    let verifier = WebPkiServerVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let secs = u64::try_from(at.timestamp()).unwrap_or_default();
+    let when = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
+    for name in &t.dns_names {
+        let sn = ServerName::try_from(name.clone()).map_err(|e| format!("{name}: {e}"))?;
+        verifier
+            .verify_server_cert(leaf, rest, &sn, &[], when)
+            .map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The last CERTIFICATE block of a PEM bundle (the newest CA: we append).
@@ -121,7 +148,13 @@ pub async fn ensure<A: Admin, K: Kube>(
     now: DateTime<Utc>,
 ) -> Result<bool, CertError> {
     let current = ctx.kube.get_secret(&t.namespace, &t.secret).await?;
-    if !due(current.as_ref(), now, t.renew_before) {
+    let verdict = match &current {
+        Some(s) => check(s, t, now + t.renew_before),
+        None => Err("no Secret".into()),
+    };
+    if let Err(why) = &verdict {
+        info!(reason = %why, "a new webhook certificate is due");
+    } else {
         let bundle = current
             .as_ref()
             .and_then(|s| data(s, CA_BUNDLE_KEY).or_else(|| data(s, "ca.crt")))
@@ -227,25 +260,75 @@ mod tests {
         assert!(!bundle.contains(first_ca.trim()));
     }
 
-    #[test]
-    fn a_secret_without_our_record_or_keys_is_due() {
+    /// Bug: `helm upgrade` re-rendered the Secret's tls.crt, tls.key and
+    /// ca.crt (a new CA) but left our annotation and the old ca-bundle.crt; the
+    /// operator trusted its annotation and kept the stale bundle in caBundle,
+    /// so the API server could not verify the webhook (fail-open: pods without
+    /// sidecar). Now the certificate itself is checked against the bundle.
+    #[tokio::test]
+    async fn a_certificate_the_bundle_does_not_trust_is_reissued_despite_a_fresh_annotation() {
+        let c = Ctx::new(FakeAdmin::default(), FakeKube::default());
+        let t = target();
         let now = Utc::now();
-        let d = chrono::Duration::days(30);
-        assert!(due(None, now, d));
-        let helm = Secret {
+        assert!(ensure(&t, &c, now).await.unwrap());
+        // The "upgrade": new files from another CA, our annotation and bundle untouched.
+        let helm = tls::generate(&t.dns_names, 3650).unwrap();
+        {
+            let mut st = c.kube.state.lock().unwrap();
+            let s = st.secrets.get_mut("meshscale/rel-webhook-tls").unwrap();
+            let d = s.data.as_mut().unwrap();
+            d.insert("tls.crt".into(), ByteString(helm.cert_pem.clone().into_bytes()));
+            d.insert("tls.key".into(), ByteString(helm.key_pem.clone().into_bytes()));
+            d.insert("ca.crt".into(), ByteString(helm.ca_pem.clone().into_bytes()));
+        }
+        assert!(check(&secret(&c), &t, now).is_err());
+        assert!(ensure(&t, &c, now).await.unwrap(), "must reissue");
+        let fixed = secret(&c);
+        check(&fixed, &t, now + t.renew_before).expect("the new certificate verifies");
+        // What the API server trusts now verifies what is served, and still
+        // trusts the helm CA whose certificate may be served until the new files land.
+        let bundle = c.kube.state.lock().unwrap().webhook_ca["rel-inject"].clone();
+        let mut served = fixed.clone();
+        served
+            .data
+            .as_mut()
+            .unwrap()
+            .insert(CA_BUNDLE_KEY.into(), ByteString(bundle.clone()));
+        check(&served, &t, now).expect("caBundle trusts the served certificate");
+        assert!(String::from_utf8(bundle).unwrap().contains(helm.ca_pem.trim()));
+        // And then it is stable: nothing more is issued.
+        assert!(!ensure(&t, &c, now).await.unwrap());
+    }
+
+    #[test]
+    fn a_secret_missing_keys_or_names_or_expiring_soon_fails_the_check() {
+        let t = target();
+        let now = Utc::now();
+        let g = tls::generate(&t.dns_names, 90).unwrap();
+        let b = |s: &str| ByteString(s.as_bytes().to_vec());
+        let good = Secret {
             data: Some(BTreeMap::from([
-                ("tls.crt".to_string(), ByteString(b"x".to_vec())),
-                ("tls.key".to_string(), ByteString(b"y".to_vec())),
+                ("tls.crt".to_string(), b(&g.cert_pem)),
+                ("tls.key".to_string(), b(&g.key_pem)),
+                ("ca.crt".to_string(), b(&g.ca_pem)),
             ])),
             ..Default::default()
         };
-        assert!(due(Some(&helm), now, d));
-        let mut ours = helm.clone();
-        ours.metadata.annotations = Some(BTreeMap::from([(
-            ANN_NOT_AFTER.to_string(),
-            (now + chrono::Duration::days(90)).to_rfc3339(),
-        )]));
-        assert!(!due(Some(&ours), now, d));
-        assert!(due(Some(&ours), now + chrono::Duration::days(61), d));
+        check(&good, &t, now).expect("valid");
+        assert!(check(&good, &t, now + chrono::Duration::days(120)).is_err());
+        let mut wrong_name = t.clone();
+        wrong_name.dns_names = vec!["other.meshscale.svc".into()];
+        assert!(check(&good, &wrong_name, now).is_err());
+        let other = tls::generate(&t.dns_names, 90).unwrap();
+        let mut wrong_key = good.clone();
+        wrong_key
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("tls.key".into(), b(&other.key_pem));
+        assert!(check(&wrong_key, &t, now).is_err());
+        let mut no_key = good.clone();
+        no_key.data.as_mut().unwrap().remove("tls.key");
+        assert!(check(&no_key, &t, now).is_err());
     }
 }

@@ -140,13 +140,67 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
-pub fn server_config(resolver: Arc<ReloadingCert>) -> Arc<rustls::ServerConfig> {
+/// A certificate handed over in memory: what the operator read from the
+/// webhook Secret through the API. Until the first one arrives it serves
+/// nothing, so the readiness probe (an HTTPS request) keeps the replica out
+/// of the Service instead of presenting an untrusted certificate.
+#[derive(Debug, Default)]
+pub struct MemoryCert {
+    current: Mutex<Option<(Vec<u8>, Arc<CertifiedKey>)>>,
+}
+
+impl MemoryCert {
+    /// Serves this PEM pair from the next handshake on; `Ok(false)` when it is
+    /// the pair already served. A broken pair keeps the previous one.
+    pub fn set_pem(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<bool, TlsError> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|(c, _)| c == cert_pem) {
+            return Ok(false);
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Read {
+                path: "the webhook Secret's tls.crt".into(),
+                reason: e.to_string(),
+            })?;
+        if chain.is_empty() {
+            return Err(TlsError::NoCert("the webhook Secret's tls.crt".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|_| TlsError::Key("tls.key is not a PEM private key".into()))?;
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| TlsError::Key(e.to_string()))?;
+        let ck = CertifiedKey::new(chain, signer);
+        ck.keys_match()
+            .map_err(|e| TlsError::Key(format!("tls.key does not match tls.crt: {e}")))?;
+        *current = Some((cert_pem.to_vec(), Arc::new(ck)));
+        Ok(true)
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.current
+            .lock()
+            .map(|c| c.is_some())
+            .unwrap_or(false)
+    }
+}
+
+impl ResolvesServerCert for MemoryCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|(_, k)| Arc::clone(k)))
+    }
+}
+
+pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map(|b| {
             b.with_no_client_auth()
-                .with_cert_resolver(resolver.clone() as Arc<dyn ResolvesServerCert>)
+                .with_cert_resolver(Arc::clone(&resolver))
         })
         .unwrap_or_else(|_| {
             // The ring provider supports the default versions; this branch is unreachable in practice.
