@@ -61,6 +61,8 @@ pub struct Config {
     pub grpc_listen_addr: String,
     /// Serve the remote admin API without TLS (still behind an API key), for a TLS-terminating proxy in front.
     pub grpc_allow_insecure: bool,
+    /// Remote admin API settings (a bootstrap API key file).
+    pub admin: crate::admin::bootstrap::AdminConfig,
     pub tls_cert_path: String,
     pub tls_key_path: String,
     /// Directory for the default SQLite file and key files.
@@ -220,6 +222,7 @@ impl Default for Config {
             metrics_listen_addr: "127.0.0.1:9090".into(),
             grpc_listen_addr: "127.0.0.1:50443".into(),
             grpc_allow_insecure: false,
+            admin: Default::default(),
             tls_cert_path: String::new(),
             tls_key_path: String::new(),
             data_dir: "/var/lib/meshscale".into(),

@@ -10,16 +10,27 @@ use tonic::body::Body;
 use tonic::codegen::http::{HeaderMap, Request, Response};
 use tower::{Layer, Service};
 
+use super::bootstrap::BootstrapKey;
 use crate::state::AppState;
 
 #[derive(Clone)]
 pub struct ApiKeyLayer {
     state: Arc<AppState>,
+    bootstrap: Option<Arc<BootstrapKey>>,
 }
 
 impl ApiKeyLayer {
     pub fn new(state: Arc<AppState>) -> Self {
-        ApiKeyLayer { state }
+        ApiKeyLayer {
+            state,
+            bootstrap: None,
+        }
+    }
+
+    /// Also accept the key in this file (`admin.bootstrap_api_key_path`).
+    pub fn with_bootstrap(mut self, key: Option<Arc<BootstrapKey>>) -> Self {
+        self.bootstrap = key;
+        self
     }
 }
 
@@ -29,6 +40,7 @@ impl<S> Layer<S> for ApiKeyLayer {
         ApiKeyAuth {
             inner,
             state: self.state.clone(),
+            bootstrap: self.bootstrap.clone(),
         }
     }
 }
@@ -37,6 +49,7 @@ impl<S> Layer<S> for ApiKeyLayer {
 pub struct ApiKeyAuth<S> {
     inner: S,
     state: Arc<AppState>,
+    bootstrap: Option<Arc<BootstrapKey>>,
 }
 
 /// The key from `authorization: Bearer <key>`, if the header is there and readable.
@@ -65,6 +78,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = self.state.clone();
+        let bootstrap = self.bootstrap.clone();
         Box::pin(async move {
             let Some(key) = bearer(req.headers()) else {
                 state
@@ -75,6 +89,9 @@ where
                 )
                 .into_http());
             };
+            if bootstrap.as_ref().is_some_and(|b| b.verify(key)) {
+                return inner.call(req).await;
+            }
             match state.store.verify_api_key(key).await {
                 Ok(_) => inner.call(req).await,
                 Err(e) => {

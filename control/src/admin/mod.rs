@@ -3,6 +3,7 @@
 //! `grpc_listen_addr` for the operator and remote CLIs.
 
 mod auth;
+pub mod bootstrap;
 mod convert;
 mod serve;
 mod service;

@@ -72,8 +72,18 @@ pub async fn serve_tcp(
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
             .context("invalid TLS certificate or key")?;
     }
+    let bootstrap = match config.admin.bootstrap_api_key_path.as_str() {
+        "" => None,
+        path => {
+            let key = super::bootstrap::BootstrapKey::new(path);
+            key.check()
+                .context("admin.bootstrap_api_key_path is set but unusable")?;
+            tracing::info!(path, "bootstrap admin API key accepted");
+            Some(std::sync::Arc::new(key))
+        }
+    };
     builder
-        .layer(ApiKeyLayer::new(state.clone()))
+        .layer(ApiKeyLayer::new(state.clone()).with_bootstrap(bootstrap))
         .add_service(service(&state))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
