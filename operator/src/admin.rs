@@ -141,6 +141,24 @@ impl GrpcAdmin {
         api_key: &str,
         timeout: Duration,
     ) -> Result<Self, ConnectError> {
+        let ca = match ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| ConnectError::Read {
+                path: path.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        Self::connect_pem(address, ca.as_deref(), server_name, api_key, timeout)
+    }
+
+    /// [`connect`](Self::connect) with the CA as PEM bytes (read from a Secret).
+    pub fn connect_pem(
+        address: &str,
+        ca_pem: Option<&[u8]>,
+        server_name: Option<&str>,
+        api_key: &str,
+        timeout: Duration,
+    ) -> Result<Self, ConnectError> {
         let api_key = api_key.trim();
         if api_key.is_empty() {
             return Err(ConnectError::BadApiKey);
@@ -161,14 +179,8 @@ impl GrpcAdmin {
         let host = endpoint.uri().host().unwrap_or_default().to_string();
         let endpoint = if uri.starts_with("https://") {
             let mut tls = ClientTlsConfig::new().domain_name(server_name.unwrap_or(&host));
-            tls = match ca_file {
-                Some(path) => {
-                    let pem = std::fs::read(path).map_err(|source| ConnectError::Read {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
-                    tls.ca_certificate(Certificate::from_pem(pem))
-                }
+            tls = match ca_pem {
+                Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
                 None => tls.with_native_roots(),
             };
             endpoint

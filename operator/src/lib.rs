@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod bootstrap;
 pub mod conditions;
 pub mod controller;
 pub mod crd;

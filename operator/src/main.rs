@@ -16,8 +16,8 @@ use meshscale_operator::kubeops::KubeClient;
 use meshscale_operator::lease::Elector;
 use meshscale_operator::reconcile::Ctx;
 use meshscale_operator::webhook::patch::{CaSource, InjectConfig, is_quantity};
-use meshscale_operator::webhook::{certs, server, tls};
-use meshscale_operator::{controller, crdgen, duration, metrics};
+use meshscale_operator::webhook::{certs, podsecurity, server, tls};
+use meshscale_operator::{bootstrap, controller, crdgen, duration, metrics};
 use tracing::{error, info, warn};
 
 /// Manages Meshscale users, nodes and pre-auth keys as Kubernetes resources.
@@ -133,8 +133,24 @@ struct RunArgs {
     #[arg(long, env = "MESHSCALE_TLS_SERVER_NAME")]
     tls_server_name: Option<String>,
     /// File holding the admin API key (a mounted Secret). Never logged.
-    #[arg(long, env = "MESHSCALE_API_KEY_FILE")]
-    api_key_file: PathBuf,
+    #[arg(long, env = "MESHSCALE_API_KEY_FILE", required_unless_present = "api_key_secret")]
+    api_key_file: Option<PathBuf>,
+    /// Secret (in --namespace) holding the admin API key under `apikey`,
+    /// generated when missing; the control server accepts it as its
+    /// bootstrap key. Replaces --api-key-file.
+    #[arg(long, conflicts_with = "api_key_file")]
+    api_key_secret: Option<String>,
+    /// Secret (in --namespace) with the control server's TLS certificate,
+    /// generated when missing for the --control-dns names; its ca.crt is the
+    /// CA the operator trusts. Replaces --ca-file.
+    #[arg(long, conflicts_with = "ca_file", requires = "control_dns")]
+    control_tls_secret: Option<String>,
+    /// DNS names of the control server's certificate (with --control-tls-secret).
+    #[arg(long = "control-dns")]
+    control_dns: Vec<String>,
+    /// Creates the MeshUser --inject-user when it does not exist.
+    #[arg(long)]
+    create_inject_user: bool,
     /// The operator's namespace: never injected, home of the Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "meshscale")]
     namespace: String,
@@ -386,6 +402,7 @@ fn inject_config(args: &InjectArgs, own_namespace: &str) -> anyhow::Result<Injec
         memory_request: args.sidecar_memory_request.clone(),
         cpu_limit: args.sidecar_cpu_limit.clone(),
         memory_limit: args.sidecar_memory_limit.clone(),
+        pod_security: Default::default(),
     })
 }
 
@@ -407,22 +424,52 @@ async fn webhook_only(args: WebhookArgs) -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let api_key = std::fs::read_to_string(&args.api_key_file)
-        .with_context(|| format!("reading the API key file {}", args.api_key_file.display()))?;
-    let admin = GrpcAdmin::connect(
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let api_key = match (&args.api_key_secret, &args.api_key_file) {
+        (Some(name), _) => bootstrap::ensure_api_key(&client, &args.namespace, name)
+            .await
+            .with_context(|| format!("the admin API key Secret {name}"))?,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the API key file {}", path.display()))?,
+        (None, None) => bail!("--api-key-file or --api-key-secret is required"),
+    };
+    let ca_pem = match (&args.control_tls_secret, &args.ca_file) {
+        (Some(name), _) => Some(
+            bootstrap::ensure_control_tls(&client, &args.namespace, name, &args.control_dns)
+                .await
+                .with_context(|| format!("the control server TLS Secret {name}"))?,
+        ),
+        (None, Some(path)) => Some(
+            std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?,
+        ),
+        (None, None) => None,
+    };
+    let admin = GrpcAdmin::connect_pem(
         &args.control_server,
-        args.ca_file.as_deref(),
+        ca_pem.as_deref(),
         args.tls_server_name.as_deref(),
         &api_key,
         Duration::from_secs(15),
     )?;
     drop(api_key);
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to Kubernetes")?;
 
     let keys = key_defaults(&args.inject)?;
-    let inject = Arc::new(inject_config(&args.inject, &args.namespace)?);
+    let mut inject = inject_config(&args.inject, &args.namespace)?;
+    // Every replica answers admissions, so every replica follows the
+    // namespaces' Pod Security levels and reports the pods it leaves alone.
+    let (skips, skipped) = tokio::sync::mpsc::channel(256);
+    inject.pod_security = podsecurity::PodSecurity::with_reports(skips);
+    tokio::spawn(podsecurity::watch_namespaces(
+        client.clone(),
+        inject.pod_security.clone(),
+    ));
+    tokio::spawn(podsecurity::publish_skips(
+        Arc::new(KubeClient::new(client.clone(), &args.identity)),
+        skipped,
+    ));
+    let inject = Arc::new(inject);
     let resolver: Arc<dyn tokio_rustls::rustls::server::ResolvesServerCert> =
         match &args.webhook_secret {
             Some(secret) => {
@@ -474,6 +521,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         r = &mut webhook => bail!("webhook server stopped: {r:?}"),
     }
     ctx.metrics.set_leader(true);
+    if args.create_inject_user {
+        tokio::spawn(ensure_inject_user(
+            client.clone(),
+            args.inject.inject_user.clone(),
+        ));
+    }
     if let Some(target) = cert_target(&args)? {
         tokio::spawn(renew_webhook_cert(target, Arc::clone(&ctx)));
     }
@@ -500,6 +553,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Err(e) => error!(error = %e, "could not release the lease"),
     }
     result
+}
+
+/// Creates the injection MeshUser if missing, retrying until it exists.
+async fn ensure_inject_user(client: kube::Client, name: String) {
+    loop {
+        match bootstrap::ensure_mesh_user(&client, &name).await {
+            Ok(_) => return,
+            Err(e) => warn!(meshuser = %name, error = %e, "cannot create the injection user; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
 }
 
 /// SIGTERM (what the kubelet sends) or Ctrl-C.

@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod patch;
+pub mod podsecurity;
 pub mod review;
 pub mod server;
 pub mod tls;

@@ -46,6 +46,9 @@ pub struct InjectConfig {
     /// No limit when unset: a throttled sidecar stalls every connection of the pod.
     pub cpu_limit: Option<String>,
     pub memory_limit: Option<String>,
+    /// Namespaces whose Pod Security level rejects the sidecar (empty when
+    /// the webhook runs without a cluster client).
+    pub pod_security: super::podsecurity::PodSecurity,
 }
 
 /// Whether `s` is a Kubernetes resource quantity: a non-negative decimal with
@@ -298,6 +301,7 @@ pub mod tests {
             memory_request: "32Mi".into(),
             cpu_limit: None,
             memory_limit: None,
+            pod_security: Default::default(),
         }
     }
 

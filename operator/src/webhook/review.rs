@@ -8,6 +8,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use tracing::{info, warn};
 
 use super::patch::{InjectConfig, Verdict, patch, verdict};
+use super::podsecurity;
 
 /// Larger bodies are refused before parsing (the API server sends at most ~3 MiB pods).
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -73,6 +74,23 @@ fn respond(
         Verdict::Skip(why) => {
             tracing::debug!(why, "not injecting");
             resp.into_review()
+        }
+        Verdict::Inject if cfg
+            .pod_security
+            .level(ns)
+            .is_some_and(|l| podsecurity::rejects_sidecar(&l)) =>
+        {
+            // The pod would be rejected with the sidecar: admit it as it is and say why.
+            let level = cfg.pod_security.level(ns).unwrap_or_default();
+            warn!(level, "not injecting: the namespace's Pod Security level rejects the sidecar");
+            cfg.pod_security.report(podsecurity::Skipped {
+                namespace: ns.to_string(),
+                pod: pod_name.clone(),
+                level: level.clone(),
+            });
+            let mut r = resp;
+            r.warnings = Some(vec![podsecurity::warning(&level)]);
+            r.into_review()
         }
         Verdict::Inject => match patch(pod, cfg) {
             // The pod asked for the mesh with annotations we cannot honour:
@@ -183,6 +201,31 @@ mod tests {
             assert_eq!(out["kind"], "AdmissionReview");
             assert_eq!(out["response"]["allowed"], false);
         }
+    }
+
+    #[tokio::test]
+    async fn a_namespace_enforcing_baseline_or_restricted_gets_the_pod_unmodified_with_a_warning() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let mut c = cfg();
+        c.pod_security = podsecurity::PodSecurity::with_reports(tx);
+        c.pod_security.set("locked", Some("restricted"));
+        c.pod_security.set("open", Some("privileged"));
+        let out: Value =
+            serde_json::from_slice(&answer(&review(annotated(), "locked", "CREATE"), false, &c))
+                .unwrap();
+        let r = &out["response"];
+        assert_eq!(r["allowed"], true);
+        assert!(r["patch"].is_null(), "{r}");
+        let w = r["warnings"][0].as_str().unwrap();
+        assert!(w.contains("restricted") && w.contains("not injected"), "{w}");
+        let s = rx.try_recv().unwrap();
+        assert_eq!((s.namespace.as_str(), s.level.as_str()), ("locked", "restricted"));
+        // A privileged namespace is injected as before.
+        let out: Value =
+            serde_json::from_slice(&answer(&review(annotated(), "open", "CREATE"), false, &c))
+                .unwrap();
+        assert_eq!(out["response"]["patchType"], "JSONPatch");
+        assert!(out["response"]["warnings"].is_null());
     }
 
     #[test]

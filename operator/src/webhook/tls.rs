@@ -35,13 +35,21 @@ pub struct Generated {
 
 /// A CA and a certificate for `dns_names` (e.g. `svc.ns.svc`), valid `days` days.
 pub fn generate(dns_names: &[String], days: i64) -> Result<Generated, TlsError> {
+    generate_named("meshscale webhook CA", dns_names, days)
+}
+
+/// [`generate`] with the CA's common name.
+pub fn generate_named(
+    ca_name: &str,
+    dns_names: &[String],
+    days: i64,
+) -> Result<Generated, TlsError> {
     // Day granularity is all rcgen takes without the `time` crate; starting
     // yesterday also absorbs clock skew between nodes.
     let not_before = ymd(chrono::Utc::now() - chrono::Duration::days(1));
     let not_after = ymd(chrono::Utc::now() + chrono::Duration::days(days));
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name
-        .push(DnType::CommonName, "meshscale webhook CA");
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
