@@ -131,11 +131,8 @@ fn chart_renders_crds_deployments_rbac_and_a_safe_webhook() {
     for hook in hooks {
         assert_eq!(hook["failurePolicy"], "Ignore");
         assert_eq!(hook["sideEffects"], "None");
-        assert!(
-            hook["clientConfig"]["caBundle"]
-                .as_str()
-                .is_some_and(|c| !c.is_empty())
-        );
+        // The operator's to fill: without a cluster (no lookup) the chart renders none.
+        assert!(hook["clientConfig"]["caBundle"].is_null());
         let excl = &hook["namespaceSelector"]["matchExpressions"][0];
         assert_eq!(excl["key"], "kubernetes.io/metadata.name");
         assert_eq!(excl["operator"], "NotIn");
@@ -147,7 +144,121 @@ fn chart_renders_crds_deployments_rbac_and_a_safe_webhook() {
         );
     }
     find(&docs, "Service", "rel-webhook");
-    find(&docs, "Secret", "rel-webhook-tls");
+}
+
+/// `helm upgrade` re-renders the chart: anything random in it would change
+/// on every upgrade (and on every GitOps sync, which renders without a
+/// cluster). The chart therefore renders no key material at all (the
+/// operator generates the webhook and control certificates and the admin API
+/// key once, into Secrets Helm does not own), so two renders are identical.
+#[test]
+fn chart_renders_no_key_material_and_two_renders_are_identical() {
+    let chart = chart();
+    let args = [
+        "template",
+        "rel",
+        chart.to_str().unwrap(),
+        "-n",
+        "mesh",
+        "--set",
+        "control.ingress.enabled=true",
+    ];
+    let first = run(&args);
+    let second = run(&args);
+    assert_eq!(first, second, "a render differs from the previous one");
+    for secret_text in ["PRIVATE KEY", "BEGIN CERTIFICATE", "tls.key: ", "kind: Secret"] {
+        assert!(!first.contains(secret_text), "{secret_text} rendered");
+    }
+}
+
+/// Zero-touch: the operator generates and uses the admin API key Secret the
+/// control server reads as its bootstrap key, and creates the injection user;
+/// nothing names a Secret a human must create.
+#[test]
+fn operator_and_control_server_share_the_generated_credentials() {
+    let docs = render(&[]);
+    let operator = find(&docs, "Deployment", "rel-operator");
+    let pod = &operator["spec"]["template"]["spec"];
+    let args = serde_yaml::to_string(&pod["containers"][0]["args"]).unwrap();
+    for wanted in [
+        "--api-key-secret=rel-admin-apikey",
+        "--control-tls-secret=rel-control-tls",
+        "--control-dns=rel-control.mesh.svc",
+        "--create-inject-user",
+    ] {
+        assert!(args.contains(wanted), "{wanted} missing from {args}");
+    }
+    assert!(!args.contains("--api-key-file") && !args.contains("--ca-file"), "{args}");
+    assert!(pod["volumes"].is_null(), "the operator mounts no Secret");
+
+    let control = find(&docs, "Deployment", "rel-control");
+    let volumes = serde_yaml::to_string(&control["spec"]["template"]["spec"]["volumes"]).unwrap();
+    assert!(volumes.contains("secretName: rel-admin-apikey"), "{volumes}");
+    assert!(volumes.contains("secretName: rel-control-tls"), "{volumes}");
+    let cm = find(&docs, "ConfigMap", "rel-control");
+    let config = cm["data"]["config.yaml"].as_str().unwrap();
+    assert!(
+        config.contains("bootstrap_api_key_path: /etc/meshscale/admin/apikey"),
+        "{config}"
+    );
+    let notes = std::fs::read_to_string(chart().join("templates/NOTES.txt")).unwrap();
+    assert!(
+        !notes.contains("apikeys create") && !notes.contains("kind: MeshUser"),
+        "NOTES.txt still asks for a manual step:\n{notes}"
+    );
+
+    let off = render(&["--set", "injection.createUser=false", "--set", "operator.apiKeySecret=mine"]);
+    let args = serde_yaml::to_string(
+        &find(&off, "Deployment", "rel-operator")["spec"]["template"]["spec"]["containers"][0]["args"],
+    )
+    .unwrap();
+    assert!(!args.contains("--create-inject-user") && args.contains("--api-key-secret=mine"));
+}
+
+/// Hardened clusters: owner references need `update` on the owner's
+/// finalizers where OwnerReferencesPermissionEnforcement is on, and the
+/// webhook reads namespaces' Pod Security labels.
+#[test]
+fn cluster_role_covers_owner_finalizers_and_namespaces() {
+    let docs = render(&[]);
+    let role = find(&docs, "ClusterRole", "rel-operator");
+    let rules = role["rules"].as_sequence().unwrap();
+    let allows = |resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            r["resources"].as_sequence().unwrap().iter().any(|x| x == resource)
+                && r["verbs"].as_sequence().unwrap().iter().any(|x| x == verb)
+        })
+    };
+    for owner in ["meshusers", "preauthkeys", "meshnodes"] {
+        assert!(allows(&format!("{owner}/finalizers"), "update"), "{owner}/finalizers");
+    }
+    for verb in ["get", "list", "watch"] {
+        assert!(allows("namespaces", verb), "namespaces {verb}");
+    }
+}
+
+/// Bug: the Ingress pointed at the port named `http`, which serves only TLS.
+#[test]
+fn ingress_reaches_the_tls_port_over_https() {
+    let docs = render(&["--set", "control.ingress.enabled=true"]);
+    let ing = find(&docs, "Ingress", "rel-control");
+    let backend = &ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"];
+    assert_eq!(backend["port"]["name"], "https");
+    assert_eq!(
+        ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"],
+        "HTTPS"
+    );
+    let svc = find(&docs, "Service", "rel-control");
+    let port = svc["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "https")
+        .expect("an https port");
+    assert_eq!(port["appProtocol"], "https");
+    let control = find(&docs, "Deployment", "rel-control");
+    let ports = serde_yaml::to_string(&control["spec"]["template"]["spec"]["containers"][0]["ports"]).unwrap();
+    assert!(!ports.contains("name: http\n"), "{ports}");
 }
 
 #[test]
@@ -303,11 +414,9 @@ fn rendered_chart_validates_against_the_kubernetes_schemas_offline() {
 }
 
 /// deploy/manifests/meshscale.yaml: the chart with default values for release
-/// `meshscale` in namespace `meshscale`, for users without Helm. Two things
-/// differ from `helm template`, both because a checked-in file is the same
-/// for every user: the TLS Secrets (their private keys would be public) are
-/// left out, and the webhook's caBundle is empty (the operator fills it once
-/// the webhook Secret exists). The header says how to create both Secrets.
+/// `meshscale` in namespace `meshscale`, for users without Helm. The chart
+/// renders no key material (the operator generates it), so this is exactly
+/// `helm template`.
 fn plain_manifests() -> String {
     let chart = chart();
     let yaml = run(&[
@@ -320,17 +429,9 @@ fn plain_manifests() -> String {
     ]);
     let mut out = String::from(PLAIN_HEADER);
     for doc in serde_yaml::Deserializer::from_str(&yaml) {
-        let mut v = Value::deserialize(doc).unwrap();
+        let v = Value::deserialize(doc).unwrap();
         if v.is_null() {
             continue;
-        }
-        if v["kind"] == "Secret" && v["type"] == "kubernetes.io/tls" {
-            continue;
-        }
-        if v["kind"] == "MutatingWebhookConfiguration" {
-            for hook in v["webhooks"].as_sequence_mut().unwrap() {
-                hook["clientConfig"]["caBundle"] = Value::String(String::new());
-            }
         }
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&v).unwrap());
@@ -344,20 +445,12 @@ const PLAIN_HEADER: &str = "\
 # (MESHSCALE_UPDATE_MANIFESTS=1 cargo test -p meshscale-operator --test helm);
 # a test fails when it drifts from the chart. Edit the chart, not this file.
 #
-# Not included, because their private keys must not be shared: the two TLS
-# Secrets. Create them first (meshscale-operator is the operator image's binary):
 #   kubectl create namespace meshscale
-#   meshscale-operator webhook-cert --out control-tls \\
-#     --dns meshscale-control.meshscale.svc --dns meshscale-control
-#   kubectl -n meshscale create secret generic meshscale-control-tls --type=kubernetes.io/tls \\
-#     --from-file=control-tls/tls.crt --from-file=control-tls/tls.key --from-file=control-tls/ca.crt
-#   meshscale-operator webhook-cert --out webhook-tls --dns meshscale-webhook.meshscale.svc
-#   kubectl -n meshscale create secret generic meshscale-webhook-tls --type=kubernetes.io/tls \\
-#     --from-file=webhook-tls/tls.crt --from-file=webhook-tls/tls.key --from-file=webhook-tls/ca.crt
 #   kubectl apply -f deploy/manifests/meshscale.yaml
-# The operator patches the webhook's caBundle from its Secret at start and
-# renews the certificate before it expires. Then follow the chart's NOTES.txt
-# (API key Secret, MeshUser). Edit serverUrl: search for meshscale.example.com.
+# At its first start the operator generates the control server's TLS Secret,
+# the admin API key Secret and the webhook certificate (it keeps the webhook's
+# caBundle in step), and creates the MeshUser `k8s` injected pods join as.
+# Edit serverUrl: search for meshscale.example.com.
 ";
 
 #[test]
