@@ -8,7 +8,7 @@
 #   1. builds the three images with deploy/Dockerfile and pushes them to $REGISTRY
 #      (SKIP_BUILD=1 uses images already there, tag $TAG);
 #   2. installs charts/meshscale into $NS with the in-cluster login server;
-#   3. gives the operator an API key, applies the MeshUser injected pods join as;
+#   3. waits for what the operator sets up by itself: the MeshUser k8s (Ready);
 #   4. deploys two annotated pods in $APP_NS and checks that the operator made the
 #      namespace's injection key (PreAuthKey + Secret), that both pods are MeshNodes,
 #      and that one pod pings the other over the mesh;
@@ -73,23 +73,15 @@ helm upgrade --install "$REL" charts/meshscale -n "$NS" --create-namespace \
   --wait=false
 kubectl -n "$NS" rollout status "deploy/$REL-control" --timeout="$TIMEOUT"
 
-# -- 3. API key, user --------------------------------------------------------------
-log "creating the operator's API key"
-if ! kubectl -n "$NS" get secret meshscale-operator-apikey >/dev/null 2>&1; then
-  # Piped straight into the Secret: the key is never printed.
-  kubectl -n "$NS" exec "deploy/$REL-control" -- meshscale apikeys create --expiration 90d \
-    | kubectl -n "$NS" create secret generic meshscale-operator-apikey --from-file=apikey=/dev/stdin
-fi
-kubectl -n "$NS" rollout restart "deploy/$REL-operator"
+# -- 3. zero touch: no API key step, no hand-made MeshUser -----------------------
+# The operator generates the control TLS and admin API key Secrets (the control
+# pod waits for them) and creates the MeshUser injected pods join as.
 kubectl -n "$NS" rollout status "deploy/$REL-operator" --timeout="$TIMEOUT"
-
-log "applying MeshUser k8s"
-kubectl apply -f - <<'YAML'
-apiVersion: meshscale.dev/v1alpha1
-kind: MeshUser
-metadata: {name: k8s}
-spec: {displayName: Kubernetes workloads}
-YAML
+log "waiting for the MeshUser k8s the operator creates"
+for _ in $(seq 60); do
+  kubectl get meshuser k8s >/dev/null 2>&1 && break
+  sleep 5
+done
 kubectl wait meshuser/k8s --for=condition=Ready --timeout="$TIMEOUT"
 
 # -- 4. two injected pods ----------------------------------------------------------

@@ -6,7 +6,7 @@
 #   1. creates the kind cluster $KIND_CLUSTER (default meshscale) unless it exists;
 #   2. builds the three images with deploy/Dockerfile and loads them into its nodes
 #      (no registry needed; SKIP_BUILD=1 reuses images loaded before, tag $TAG);
-#   3. installs charts/meshscale, gives the operator its API key, applies MeshUser k8s;
+#   3. installs charts/meshscale (the operator makes its API key and MeshUser k8s itself);
 #   4. deploys a two-replica Deployment annotated meshscale.dev/inject: "true", checks
 #      that both pods got the sidecar and are MeshNodes, and that one pings the other
 #      over the mesh; then deletes a pod and checks that its node goes too.
