@@ -98,7 +98,11 @@ async fn get_or_create(
 }
 
 /// The admin API key from Secret `name`, generated on first use.
-pub async fn ensure_api_key(client: &Client, ns: &str, name: &str) -> Result<String, BootstrapError> {
+pub async fn ensure_api_key(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<String, BootstrapError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let s = get_or_create(&api, name, || {
         let key = new_api_key()?;
@@ -200,15 +204,27 @@ mod tests {
     async fn secrets_are_generated_once_and_then_kept() {
         let fake = FakeApiServer::default();
         let client = fake.client();
-        let k1 = ensure_api_key(&client, "mesh", "rel-admin-apikey").await.unwrap();
+        let k1 = ensure_api_key(&client, "mesh", "rel-admin-apikey")
+            .await
+            .unwrap();
         assert!(k1.starts_with("msboot-") && k1.len() >= MIN_API_KEY_LEN);
-        let k2 = ensure_api_key(&client, "mesh", "rel-admin-apikey").await.unwrap();
+        let k2 = ensure_api_key(&client, "mesh", "rel-admin-apikey")
+            .await
+            .unwrap();
         assert_eq!(k1, k2, "an existing key is kept");
         let names = vec!["rel-control.mesh.svc".to_string()];
-        let ca1 = ensure_control_tls(&client, "mesh", "rel-control-tls", &names).await.unwrap();
-        let ca2 = ensure_control_tls(&client, "mesh", "rel-control-tls", &names).await.unwrap();
+        let ca1 = ensure_control_tls(&client, "mesh", "rel-control-tls", &names)
+            .await
+            .unwrap();
+        let ca2 = ensure_control_tls(&client, "mesh", "rel-control-tls", &names)
+            .await
+            .unwrap();
         assert_eq!(ca1, ca2);
-        assert!(String::from_utf8(ca1).unwrap().contains("BEGIN CERTIFICATE"));
+        assert!(
+            String::from_utf8(ca1)
+                .unwrap()
+                .contains("BEGIN CERTIFICATE")
+        );
         // Brought by the user: used as it is, not replaced.
         fake.put(
             "v1",

@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::Secret;
 
 use crate::admin::{Admin, AdminError, ApiPreAuthKey, NewKey, Node, User, timestamp};
 use crate::crd::{
-    MeshNode, MeshNodeSpec, MeshUser, MeshNodeStatus, MeshUserStatus, PreAuthKeySpec, PreAuthKeyStatus,
+    MeshNode, MeshNodeSpec, MeshNodeStatus, MeshUser, MeshUserStatus, PreAuthKeySpec,
+    PreAuthKeyStatus,
 };
 use crate::kubeops::{FINALIZER, Kube, KubeError, Note};
 

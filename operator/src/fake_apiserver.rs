@@ -343,7 +343,8 @@ impl FakeApiServer {
         use tokio_rustls::rustls;
         let io = |e: &dyn Display| std::io::Error::other(e.to_string());
         let ca_key = rcgen::KeyPair::generate().map_err(|e| io(&e))?;
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| io(&e))?;
+        let mut ca_params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| io(&e))?;
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = ca_params.self_signed(&ca_key).map_err(|e| io(&e))?;
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
@@ -511,9 +512,7 @@ impl FakeApiServer {
         };
         if method == Method::GET
             && t.name.is_none()
-            && params
-                .get("watch")
-                .is_some_and(|w| w == "true" || w == "1")
+            && params.get("watch").is_some_and(|w| w == "true" || w == "1")
         {
             self.store().log.push(format!("{method} {path}?{query}"));
             return self.watch(t, &params);
@@ -543,11 +542,15 @@ impl FakeApiServer {
         // A dry run goes through every check against a scratch copy.
         let dry = params.get("dryRun").is_some_and(|d| d == "All");
         let mut scratch = Store {
-            objects: if dry { st.objects.clone() } else { BTreeMap::new() },
+            objects: if dry {
+                st.objects.clone()
+            } else {
+                BTreeMap::new()
+            },
             rv: st.rv,
             ..Store::default()
         };
-        let w: &mut Store = if dry { &mut scratch } else { &mut *st };
+        let w: &mut Store = if dry { &mut scratch } else { &mut st };
         let resp = match (&method, t.name.as_deref(), t.sub.as_deref()) {
             (&Method::GET, None, _) => Self::list_in(w, &t, params.get("labelSelector")),
             (&Method::GET, Some(name), _) => match w.objects.get(&key(name)) {
@@ -682,7 +685,11 @@ impl FakeApiServer {
                         (st.rv, objs)
                     };
                     for o in objs {
-                        if tx.send(line(&json!({"type": "ADDED", "object": o}))).await.is_err() {
+                        if tx
+                            .send(line(&json!({"type": "ADDED", "object": o})))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -739,7 +746,11 @@ impl FakeApiServer {
                         return;
                     }
                 }
-                let wake = if bookmarks { next_bookmark.min(end) } else { end };
+                let wake = if bookmarks {
+                    next_bookmark.min(end)
+                } else {
+                    end
+                };
                 tokio::select! {
                     r = changed.changed() => if r.is_err() { return },
                     _ = epoch.changed() => return,

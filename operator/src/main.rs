@@ -133,7 +133,11 @@ struct RunArgs {
     #[arg(long, env = "MESHSCALE_TLS_SERVER_NAME")]
     tls_server_name: Option<String>,
     /// File holding the admin API key (a mounted Secret). Never logged.
-    #[arg(long, env = "MESHSCALE_API_KEY_FILE", required_unless_present = "api_key_secret")]
+    #[arg(
+        long,
+        env = "MESHSCALE_API_KEY_FILE",
+        required_unless_present = "api_key_secret"
+    )]
     api_key_file: Option<PathBuf>,
     /// Secret (in --namespace) holding the admin API key under `apikey`,
     /// generated when missing; the control server accepts it as its
@@ -318,7 +322,9 @@ async fn follow_webhook_secret(
                     match cert.set_pem(&c.0, &k.0) {
                         Ok(true) => info!(secret = %secret, "webhook certificate loaded"),
                         Ok(false) => {}
-                        Err(e) => warn!(secret = %secret, error = %e, "keeping the previous webhook certificate"),
+                        Err(e) => {
+                            warn!(secret = %secret, error = %e, "keeping the previous webhook certificate")
+                        }
                     }
                 }
             }
@@ -489,7 +495,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
     let listener = server::bind(args.webhook_addr).await?;
     info!(addr = %args.webhook_addr, "webhook listening");
-    let mut webhook = tokio::spawn(server::serve(listener, tls::server_config(resolver), inject));
+    let mut webhook = tokio::spawn(server::serve(
+        listener,
+        tls::server_config(resolver),
+        inject,
+    ));
 
     let elector = Elector::new(
         client.clone(),
@@ -560,7 +570,9 @@ async fn ensure_inject_user(client: kube::Client, name: String) {
     loop {
         match bootstrap::ensure_mesh_user(&client, &name).await {
             Ok(_) => return,
-            Err(e) => warn!(meshuser = %name, error = %e, "cannot create the injection user; retrying"),
+            Err(e) => {
+                warn!(meshuser = %name, error = %e, "cannot create the injection user; retrying")
+            }
         }
         tokio::time::sleep(Duration::from_secs(30)).await;
     }

@@ -166,7 +166,12 @@ fn chart_renders_no_key_material_and_two_renders_are_identical() {
     let first = run(&args);
     let second = run(&args);
     assert_eq!(first, second, "a render differs from the previous one");
-    for secret_text in ["PRIVATE KEY", "BEGIN CERTIFICATE", "tls.key: ", "kind: Secret"] {
+    for secret_text in [
+        "PRIVATE KEY",
+        "BEGIN CERTIFICATE",
+        "tls.key: ",
+        "kind: Secret",
+    ] {
         assert!(!first.contains(secret_text), "{secret_text} rendered");
     }
 }
@@ -188,12 +193,18 @@ fn operator_and_control_server_share_the_generated_credentials() {
     ] {
         assert!(args.contains(wanted), "{wanted} missing from {args}");
     }
-    assert!(!args.contains("--api-key-file") && !args.contains("--ca-file"), "{args}");
+    assert!(
+        !args.contains("--api-key-file") && !args.contains("--ca-file"),
+        "{args}"
+    );
     assert!(pod["volumes"].is_null(), "the operator mounts no Secret");
 
     let control = find(&docs, "Deployment", "rel-control");
     let volumes = serde_yaml::to_string(&control["spec"]["template"]["spec"]["volumes"]).unwrap();
-    assert!(volumes.contains("secretName: rel-admin-apikey"), "{volumes}");
+    assert!(
+        volumes.contains("secretName: rel-admin-apikey"),
+        "{volumes}"
+    );
     assert!(volumes.contains("secretName: rel-control-tls"), "{volumes}");
     let cm = find(&docs, "ConfigMap", "rel-control");
     let config = cm["data"]["config.yaml"].as_str().unwrap();
@@ -207,11 +218,18 @@ fn operator_and_control_server_share_the_generated_credentials() {
         "NOTES.txt still asks for a manual step:\n{notes}"
     );
 
-    let off = render(&["--set", "injection.createUser=false", "--set", "operator.apiKeySecret=mine"]);
-    let args = serde_yaml::to_string(
-        &find(&off, "Deployment", "rel-operator")["spec"]["template"]["spec"]["containers"][0]["args"],
-    )
-    .unwrap();
+    let off = render(&[
+        "--set",
+        "injection.createUser=false",
+        "--set",
+        "operator.apiKeySecret=mine",
+    ]);
+    let args =
+        serde_yaml::to_string(
+            &find(&off, "Deployment", "rel-operator")["spec"]["template"]["spec"]["containers"][0]
+                ["args"],
+        )
+        .unwrap();
     assert!(!args.contains("--create-inject-user") && args.contains("--api-key-secret=mine"));
 }
 
@@ -225,12 +243,19 @@ fn cluster_role_covers_owner_finalizers_and_namespaces() {
     let rules = role["rules"].as_sequence().unwrap();
     let allows = |resource: &str, verb: &str| {
         rules.iter().any(|r| {
-            r["resources"].as_sequence().unwrap().iter().any(|x| x == resource)
+            r["resources"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|x| x == resource)
                 && r["verbs"].as_sequence().unwrap().iter().any(|x| x == verb)
         })
     };
     for owner in ["meshusers", "preauthkeys", "meshnodes"] {
-        assert!(allows(&format!("{owner}/finalizers"), "update"), "{owner}/finalizers");
+        assert!(
+            allows(&format!("{owner}/finalizers"), "update"),
+            "{owner}/finalizers"
+        );
     }
     for verb in ["get", "list", "watch"] {
         assert!(allows("namespaces", verb), "namespaces {verb}");
@@ -257,7 +282,9 @@ fn ingress_reaches_the_tls_port_over_https() {
         .expect("an https port");
     assert_eq!(port["appProtocol"], "https");
     let control = find(&docs, "Deployment", "rel-control");
-    let ports = serde_yaml::to_string(&control["spec"]["template"]["spec"]["containers"][0]["ports"]).unwrap();
+    let ports =
+        serde_yaml::to_string(&control["spec"]["template"]["spec"]["containers"][0]["ports"])
+            .unwrap();
     assert!(!ports.contains("name: http\n"), "{ports}");
 }
 

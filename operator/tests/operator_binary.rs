@@ -43,7 +43,10 @@ async fn eventually<F: FnMut() -> bool>(what: &str, op: &mut Operator, mut f: F)
     let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
         if let Some(st) = op.exited() {
-            panic!("operator exited ({st}) while waiting for {what}:\n{}", op.log());
+            panic!(
+                "operator exited ({st}) while waiting for {what}:\n{}",
+                op.log()
+            );
         }
         assert!(
             Instant::now() < deadline,
@@ -56,7 +59,8 @@ async fn eventually<F: FnMut() -> bool>(what: &str, op: &mut Operator, mut f: F)
 
 fn start(dir: &Path, tls: &TlsServer, extra: &[&str]) -> Operator {
     let kubeconfig = dir.join("kubeconfig");
-    tls.write_kubeconfig(&kubeconfig, "mesh").expect("kubeconfig");
+    tls.write_kubeconfig(&kubeconfig, "mesh")
+        .expect("kubeconfig");
     let g = generate(&["op-webhook.mesh.svc".to_string()], 30).expect("cert");
     std::fs::write(dir.join("tls.crt"), &g.cert_pem).expect("write");
     std::fs::write(dir.join("tls.key"), &g.key_pem).expect("write");
@@ -96,8 +100,13 @@ fn start(dir: &Path, tls: &TlsServer, extra: &[&str]) -> Operator {
 }
 
 fn holder(fake: &FakeApiServer) -> Option<String> {
-    fake.get("coordination.k8s.io/v1", "leases", "mesh", "meshscale-operator")
-        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    fake.get(
+        "coordination.k8s.io/v1",
+        "leases",
+        "mesh",
+        "meshscale-operator",
+    )
+    .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,9 +124,9 @@ async fn the_binary_starts_over_tls_leads_and_releases_its_lease_on_sigterm() {
     .await;
     // ...and runs the controllers: their watches are open.
     eventually("the controllers' watches", &mut op, || {
-        fake.requests()
-            .iter()
-            .any(|r| r.starts_with("GET /apis/meshscale.dev/v1alpha1/meshusers?") && r.contains("watch=true"))
+        fake.requests().iter().any(|r| {
+            r.starts_with("GET /apis/meshscale.dev/v1alpha1/meshusers?") && r.contains("watch=true")
+        })
     })
     .await;
     let pid = op.child.id().to_string();
@@ -131,14 +140,23 @@ async fn the_binary_starts_over_tls_leads_and_releases_its_lease_on_sigterm() {
         if let Some(st) = op.exited() {
             break st;
         }
-        assert!(Instant::now() < deadline, "no exit on SIGTERM:\n{}", op.log());
+        assert!(
+            Instant::now() < deadline,
+            "no exit on SIGTERM:\n{}",
+            op.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "{exit}:\n{}", op.log());
     // Released: a follower takes over at once instead of after 15 s.
     assert_eq!(holder(&fake), None, "{}", op.log());
     let lease = fake
-        .get("coordination.k8s.io/v1", "leases", "mesh", "meshscale-operator")
+        .get(
+            "coordination.k8s.io/v1",
+            "leases",
+            "mesh",
+            "meshscale-operator",
+        )
         .expect("lease");
     assert_eq!(lease["spec"]["leaseDurationSeconds"], 1);
 }
@@ -249,7 +267,8 @@ async fn the_operator_owns_the_webhook_certificate_across_an_upgrade_and_a_resta
     ];
     let mut op = start(dir.path(), &tls, &args);
     eventually("the webhook Secret", &mut op, || {
-        fake.get("v1", "secrets", "mesh", "op-webhook-tls").is_some()
+        fake.get("v1", "secrets", "mesh", "op-webhook-tls")
+            .is_some()
     })
     .await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -259,7 +278,11 @@ async fn the_operator_owns_the_webhook_certificate_across_an_upgrade_and_a_resta
         {
             break;
         }
-        assert!(Instant::now() < deadline, "caBundle never trusted the served certificate:\n{}", op.log());
+        assert!(
+            Instant::now() < deadline,
+            "caBundle never trusted the served certificate:\n{}",
+            op.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(op);
@@ -298,7 +321,11 @@ async fn the_operator_owns_the_webhook_certificate_across_an_upgrade_and_a_resta
         if let Some(st) = op.exited() {
             panic!("operator exited ({st}):\n{}", op.log());
         }
-        assert!(Instant::now() < deadline, "not reissued after the upgrade:\n{}", op.log());
+        assert!(
+            Instant::now() < deadline,
+            "not reissued after the upgrade:\n{}",
+            op.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -32,7 +32,10 @@ fn meshscale_bin() -> PathBuf {
     {
         return bin;
     }
-    let debug = Path::new(OPERATOR).parent().expect("target/debug").to_path_buf();
+    let debug = Path::new(OPERATOR)
+        .parent()
+        .expect("target/debug")
+        .to_path_buf();
     let bin = debug.join("meshscale");
     if !bin.exists() {
         let target = debug.parent().expect("target dir");
@@ -92,7 +95,10 @@ async fn wait_for<T>(what: &str, logs: &[&Proc], mut f: impl FnMut() -> Option<T
             return v;
         }
         let all: String = logs.iter().map(|p| p.log()).collect();
-        assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{all}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{all}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -163,7 +169,9 @@ async fn helm_install_alone_gives_a_reconciling_operator_and_an_injection_user()
     )
     .expect("config");
     let mut server = spawn(
-        Command::new(meshscale_bin()).args(["serve", "-c"]).arg(&config),
+        Command::new(meshscale_bin())
+            .args(["serve", "-c"])
+            .arg(&config),
         d.join("server.log"),
     );
 
@@ -211,9 +219,19 @@ async fn helm_install_alone_gives_a_reconciling_operator_and_an_injection_user()
         ready.then(|| mu["status"]["id"].as_u64()).flatten()
     })
     .await;
-    let user = admin.find_user("k8s").await.expect("find").expect("user k8s");
+    let user = admin
+        .find_user("k8s")
+        .await
+        .expect("find")
+        .expect("user k8s");
     assert_eq!(user.id, id);
     // The key never shows up in a log.
-    assert!(!operator.log().contains(&key_text), "key logged by the operator");
-    assert!(!server.log().contains(&key_text), "key logged by the server");
+    assert!(
+        !operator.log().contains(&key_text),
+        "key logged by the operator"
+    );
+    assert!(
+        !server.log().contains(&key_text),
+        "key logged by the server"
+    );
 }

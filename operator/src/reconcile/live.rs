@@ -103,11 +103,21 @@ async fn controller_run_reconciles_through_tls_watches_bookmarks_and_a_410_relis
             .is_some_and(|s| s.id.is_some())
     })
     .await;
-    assert!(ctx.admin.state.lock().unwrap().users.values().any(|u| u.name == "team-a"));
+    assert!(
+        ctx.admin
+            .state
+            .lock()
+            .unwrap()
+            .users
+            .values()
+            .any(|u| u.name == "team-a")
+    );
     let watch = fake
         .requests()
         .into_iter()
-        .find(|r| r.starts_with("GET /apis/meshscale.dev/v1alpha1/meshusers?") && r.contains("watch=true"))
+        .find(|r| {
+            r.starts_with("GET /apis/meshscale.dev/v1alpha1/meshusers?") && r.contains("watch=true")
+        })
         .expect("a MeshUser watch");
     assert!(watch.contains("allowWatchBookmarks=true"), "{watch}");
     assert!(watch.contains("resourceVersion="), "{watch}");
@@ -150,8 +160,17 @@ async fn fake_watch_replays_from_a_version_bookmarks_and_answers_410_when_compac
         .create(&PostParams::default(), &user("a"))
         .await
         .expect("create");
-    let rv_a: u64 = a.metadata.resource_version.as_deref().unwrap_or("").parse().expect("rv");
-    users.create(&PostParams::default(), &user("b")).await.expect("create");
+    let rv_a: u64 = a
+        .metadata
+        .resource_version
+        .as_deref()
+        .unwrap_or("")
+        .parse()
+        .expect("rv");
+    users
+        .create(&PostParams::default(), &user("b"))
+        .await
+        .expect("create");
     users
         .patch_status(
             "b",
@@ -170,7 +189,13 @@ async fn fake_watch_replays_from_a_version_bookmarks_and_answers_410_when_compac
     while seen.len() < 3 {
         match s.next().await.expect("event").expect("ok") {
             WatchEvent::Added(u) | WatchEvent::Modified(u) => {
-                let rv: u64 = u.metadata.resource_version.as_deref().unwrap_or("").parse().expect("rv");
+                let rv: u64 = u
+                    .metadata
+                    .resource_version
+                    .as_deref()
+                    .unwrap_or("")
+                    .parse()
+                    .expect("rv");
                 assert!(rv > last, "resourceVersions increase");
                 last = rv;
                 seen.push(u.metadata.name.unwrap_or_default());
@@ -206,23 +231,48 @@ async fn meshnode_fields_cleared_on_the_server_clear_and_unchanged_nodes_are_not
     c.admin.state.lock().unwrap().next_id = 0;
     let id = c.admin.add_node("", "web-1");
     let expiry = chrono::Utc::now() + chrono::Duration::days(10);
-    c.admin.state.lock().unwrap().nodes.get_mut(&id).unwrap().expiry =
-        Some(crate::admin::timestamp(expiry));
+    c.admin
+        .state
+        .lock()
+        .unwrap()
+        .nodes
+        .get_mut(&id)
+        .unwrap()
+        .expiry = Some(crate::admin::timestamp(expiry));
     let pods = std::collections::HashMap::new();
     super::nodes::sync(&c, &pods).await.expect("sync");
     let name = crate::crd::mesh_node_name(id);
-    let cr = fake.get("meshscale.dev/v1alpha1", "meshnodes", "", &name).expect("cr");
+    let cr = fake
+        .get("meshscale.dev/v1alpha1", "meshnodes", "", &name)
+        .expect("cr");
     assert!(cr["status"]["expiry"].is_string(), "{cr}");
 
     // `nodes expire --disable`: the server has no expiry any more.
-    c.admin.state.lock().unwrap().nodes.get_mut(&id).unwrap().expiry = None;
+    c.admin
+        .state
+        .lock()
+        .unwrap()
+        .nodes
+        .get_mut(&id)
+        .unwrap()
+        .expiry = None;
     let r = super::nodes::sync(&c, &pods).await.expect("sync");
     assert_eq!(r.updated, 1);
-    let cr = fake.get("meshscale.dev/v1alpha1", "meshnodes", "", &name).expect("cr");
-    assert!(cr["status"].get("expiry").is_none_or(|v| v.is_null()), "{cr}");
+    let cr = fake
+        .get("meshscale.dev/v1alpha1", "meshnodes", "", &name)
+        .expect("cr");
+    assert!(
+        cr["status"].get("expiry").is_none_or(|v| v.is_null()),
+        "{cr}"
+    );
 
     // Converged: further syncs write nothing.
-    let patches = |f: &FakeApiServer| f.requests().iter().filter(|r| r.starts_with("PATCH")).count();
+    let patches = |f: &FakeApiServer| {
+        f.requests()
+            .iter()
+            .filter(|r| r.starts_with("PATCH"))
+            .count()
+    };
     let before = patches(&fake);
     for _ in 0..3 {
         let r = super::nodes::sync(&c, &pods).await.expect("sync");

@@ -89,6 +89,6 @@ mod tests;
 mod real_server;
 
 #[cfg(test)]
-mod real_kube;
-#[cfg(test)]
 mod live;
+#[cfg(test)]
+mod real_kube;

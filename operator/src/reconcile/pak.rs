@@ -336,7 +336,14 @@ async fn secret_failed<A: Admin, K: Kube>(
     };
     emit(ctx, pak, note).await;
     let g = pak.metadata.generation;
-    conditions::set(&mut status.conditions, READY, false, "SecretWriteFailed", &m, g);
+    conditions::set(
+        &mut status.conditions,
+        READY,
+        false,
+        "SecretWriteFailed",
+        &m,
+        g,
+    );
     ctx.kube
         .pak_status(
             &pak.namespace().unwrap_or_default(),

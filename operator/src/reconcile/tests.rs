@@ -105,14 +105,15 @@ async fn meshuser_creates_the_user_once_and_adopts_it_afterwards() {
     for _ in 0..3 {
         user::reconcile(&mu, &c).await.unwrap();
     }
-    let s = c.admin.state.lock().unwrap();
-    assert_eq!(s.users.len(), 1);
-    assert_eq!(s.create_user_calls, 1);
+    {
+        let s = c.admin.state.lock().unwrap();
+        assert_eq!(s.users.len(), 1);
+        assert_eq!(s.create_user_calls, 1);
+    }
     // The reason tells how the user came to be and stays so: the reconcile
     // its own status write triggers must not flip it to Exists.
     let st = c.kube.state.lock().unwrap().user_status["alice"].clone();
     assert_eq!(conditions::reason(&st.conditions, READY), Some("Created"));
-    drop(s);
     // A MeshUser for a user that already exists adopts it: Exists.
     let other = MeshUser::new(
         "alice-again",
@@ -143,13 +144,28 @@ async fn meshuser_node_count_follows_the_node_sync_and_unchanged_counts_are_not_
     c.admin.add_node("alice", "web-1");
     c.admin.add_node("alice", "web-2");
     nodes::sync(&c, &Default::default()).await.unwrap();
-    let count = |c: &TestCtx| c.kube.state.lock().unwrap().users["alice"].status.as_ref().unwrap().node_count;
+    let count = |c: &TestCtx| {
+        c.kube.state.lock().unwrap().users["alice"]
+            .status
+            .as_ref()
+            .unwrap()
+            .node_count
+    };
     assert_eq!(count(&c), 2);
     // Nothing changed: no status write at all.
     c.kube.state.lock().unwrap().user_status.clear();
     nodes::sync(&c, &Default::default()).await.unwrap();
     assert!(c.kube.state.lock().unwrap().user_status.is_empty());
-    let first = c.admin.state.lock().unwrap().nodes.keys().copied().next().unwrap();
+    let first = c
+        .admin
+        .state
+        .lock()
+        .unwrap()
+        .nodes
+        .keys()
+        .copied()
+        .next()
+        .unwrap();
     c.admin.delete_node(first).await.unwrap();
     nodes::sync(&c, &Default::default()).await.unwrap();
     assert_eq!(count(&c), 1);
@@ -422,7 +438,10 @@ async fn deleting_the_key_secret_issues_a_new_key_and_expires_the_old_one() {
     assert_ne!(old, new);
     assert_eq!(c.admin.state.lock().unwrap().expired_keys, vec![old]);
     let secret = c.kube.state.lock().unwrap().secrets["apps/meshscale-authkey"].clone();
-    assert_eq!(secret.metadata.annotations.unwrap()[ANN_KEY_ID], new.to_string());
+    assert_eq!(
+        secret.metadata.annotations.unwrap()[ANN_KEY_ID],
+        new.to_string()
+    );
 }
 
 #[tokio::test]

@@ -81,9 +81,10 @@ pub fn check(s: &Secret, t: &CertTarget, at: DateTime<Utc>) -> Result<(), String
         .map_err(|e| format!("tls.crt: {e}"))?;
     let (leaf, rest) = chain.split_first().ok_or("tls.crt holds no certificate")?;
     let provider = std::sync::Arc::new(crypto::ring::default_provider());
-    let verifier = WebPkiServerVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
+            .build()
+            .map_err(|e| e.to_string())?;
     let secs = u64::try_from(at.timestamp()).unwrap_or_default();
     let when = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
     for name in &t.dns_names {
@@ -277,9 +278,18 @@ mod tests {
             let mut st = c.kube.state.lock().unwrap();
             let s = st.secrets.get_mut("meshscale/rel-webhook-tls").unwrap();
             let d = s.data.as_mut().unwrap();
-            d.insert("tls.crt".into(), ByteString(helm.cert_pem.clone().into_bytes()));
-            d.insert("tls.key".into(), ByteString(helm.key_pem.clone().into_bytes()));
-            d.insert("ca.crt".into(), ByteString(helm.ca_pem.clone().into_bytes()));
+            d.insert(
+                "tls.crt".into(),
+                ByteString(helm.cert_pem.clone().into_bytes()),
+            );
+            d.insert(
+                "tls.key".into(),
+                ByteString(helm.key_pem.clone().into_bytes()),
+            );
+            d.insert(
+                "ca.crt".into(),
+                ByteString(helm.ca_pem.clone().into_bytes()),
+            );
         }
         assert!(check(&secret(&c), &t, now).is_err());
         assert!(ensure(&t, &c, now).await.unwrap(), "must reissue");
@@ -295,7 +305,11 @@ mod tests {
             .unwrap()
             .insert(CA_BUNDLE_KEY.into(), ByteString(bundle.clone()));
         check(&served, &t, now).expect("caBundle trusts the served certificate");
-        assert!(String::from_utf8(bundle).unwrap().contains(helm.ca_pem.trim()));
+        assert!(
+            String::from_utf8(bundle)
+                .unwrap()
+                .contains(helm.ca_pem.trim())
+        );
         // And then it is stable: nothing more is issued.
         assert!(!ensure(&t, &c, now).await.unwrap());
     }

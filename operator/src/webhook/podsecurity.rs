@@ -77,13 +77,17 @@ impl PodSecurity {
 
 /// Keeps `ps` in step with the namespaces' enforce labels until the watch ends.
 pub async fn watch_namespaces(client: Client, ps: PodSecurity) {
-    let stream = watcher(Api::<Namespace>::all(client), watcher::Config::default()).default_backoff();
+    let stream =
+        watcher(Api::<Namespace>::all(client), watcher::Config::default()).default_backoff();
     stream
         .for_each(|ev| {
             let ps = ps.clone();
             async move {
                 let set = |ns: &Namespace| {
-                    ps.set(&ns.name_any(), ns.labels().get(LABEL_ENFORCE).map(String::as_str));
+                    ps.set(
+                        &ns.name_any(),
+                        ns.labels().get(LABEL_ENFORCE).map(String::as_str),
+                    );
                 };
                 match ev {
                     Ok(watcher::Event::Init) => ps.clear(),

@@ -75,14 +75,18 @@ fn respond(
             tracing::debug!(why, "not injecting");
             resp.into_review()
         }
-        Verdict::Inject if cfg
-            .pod_security
-            .level(ns)
-            .is_some_and(|l| podsecurity::rejects_sidecar(&l)) =>
+        Verdict::Inject
+            if cfg
+                .pod_security
+                .level(ns)
+                .is_some_and(|l| podsecurity::rejects_sidecar(&l)) =>
         {
             // The pod would be rejected with the sidecar: admit it as it is and say why.
             let level = cfg.pod_security.level(ns).unwrap_or_default();
-            warn!(level, "not injecting: the namespace's Pod Security level rejects the sidecar");
+            warn!(
+                level,
+                "not injecting: the namespace's Pod Security level rejects the sidecar"
+            );
             cfg.pod_security.report(podsecurity::Skipped {
                 namespace: ns.to_string(),
                 pod: pod_name.clone(),
@@ -217,9 +221,15 @@ mod tests {
         assert_eq!(r["allowed"], true);
         assert!(r["patch"].is_null(), "{r}");
         let w = r["warnings"][0].as_str().unwrap();
-        assert!(w.contains("restricted") && w.contains("not injected"), "{w}");
+        assert!(
+            w.contains("restricted") && w.contains("not injected"),
+            "{w}"
+        );
         let s = rx.try_recv().unwrap();
-        assert_eq!((s.namespace.as_str(), s.level.as_str()), ("locked", "restricted"));
+        assert_eq!(
+            (s.namespace.as_str(), s.level.as_str()),
+            ("locked", "restricted")
+        );
         // A privileged namespace is injected as before.
         let out: Value =
             serde_json::from_slice(&answer(&review(annotated(), "open", "CREATE"), false, &c))

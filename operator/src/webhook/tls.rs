@@ -186,10 +186,7 @@ impl MemoryCert {
     }
 
     pub fn is_set(&self) -> bool {
-        self.current
-            .lock()
-            .map(|c| c.is_some())
-            .unwrap_or(false)
+        self.current.lock().map(|c| c.is_some()).unwrap_or(false)
     }
 }
 
