@@ -455,9 +455,12 @@ impl FakeApiServer {
         self.store().log.clone()
     }
 
-    /// Drops the change history: a watch resuming from before now gets 410 Gone.
+    /// Drops the change history: a watch resuming from any resourceVersion
+    /// handed out so far gets 410 Gone (the version moves on by one, so a
+    /// fresh list's version is the first valid one).
     pub fn compact(&self) {
         let mut st = self.store();
+        st.rv += 1;
         st.floor = st.rv;
         st.changes.clear();
     }
