@@ -280,3 +280,141 @@ async fn meshnode_fields_cleared_on_the_server_clear_and_unchanged_nodes_are_not
     }
     assert_eq!(patches(&fake), before, "{:?}", fake.requests());
 }
+
+fn pak_for(user: &str) -> crate::crd::PreAuthKey {
+    let mut p = crate::crd::PreAuthKey::new(
+        "inject",
+        crate::crd::PreAuthKeySpec {
+            user: user.into(),
+            reusable: true,
+            ephemeral: true,
+            expiration: "24h".into(),
+            rotate_before: Some("1h".into()),
+            tags: vec![crate::crd::Tag("tag:k8s".into())],
+            secret_name: "meshscale-authkey".into(),
+        },
+    );
+    p.metadata.namespace = Some("apps".into());
+    p
+}
+
+/// Bug 4 through the real controller: the PreAuthKey controller watches its
+/// Secrets (a label-selected watch); deleting the Secret brings a new key at
+/// once, and the old key is expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_key_secret_under_the_running_controller_replaces_and_expires_the_key() {
+    use k8s_openapi::api::core::v1::Secret;
+    let (_fake, _tls, client) = tls_fake().await;
+    let ctx = Arc::new(Ctx::new(
+        FakeAdmin::default(),
+        KubeClient::new(client.clone(), "test-0"),
+    ));
+    crate::admin::Admin::create_user(&ctx.admin, "alice", "", "")
+        .await
+        .expect("user");
+    let run = tokio::spawn(controller::run(
+        client.clone(),
+        Arc::clone(&ctx),
+        Duration::from_secs(1),
+        Arc::new(keys()),
+    ));
+    let paks: Api<crate::crd::PreAuthKey> = Api::namespaced(client.clone(), "apps");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "apps");
+    paks.create(&PostParams::default(), &pak_for("alice"))
+        .await
+        .expect("create");
+    let status_id = || async {
+        paks.get("inject")
+            .await
+            .ok()
+            .and_then(|p| p.status)
+            .and_then(|s| s.id)
+    };
+    eventually("the first key", || async { status_id().await.is_some() }).await;
+    let first = status_id().await.expect("id");
+    secrets
+        .delete("meshscale-authkey", &Default::default())
+        .await
+        .expect("delete");
+    eventually("a new key after the Secret's deletion", || async {
+        status_id().await.is_some_and(|id| id != first)
+            && secrets
+                .get_opt("meshscale-authkey")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+    })
+    .await;
+    assert!(
+        ctx.admin
+            .state
+            .lock()
+            .unwrap()
+            .expired_keys
+            .contains(&first),
+        "the old key still works"
+    );
+    run.abort();
+}
+
+/// Bug 5 through the real kube client: while the API server refuses Secret
+/// writes, the dry run (a real `dryRun=All` request) fails first, so no key
+/// is minted; the PreAuthKey carries the reason and an event says so.
+#[tokio::test]
+async fn a_refused_secret_write_mints_nothing_and_is_reported_through_the_api() {
+    let fake = FakeApiServer::default();
+    let client = fake.client();
+    let c = Ctx::new(FakeAdmin::default(), KubeClient::new(client.clone(), "t"));
+    crate::admin::Admin::create_user(&c.admin, "alice", "", "")
+        .await
+        .expect("user");
+    let paks: Api<crate::crd::PreAuthKey> = Api::namespaced(client.clone(), "apps");
+    paks.create(&PostParams::default(), &pak_for("alice"))
+        .await
+        .expect("create");
+    fake.fail_writes("v1", "secrets", true);
+    for _ in 0..3 {
+        let p = paks.get("inject").await.expect("get");
+        assert!(super::pak::reconcile(&p, &c).await.is_err());
+    }
+    assert!(
+        c.admin.state.lock().unwrap().keys.is_empty(),
+        "a key was minted"
+    );
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r.contains("/secrets/meshscale-authkey?") && r.contains("dryRun=All")),
+        "{:?}",
+        fake.requests()
+    );
+    let p = paks.get("inject").await.expect("get");
+    let ready = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned())
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "SecretWriteFailed")
+    );
+    assert!(
+        fake.list("events.k8s.io/v1", "events")
+            .iter()
+            .any(|e| e["reason"] == "SecretWriteFailed")
+    );
+    // A dry run leaves nothing behind.
+    assert!(
+        fake.get("v1", "secrets", "apps", "meshscale-authkey")
+            .is_none()
+    );
+    fake.fail_writes("v1", "secrets", false);
+    let p = paks.get("inject").await.expect("get");
+    super::pak::reconcile(&p, &c).await.expect("reconcile");
+    assert!(
+        fake.get("v1", "secrets", "apps", "meshscale-authkey")
+            .is_some()
+    );
+    assert_eq!(c.admin.state.lock().unwrap().keys.len(), 1);
+}
