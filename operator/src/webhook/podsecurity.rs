@@ -152,6 +152,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_skipped_pod_becomes_a_warning_event_on_its_namespace() {
+        let kube = Arc::new(crate::fake::FakeKube::default());
+        let (tx, rx) = mpsc::channel(4);
+        let ps = PodSecurity::with_reports(tx);
+        ps.report(Skipped {
+            namespace: "locked".into(),
+            pod: "web-1".into(),
+            level: "restricted".into(),
+        });
+        drop(ps);
+        publish_skips(Arc::clone(&kube), rx).await;
+        let events = kube.state.lock().unwrap().events.clone();
+        assert_eq!(events.len(), 1);
+        let (who, note) = &events[0];
+        assert_eq!(who, "Namespace//locked");
+        assert!(note.warning && note.reason == "InjectionSkipped");
+        assert!(note.message.contains("locked/web-1") && note.message.contains("restricted"));
+    }
+
+    #[tokio::test]
     async fn the_namespace_watch_follows_enforce_labels() {
         let fake = FakeApiServer::default();
         let ns = |name: &str, level: Option<&str>| {
