@@ -31,7 +31,11 @@ cargo fmt --all -- --check
 # included) for 12 one-line files; their bodies are in the workspace
 # (fuzz/targets), linted and tested below.
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
-cargo metadata --locked --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null
+cargo metadata --locked --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null || {
+    echo "test-all.sh: fuzz/Cargo.lock is stale (a workspace crate's dependencies changed): run" \
+        "\`cargo metadata --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null\` and commit it" >&2
+    exit 1
+}
 
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
