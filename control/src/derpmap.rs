@@ -47,7 +47,7 @@ pub enum FetchError {
     #[error("TLS: {0}")]
     Tls(std::io::Error),
     #[error("HTTP: {0}")]
-    Http(#[from] hyper::Error),
+    Http(hyper::Error),
     #[error("answered HTTP {0}")]
     Status(u16),
     #[error("answer larger than {MAX_DERP_MAP_BYTES} bytes")]
@@ -63,8 +63,8 @@ pub enum FetchError {
 /// Why the DERP map could not be assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum DerpMapError {
-    #[error("config key `derp.urls`: {url}: {source}")]
-    Fetch { url: String, source: FetchError },
+    #[error("config key `derp.urls`: {url}: {problem}")]
+    Fetch { url: String, problem: FetchError },
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -190,7 +190,9 @@ impl Fetcher {
             .connect(name, tcp)
             .await
             .map_err(FetchError::Tls)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(FetchError::Http)?;
         // Drives the connection; it ends with the request (no keep-alive use).
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -203,7 +205,10 @@ impl Fetcher {
             .header(hyper::header::ACCEPT, "application/json")
             .body(Empty::<Bytes>::new())
             .map_err(|e| FetchError::BadUrl(e.to_string()))?;
-        let response = sender.send_request(request).await?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(FetchError::Http)?;
         if !response.status().is_success() {
             return Err(FetchError::Status(response.status().as_u16()));
         }
@@ -272,9 +277,9 @@ pub async fn load(config: &Config, fetcher: &Fetcher) -> Result<DerpMap, DerpMap
         let map = fetcher
             .fetch(url)
             .await
-            .map_err(|source| DerpMapError::Fetch {
+            .map_err(|problem| DerpMapError::Fetch {
                 url: url.clone(),
-                source,
+                problem,
             })?;
         fetched.push(map);
     }
