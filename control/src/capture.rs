@@ -15,15 +15,15 @@
 //! `cargo test` checks them.
 
 /// The environment variable that turns capture on (a directory).
-pub const ENV: &str = "MESHSCALE_DEBUG_CAPTURE_DIR";
+pub(crate) const ENV: &str = "MESHSCALE_DEBUG_CAPTURE_DIR";
 
 #[cfg(feature = "debug-capture")]
-pub use hooks::{Tap, record, tap, warn_if_enabled};
+pub(crate) use hooks::{record, tap, warn_if_enabled};
 
 /// Without the feature: nothing is recorded, and a set variable must not
 /// make anyone believe otherwise.
 #[cfg(not(feature = "debug-capture"))]
-pub fn warn_if_enabled() {
+pub(crate) fn warn_if_enabled() {
     if std::env::var_os(ENV).is_some_and(|v| !v.is_empty()) {
         tracing::warn!(
             "{ENV} is set but ignored: this build has no debug capture (cargo feature debug-capture)"
@@ -34,12 +34,12 @@ pub fn warn_if_enabled() {
 /// Without the feature: does nothing.
 #[cfg(not(feature = "debug-capture"))]
 #[inline]
-pub fn record(_kind: &str, _bytes: &[u8]) {}
+pub(crate) fn record(_kind: &str, _bytes: &[u8]) {}
 
 /// Without the feature: the connection itself, untouched.
 #[cfg(not(feature = "debug-capture"))]
 #[inline]
-pub fn tap<IO>(io: IO, _kind: &'static str) -> IO {
+pub(crate) fn tap<IO>(io: IO, _kind: &'static str) -> IO {
     io
 }
 
@@ -72,7 +72,7 @@ mod hooks {
     }
 
     /// Called once by `serve`: capture must never go unnoticed.
-    pub fn warn_if_enabled() {
+    pub(crate) fn warn_if_enabled() {
         if let Some(dir) = dir() {
             tracing::warn!(
                 dir = %dir.display(),
@@ -82,7 +82,7 @@ mod hooks {
     }
 
     /// Records one message a client sent (an initiation, a datagram).
-    pub fn record(kind: &str, bytes: &[u8]) {
+    pub(crate) fn record(kind: &str, bytes: &[u8]) {
         if let Some(dir) = dir() {
             write(dir, kind, SEQ.fetch_add(1, Ordering::Relaxed), bytes);
         }
@@ -90,13 +90,13 @@ mod hooks {
 
     /// Wraps a connection so that what the client sends on it is recorded as
     /// one file of kind `kind`; without capture it only forwards.
-    pub fn tap<IO>(io: IO, kind: &'static str) -> Tap<IO> {
+    pub(crate) fn tap<IO>(io: IO, kind: &'static str) -> Tap<IO> {
         let seen = dir().map(|_| (SEQ.fetch_add(1, Ordering::Relaxed), Vec::new()));
         Tap { io, kind, seen }
     }
 
     /// See [`tap`].
-    pub struct Tap<IO> {
+    pub(crate) struct Tap<IO> {
         io: IO,
         kind: &'static str,
         /// The file number and the bytes read so far, when capturing.

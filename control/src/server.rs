@@ -21,7 +21,7 @@ use crate::store::Store;
 use crate::{derpmap, listener, protocol};
 use meshscale_wire::tailcfg::DerpMap;
 
-pub fn init_logging(config: &Config) {
+pub(crate) fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
@@ -63,7 +63,7 @@ async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG).with_context(context)
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     if !config.ignored_keys.is_empty() {
         tracing::warn!(

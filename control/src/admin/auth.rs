@@ -13,12 +13,12 @@ use tower::{Layer, Service};
 use crate::state::AppState;
 
 #[derive(Clone)]
-pub struct ApiKeyLayer {
+pub(crate) struct ApiKeyLayer {
     state: Arc<AppState>,
 }
 
 impl ApiKeyLayer {
-    pub fn new(state: Arc<AppState>) -> Self {
+    pub(crate) fn new(state: Arc<AppState>) -> Self {
         ApiKeyLayer { state }
     }
 }
@@ -34,7 +34,7 @@ impl<S> Layer<S> for ApiKeyLayer {
 }
 
 #[derive(Clone)]
-pub struct ApiKeyAuth<S> {
+pub(crate) struct ApiKeyAuth<S> {
     inner: S,
     state: Arc<AppState>,
 }
