@@ -420,9 +420,10 @@ mod tests {
             "auto_update.enabled",
             "tuning.node_store_batch_timeout",
         ] {
+            // Once implemented (the dns.* keys are being), a key is read instead.
             assert!(
-                c.ignored_keys.iter().any(|k| k == key),
-                "{key} not in {:?}",
+                c.ignored_keys.iter().any(|k| k == key) || is_known(&defaults(), &split(key)),
+                "{key} neither read nor in {:?}",
                 c.ignored_keys
             );
         }
