@@ -44,10 +44,15 @@ static CLIENT: LazyLock<MachineKey> = LazyLock::new(|| {
 
 static STATE: LazyLock<SharedState> = LazyLock::new(|| RT.block_on(state()));
 
+/// Where this process's throwaway store lives (the replay test removes it).
+pub fn data_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("meshscale-fuzz-noise-h2-{}", std::process::id()))
+}
+
 /// The server's shared state as `server::run` builds it, on a fresh SQLite
 /// file under the temp dir (one per fuzzing process).
 async fn state() -> SharedState {
-    let dir = std::env::temp_dir().join(format!("meshscale-fuzz-noise-h2-{}", std::process::id()));
+    let dir = data_dir();
     let _ = std::fs::remove_dir_all(&dir);
     let yaml = format!(
         "server_url: https://mesh.example.com\n\
