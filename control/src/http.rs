@@ -16,7 +16,7 @@ use crate::state::SharedState;
 /// A health probe that takes longer than this reports failure rather than hanging the prober.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub fn main_router(state: SharedState) -> Router {
+pub(crate) fn main_router(state: SharedState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/version", get(version))
@@ -28,7 +28,7 @@ pub fn main_router(state: SharedState) -> Router {
         .with_state(state)
 }
 
-pub fn metrics_router(state: SharedState) -> Router {
+pub(crate) fn metrics_router(state: SharedState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(

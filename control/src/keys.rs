@@ -9,13 +9,13 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-pub const PREAUTH_KEY_KIND: &str = "mskey-auth";
-pub const API_KEY_KIND: &str = "mskey-api";
+pub(crate) const PREAUTH_KEY_KIND: &str = "mskey-auth";
+pub(crate) const API_KEY_KIND: &str = "mskey-api";
 const PREFIX_HEX: usize = 12;
 const SECRET_HEX: usize = 64;
 
 /// A freshly generated key: the whole text is shown to the admin once, then dropped.
-pub struct NewKey {
+pub(crate) struct NewKey {
     pub full: String,
     pub prefix: String,
     pub hash: String,
@@ -29,7 +29,7 @@ impl std::fmt::Debug for NewKey {
     }
 }
 
-pub fn generate(kind: &str) -> NewKey {
+pub(crate) fn generate(kind: &str) -> NewKey {
     let mut prefix = [0u8; PREFIX_HEX / 2];
     let mut secret = [0u8; SECRET_HEX / 2];
     rand::rng().fill_bytes(&mut prefix);
@@ -48,7 +48,7 @@ fn hash_secret(secret: &str) -> String {
 }
 
 /// A presented key split into its stored prefix and its secret; `None` if malformed.
-pub struct PresentedKey<'a> {
+pub(crate) struct PresentedKey<'a> {
     pub prefix: &'a str,
     secret: &'a str,
 }
@@ -61,7 +61,7 @@ impl std::fmt::Debug for PresentedKey<'_> {
     }
 }
 
-pub fn parse<'a>(kind: &str, key: &'a str) -> Option<PresentedKey<'a>> {
+pub(crate) fn parse<'a>(kind: &str, key: &'a str) -> Option<PresentedKey<'a>> {
     let rest = key.strip_prefix(kind)?.strip_prefix('-')?;
     let (prefix, secret) = rest.split_once('-')?;
     let is_hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
@@ -73,14 +73,14 @@ pub fn parse<'a>(kind: &str, key: &'a str) -> Option<PresentedKey<'a>> {
 
 impl PresentedKey<'_> {
     /// Constant-time comparison against the stored hash, so timing says nothing about it.
-    pub fn matches(&self, stored_hash: &str) -> bool {
+    pub(crate) fn matches(&self, stored_hash: &str) -> bool {
         let presented = hash_secret(&self.secret.to_ascii_lowercase());
         presented.as_bytes().ct_eq(stored_hash.as_bytes()).into()
     }
 }
 
 /// What listings show in place of a key.
-pub fn masked(kind: &str, prefix: &str) -> String {
+pub(crate) fn masked(kind: &str, prefix: &str) -> String {
     format!("{kind}-{prefix}-***")
 }
 

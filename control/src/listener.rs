@@ -24,13 +24,13 @@ use tower::ServiceExt;
 /// it has not handed on). A Tailscale `/ts2021` request is ~400 bytes;
 /// a larger head is refused with 431 instead of growing the buffer
 /// (hyper's default is ~400 KiB per connection).
-pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 /// Header lines per request; more is refused with 431 (hyper's default).
-pub const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Deadlines of the main listener, from `timeouts.*` in the config.
 #[derive(Debug, Clone, Copy)]
-pub struct ListenerTimeouts {
+pub(crate) struct ListenerTimeouts {
     /// TCP accept to a finished TLS handshake.
     pub tls_handshake: Duration,
     /// TCP accept to the first byte, then again from there (or from the
@@ -41,7 +41,7 @@ pub struct ListenerTimeouts {
 }
 
 /// Loads a PEM certificate chain and private key into a TLS acceptor.
-pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcceptor> {
+pub(crate) fn tls_acceptor(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcceptor> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
         .with_context(|| format!("cannot read tls_cert_path {}", cert_path.display()))?
         .collect::<Result<_, _>>()
@@ -79,7 +79,7 @@ pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcce
 /// `/health`, `/register/<id>`) is HTTP/1.1, and HTTP/2 would bring its own
 /// attack surface (stream and header-list limits, and a version sniff that
 /// waits for 24 bytes with no deadline).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Router,

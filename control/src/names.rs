@@ -2,7 +2,7 @@
 
 /// Checks one DNS label: 1–63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
 /// Lower case only, so that two names never differ by case alone.
-pub fn validate_dns_label(name: &str) -> Result<(), String> {
+pub(crate) fn validate_dns_label(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }
@@ -31,7 +31,7 @@ pub fn validate_dns_label(name: &str) -> Result<(), String> {
 }
 
 /// Checks a dotted domain name made of valid labels, at most 253 characters.
-pub fn validate_dns_name(name: &str) -> Result<(), String> {
+pub(crate) fn validate_dns_name(name: &str) -> Result<(), String> {
     if name.len() > 253 {
         return Err(format!("{name:?} is longer than 253 characters"));
     }
@@ -44,7 +44,7 @@ pub fn validate_dns_name(name: &str) -> Result<(), String> {
 /// Turns a client-reported hostname into a DNS label, as Tailscale's
 /// `dnsname.SanitizeHostname` does: drop a `.local`-style suffix, lower-case,
 /// separators become `-`, other invalid characters are dropped, trimmed to 63.
-pub fn sanitize_hostname(hostname: &str) -> String {
+pub(crate) fn sanitize_hostname(hostname: &str) -> String {
     let mut h = hostname.trim().to_ascii_lowercase();
     for suffix in [".local", ".localdomain", ".lan"] {
         if let Some(stripped) = h.strip_suffix(suffix) {
@@ -73,7 +73,7 @@ pub fn sanitize_hostname(hostname: &str) -> String {
 
 /// The n-th candidate for a given name when `base` is taken: `base`, `base-1`, `base-2`, ...
 /// Shortens `base` so the suffixed name still fits in one label.
-pub fn given_name_candidate(base: &str, n: u32) -> String {
+pub(crate) fn given_name_candidate(base: &str, n: u32) -> String {
     if n == 0 {
         return base.to_string();
     }

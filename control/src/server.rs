@@ -19,8 +19,9 @@ use crate::pending::PendingRegistrations;
 use crate::state::{AppState, SharedState};
 use crate::store::Store;
 use crate::{derpmap, listener, protocol};
+use meshscale_wire::tailcfg::DerpMap;
 
-pub fn init_logging(config: &Config) {
+pub(crate) fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
@@ -62,8 +63,14 @@ async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG).with_context(context)
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
+    if !config.ignored_keys.is_empty() {
+        tracing::warn!(
+            keys = %config.ignored_keys.join(", "),
+            "config: Headscale keys Meshscale does not implement are ignored"
+        );
+    }
     raise_fd_limit();
     let timeouts = config.timeouts()?;
     let signalled = shutdown_signal()?;
@@ -109,7 +116,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.tls_key_path.as_ref(),
         )?)
     };
-    let hub = Arc::new(Hub::new(tailnet(&config)?));
+    let fetcher = derpmap::Fetcher::new()?;
+    let derp_map = derpmap::load(&config, &fetcher)
+        .await
+        .context("cannot assemble the DERP map")?;
+    let hub = Arc::new(Hub::new(tailnet(&config, derp_map)));
+    if let Some(every) = config.derp_update_frequency()?
+        && !(config.derp.urls.is_empty() && config.derp.paths.is_empty())
+    {
+        derpmap::spawn_refresh(config.clone(), hub.clone(), fetcher, every);
+    }
     let nodes = store
         .list_nodes_live()
         .await
@@ -325,17 +341,17 @@ fn derp_relay(config: &Config, state: &SharedState) -> anyhow::Result<Arc<Relay>
 }
 
 /// Tailnet-wide settings for map responses, from the config.
-fn tailnet(config: &Config) -> anyhow::Result<Tailnet> {
+fn tailnet(config: &Config, derp_map: DerpMap) -> Tailnet {
     let (host, _, _) = derpmap::server_host_port(&config.server_url);
     let base_domain = config.dns.magic_dns.then(|| config.dns.base_domain.clone());
-    Ok(Tailnet {
+    Tailnet {
         domain: base_domain.clone().unwrap_or(host),
         base_domain,
-        derp_map: derpmap::build(config)?,
+        derp_map,
         dns: crate::mapper::view::dns_config(
             config.dns.magic_dns,
             &config.dns.base_domain,
             &config.dns.nameservers.global,
         ),
-    })
+    }
 }

@@ -1,34 +1,4 @@
-//! The operator's mutating webhook: any body must yield a well-formed
-//! AdmissionReview answer, never a panic.
+//! See `fuzz/targets/src/admission_review.rs`: the body lives there, so that
+//! `cargo test` replays this target's corpus through the same code.
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use meshscale_operator::injectkey::KeyDefaults;
-use meshscale_operator::webhook::patch::InjectConfig;
-use meshscale_operator::webhook::review::answer;
-use std::sync::LazyLock;
-
-static CFG: LazyLock<InjectConfig> = LazyLock::new(|| InjectConfig {
-    image: "meshscale-sidecar:fuzz".into(),
-    login_server: "https://mesh.example".into(),
-    keys: KeyDefaults {
-        secret_prefix: "meshscale-authkey".into(),
-        user: "k8s".into(),
-        tags: vec!["tag:k8s".into()],
-        expiration: "30d".into(),
-        rotate_before: "7d".into(),
-    },
-    ca: None,
-    excluded_namespaces: vec!["kube-system".into(), "meshscale".into()],
-    healthz_port: 9099,
-    cpu_request: "10m".into(),
-    memory_request: "32Mi".into(),
-    cpu_limit: None,
-    memory_limit: None,
-});
-
-fuzz_target!(|data: &[u8]| {
-    let opted_in = data.first().is_some_and(|b| b & 1 == 1);
-    let out = answer(data, opted_in, &CFG);
-    let v: serde_json::Value = serde_json::from_slice(&out).expect("answer is JSON");
-    assert!(v.is_object());
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| meshscale_fuzz_targets::admission_review::run(data));

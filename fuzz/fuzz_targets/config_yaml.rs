@@ -1,25 +1,4 @@
-//! The YAML config file plus `MESHSCALE_*` overrides (`Config::from_sources`).
-//! Input: the file text; if it contains a NUL, what follows is
-//! `KEY=VALUE` lines used as the environment.
+//! See `fuzz/targets/src/config_yaml.rs`: the body lives there, so that
+//! `cargo test` replays this target's corpus through the same code.
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use meshscale_control::config::Config;
-use std::path::Path;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let (file, env_text) = text.split_once('\0').unwrap_or((text, ""));
-    let env: Vec<(String, String)> = env_text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    if let Ok(cfg) = Config::from_sources(Some(Path::new("fuzz.yaml")), Some(file), &env) {
-        // Derived values a valid config promises to produce.
-        let _ = cfg.ip_prefixes();
-        let _ = cfg.ephemeral_inactivity_timeout();
-        let _ = cfg.socket_mode();
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| meshscale_fuzz_targets::config_yaml::run(data));

@@ -1,21 +1,4 @@
-//! The client side of `/machine/map`: controlclient's MapDecoder (framing,
-//! optional zstd with a decompressed-size bound, MapResponse JSON).
-//! The first input byte picks zstd (bit 0).
+//! See `fuzz/targets/src/map_stream.rs`: the body lives there, so that
+//! `cargo test` replays this target's corpus through the same code.
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use meshscale_controlclient::map::MapDecoder;
-
-fuzz_target!(|data: &[u8]| {
-    let Some((&mode, data)) = data.split_first() else {
-        return;
-    };
-    let mut dec = MapDecoder::new(mode & 1 == 1, 1 << 20, 1 << 20);
-    dec.push(data);
-    for _ in 0..256 {
-        match dec.next_message() {
-            Ok(Some(m)) => assert!(m.json.len() <= 1 << 20),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    let _ = dec.finish();
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| meshscale_fuzz_targets::map_stream::run(data));

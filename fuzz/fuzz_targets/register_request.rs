@@ -1,12 +1,4 @@
-//! `/machine/register` body: tailcfg.RegisterRequest JSON; a value that
-//! parses must serialize and parse again.
+//! See `fuzz/targets/src/register_request.rs`: the body lives there, so that
+//! `cargo test` replays this target's corpus through the same code.
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use meshscale_wire::tailcfg::RegisterRequest;
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(req) = serde_json::from_slice::<RegisterRequest>(data) {
-        let out = serde_json::to_vec(&req).expect("a parsed RegisterRequest serializes");
-        serde_json::from_slice::<RegisterRequest>(&out).expect("its own output parses");
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| meshscale_fuzz_targets::register_request::run(data));

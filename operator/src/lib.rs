@@ -1,5 +1,6 @@
 //! The Meshscale Kubernetes operator: CRDs, reconcilers into the control
 //! server's admin API, pod cleanup, leader election and the injection webhook.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod backoff;

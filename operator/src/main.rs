@@ -1,5 +1,6 @@
 //! `meshscale-operator`: `crds` prints the CRDs, `webhook-cert` makes a
 //! serving certificate, `run` runs the operator and the injection webhook.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

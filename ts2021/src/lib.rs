@@ -10,6 +10,7 @@
 //!
 //! Facts come from tailscale `control/controlbase/{conn,messages}.go` and
 //! `control/ts2021/conn.go`.
+#![forbid(unsafe_code)]
 
 pub mod cipher;
 pub mod early;

@@ -90,6 +90,27 @@ mod tests {
         let pid = std::process::id();
         let (rss, hwm) = rss_kib(pid).unwrap();
         assert!(rss > 0 && hwm >= rss);
-        assert!(cpu_s(pid).unwrap() >= 0.0);
+    }
+
+    #[test]
+    fn cpu_time_grows_while_spinning() {
+        let pid = std::process::id();
+        let before = cpu_s(pid).unwrap();
+        // Burn CPU until the kernel's tick count moves; the deadline only
+        // bounds a broken reader, it is not a speed check.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut x: u64 = 1;
+        loop {
+            for i in 0..1_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+            }
+            if cpu_s(pid).unwrap() > before {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CPU time stayed at {before} s while spinning"
+            );
+        }
     }
 }

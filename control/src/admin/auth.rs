@@ -14,13 +14,13 @@ use super::bootstrap::BootstrapKey;
 use crate::state::AppState;
 
 #[derive(Clone)]
-pub struct ApiKeyLayer {
+pub(crate) struct ApiKeyLayer {
     state: Arc<AppState>,
     bootstrap: Option<Arc<BootstrapKey>>,
 }
 
 impl ApiKeyLayer {
-    pub fn new(state: Arc<AppState>) -> Self {
+    pub(crate) fn new(state: Arc<AppState>) -> Self {
         ApiKeyLayer {
             state,
             bootstrap: None,
@@ -28,7 +28,7 @@ impl ApiKeyLayer {
     }
 
     /// Also accept the key in this file (`admin.bootstrap_api_key_path`).
-    pub fn with_bootstrap(mut self, key: Option<Arc<BootstrapKey>>) -> Self {
+    pub(crate) fn with_bootstrap(mut self, key: Option<Arc<BootstrapKey>>) -> Self {
         self.bootstrap = key;
         self
     }
@@ -46,7 +46,7 @@ impl<S> Layer<S> for ApiKeyLayer {
 }
 
 #[derive(Clone)]
-pub struct ApiKeyAuth<S> {
+pub(crate) struct ApiKeyAuth<S> {
     inner: S,
     state: Arc<AppState>,
     bootstrap: Option<Arc<BootstrapKey>>,

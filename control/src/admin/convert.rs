@@ -7,7 +7,7 @@ use prost_types::Timestamp;
 use crate::keys::{PREAUTH_KEY_KIND, masked};
 use crate::store::{ApiKey, Node, PreAuthKey, User};
 
-pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
+pub(super) fn timestamp(t: DateTime<Utc>) -> Timestamp {
     Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
@@ -15,12 +15,12 @@ pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
 }
 
 /// `None` for out-of-range values rather than a panic: timestamps come from clients.
-pub fn from_timestamp(t: &Timestamp) -> Option<DateTime<Utc>> {
+pub(super) fn from_timestamp(t: &Timestamp) -> Option<DateTime<Utc>> {
     let nanos = u32::try_from(t.nanos).ok()?;
     DateTime::from_timestamp(t.seconds, nanos)
 }
 
-pub fn user(u: &User) -> v1::User {
+pub(super) fn user(u: &User) -> v1::User {
     v1::User {
         id: u.id as u64,
         name: u.name.clone(),
@@ -34,7 +34,7 @@ pub fn user(u: &User) -> v1::User {
 }
 
 /// A key as listed: `key` carries only the masked prefix.
-pub fn preauth_key(k: &PreAuthKey) -> v1::PreAuthKey {
+pub(super) fn preauth_key(k: &PreAuthKey) -> v1::PreAuthKey {
     v1::PreAuthKey {
         user: k.user.as_ref().map(user),
         id: k.id as u64,
@@ -48,7 +48,7 @@ pub fn preauth_key(k: &PreAuthKey) -> v1::PreAuthKey {
     }
 }
 
-pub fn api_key(k: &ApiKey) -> v1::ApiKey {
+pub(super) fn api_key(k: &ApiKey) -> v1::ApiKey {
     v1::ApiKey {
         id: k.id as u64,
         prefix: k.prefix.clone(),
@@ -58,7 +58,7 @@ pub fn api_key(k: &ApiKey) -> v1::ApiKey {
     }
 }
 
-pub fn node(n: &Node, online: bool, now: DateTime<Utc>) -> v1::Node {
+pub(super) fn node(n: &Node, online: bool, now: DateTime<Utc>) -> v1::Node {
     let mut ips = Vec::with_capacity(2);
     if let Some(a) = n.ipv4 {
         ips.push(a.to_string());

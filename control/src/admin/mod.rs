@@ -8,6 +8,6 @@ mod convert;
 mod serve;
 mod service;
 
-pub use auth::ApiKeyLayer;
-pub use serve::{bind_unix, serve_tcp, serve_unix};
-pub use service::AdminService;
+pub(crate) use auth::ApiKeyLayer;
+pub(crate) use serve::{bind_unix, serve_tcp, serve_unix};
+pub(crate) use service::AdminService;

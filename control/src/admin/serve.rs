@@ -23,7 +23,7 @@ fn service(state: &SharedState) -> MeshscaleServiceServer<AdminService> {
 }
 
 /// Binds the unix socket (replacing a stale one) with the configured mode.
-pub fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+pub(crate) fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create {} (unix_socket)", dir.display()))?;
@@ -43,7 +43,7 @@ pub fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve_unix(
+pub(crate) async fn serve_unix(
     state: SharedState,
     listener: UnixListener,
     shutdown: impl Future<Output = ()> + Send,
@@ -56,7 +56,7 @@ pub async fn serve_unix(
 }
 
 /// The remote admin API: TLS unless explicitly allowed without, an API key always.
-pub async fn serve_tcp(
+pub(crate) async fn serve_tcp(
     state: SharedState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,

@@ -11,12 +11,12 @@ use crate::store::{
 };
 
 #[derive(Clone)]
-pub struct AdminService {
+pub(crate) struct AdminService {
     state: SharedState,
 }
 
 impl AdminService {
-    pub fn new(state: SharedState) -> Self {
+    pub(crate) fn new(state: SharedState) -> Self {
         AdminService { state }
     }
 

@@ -9,7 +9,7 @@ use super::output::{ApiKeyView, Table, time_or};
 use super::times::{expiration_flag, table_time};
 
 #[derive(Subcommand, Debug)]
-pub enum ApiKeysCommand {
+pub(super) enum ApiKeysCommand {
     /// Create an API key; prints the key, which cannot be shown again.
     /// If a key is lost, create a new one and expire the old one
     #[command(visible_aliases = ["c", "new"])]
@@ -26,7 +26,7 @@ pub enum ApiKeysCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct CreateArgs {
+pub(super) struct CreateArgs {
     /// How long the key stays valid (e.g. 30m, 24h, 90d)
     #[arg(
         short,
@@ -41,7 +41,7 @@ pub struct CreateArgs {
 /// `-p PREFIX` or `-i ID`, exactly one.
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
-pub struct KeySelector {
+pub(super) struct KeySelector {
     /// API key prefix (see `meshscale apikeys list`)
     #[arg(short, long)]
     prefix: Option<String>,
@@ -50,7 +50,7 @@ pub struct KeySelector {
     id: Option<u64>,
 }
 
-pub async fn run(
+pub(super) async fn run(
     client: &mut Client,
     ctx: &Context,
     command: ApiKeysCommand,

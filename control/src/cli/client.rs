@@ -22,7 +22,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
 use super::times::timeout_arg;
 
-pub type Client = MeshscaleServiceClient<InterceptedService<Channel, Auth>>;
+pub(super) type Client = MeshscaleServiceClient<InterceptedService<Channel, Auth>>;
 
 /// The port of the server's `grpc_listen_addr` default, used when `--remote` names none.
 const DEFAULT_GRPC_PORT: u16 = 50443;
@@ -36,7 +36,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Args, Clone)]
 #[cfg_attr(test, derive(Default))]
 #[command(next_help_heading = "Connection")]
-pub struct ConnectionArgs {
+pub(super) struct ConnectionArgs {
     /// Admin API of a remote server, HOST:PORT (TLS; default port 50443). Without it the
     /// local unix socket from the config (`unix_socket`) is used
     #[arg(
@@ -108,7 +108,7 @@ impl fmt::Debug for ConnectionArgs {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(super) enum ConnectError {
     #[error(
         "cannot reach the meshscale server at {path}: {reason} (is `meshscale serve` running?)"
     )]
@@ -139,7 +139,7 @@ pub enum ConnectError {
 
 /// Adds `authorization: Bearer <key>` to every request of a remote connection.
 #[derive(Clone)]
-pub struct Auth(Option<MetadataValue<Ascii>>);
+pub(super) struct Auth(Option<MetadataValue<Ascii>>);
 
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -177,7 +177,7 @@ fn bearer(api_key: &str) -> Result<MetadataValue<Ascii>, ConnectError> {
 /// An RPC failure, shown as the server's message alone: the message is
 /// written for admins, the status code and metadata are not.
 #[derive(Debug)]
-pub struct ApiError(pub tonic::Status);
+pub(super) struct ApiError(pub tonic::Status);
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -197,7 +197,7 @@ impl fmt::Display for ApiError {
 impl StdError for ApiError {}
 
 /// Awaits an RPC and unwraps its answer.
-pub async fn call<T>(
+pub(super) async fn call<T>(
     rpc: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> anyhow::Result<T> {
     rpc.await
@@ -207,7 +207,7 @@ pub async fn call<T>(
 
 /// Connects as the flags and environment say; `local_socket` is only
 /// consulted (it loads the config) when no remote server is named.
-pub async fn connect(
+pub(super) async fn connect(
     args: &ConnectionArgs,
     local_socket: impl FnOnce() -> anyhow::Result<PathBuf>,
 ) -> anyhow::Result<Client> {

@@ -7,7 +7,7 @@ use anyhow::Context;
 
 /// How a command treats a standard input that is not a terminal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unattended {
+pub(super) enum Unattended {
     /// Go ahead: scripts deleting nodes should not need extra flags.
     Proceed,
     /// Refuse unless `--force`: destroying a user takes its keys and nodes with it.
@@ -15,13 +15,13 @@ pub enum Unattended {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(super) enum Decision {
     Proceed,
     Ask,
     Refuse,
 }
 
-pub fn decide(force: bool, stdin_is_terminal: bool, unattended: Unattended) -> Decision {
+pub(super) fn decide(force: bool, stdin_is_terminal: bool, unattended: Unattended) -> Decision {
     match (force, stdin_is_terminal, unattended) {
         (true, _, _) => Decision::Proceed,
         (false, true, _) => Decision::Ask,
@@ -30,13 +30,13 @@ pub fn decide(force: bool, stdin_is_terminal: bool, unattended: Unattended) -> D
     }
 }
 
-pub fn stdin_is_terminal() -> bool {
+pub(super) fn stdin_is_terminal() -> bool {
     std::io::stdin().is_terminal()
 }
 
 /// Asks `question [y/N]` on stderr (stdout stays clean for `-o json`) and
 /// reads the answer from stdin; anything but yes is no.
-pub fn ask(question: &str) -> anyhow::Result<bool> {
+pub(super) fn ask(question: &str) -> anyhow::Result<bool> {
     let stderr = std::io::stderr();
     let stdin = std::io::stdin();
     ask_with(question, stdin.lock(), &mut stderr.lock())
@@ -55,7 +55,7 @@ fn ask_with(question: &str, input: impl BufRead, prompt: &mut impl Write) -> any
     Ok(is_yes(&answer))
 }
 
-pub fn is_yes(answer: &str) -> bool {
+pub(super) fn is_yes(answer: &str) -> bool {
     matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 

@@ -9,7 +9,7 @@ use super::client::{Client, call};
 use super::output::NodeView;
 
 #[derive(Subcommand, Debug)]
-pub enum DebugCommand {
+pub(super) enum DebugCommand {
     /// Put a node in the pending-registration table, as a client waiting on an
     /// interactive login would; admit it with `meshscale nodes register --key <id>`.
     /// Prints the registration id
@@ -17,7 +17,7 @@ pub enum DebugCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct CreateNodeArgs {
+pub(super) struct CreateNodeArgs {
     /// Hostname of the node
     #[arg(long)]
     name: String,
@@ -39,7 +39,11 @@ struct CreatedNodeView {
     registration_id: String,
 }
 
-pub async fn run(client: &mut Client, ctx: &Context, command: DebugCommand) -> anyhow::Result<()> {
+pub(super) async fn run(
+    client: &mut Client,
+    ctx: &Context,
+    command: DebugCommand,
+) -> anyhow::Result<()> {
     match command {
         DebugCommand::CreateNode(args) => {
             let request = v1::DebugCreateNodeRequest {

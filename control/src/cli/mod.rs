@@ -134,7 +134,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             env!("CARGO_PKG_VERSION"),
         ),
         Command::Configtest => {
-            load_config(&cli.global)?;
+            let config = load_config(&cli.global)?;
+            if !config.ignored_keys.is_empty() {
+                eprintln!(
+                    "warning: Headscale keys Meshscale does not implement are ignored: {}",
+                    config.ignored_keys.join(", ")
+                );
+            }
             print.result("Config OK")
         }
         Command::Serve => {

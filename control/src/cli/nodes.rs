@@ -13,7 +13,7 @@ use super::times::{rfc3339_arg, table_time, to_timestamp};
 use super::user_ref::{UserRef, resolve_id};
 
 #[derive(Subcommand, Debug)]
-pub enum NodesCommand {
+pub(super) enum NodesCommand {
     /// List nodes
     #[command(visible_aliases = ["ls", "show"])]
     List(ListArgs),
@@ -36,14 +36,14 @@ pub enum NodesCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct ListArgs {
+pub(super) struct ListArgs {
     /// Only the nodes of this user (name or id)
     #[arg(short, long, value_name = "USER")]
     user: Option<String>,
 }
 
 #[derive(Args, Debug)]
-pub struct RegisterArgs {
+pub(super) struct RegisterArgs {
     /// User to own the node (name or id)
     #[arg(short, long, value_name = "USER")]
     user: String,
@@ -53,14 +53,14 @@ pub struct RegisterArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct NodeIdArgs {
+pub(super) struct NodeIdArgs {
     /// Node id
     #[arg(short, long, value_name = "ID")]
     identifier: u64,
 }
 
 #[derive(Args, Debug)]
-pub struct ExpireArgs {
+pub(super) struct ExpireArgs {
     /// Node id
     #[arg(short, long, value_name = "ID")]
     identifier: u64,
@@ -73,7 +73,7 @@ pub struct ExpireArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct RenameArgs {
+pub(super) struct RenameArgs {
     /// Node id
     #[arg(short, long, value_name = "ID")]
     identifier: u64,
@@ -83,7 +83,7 @@ pub struct RenameArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct MoveArgs {
+pub(super) struct MoveArgs {
     /// Node id
     #[arg(short, long, value_name = "ID")]
     identifier: u64,
@@ -93,7 +93,7 @@ pub struct MoveArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct TagArgs {
+pub(super) struct TagArgs {
     /// Node id
     #[arg(short, long, value_name = "ID")]
     identifier: u64,
@@ -109,7 +109,11 @@ pub struct TagArgs {
     tags: Vec<String>,
 }
 
-pub async fn run(client: &mut Client, ctx: &Context, command: NodesCommand) -> anyhow::Result<()> {
+pub(super) async fn run(
+    client: &mut Client,
+    ctx: &Context,
+    command: NodesCommand,
+) -> anyhow::Result<()> {
     match command {
         NodesCommand::List(args) => list(client, ctx, args).await,
         NodesCommand::Register(args) => {

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::times::{rfc3339, table_time};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OutputFormat {
+pub(super) enum OutputFormat {
     Human,
     Json,
     JsonLine,
@@ -23,7 +23,7 @@ pub enum OutputFormat {
 }
 
 /// Clap value parser for `-o/--output`; the empty string is Headscale's "human".
-pub fn parse_format(text: &str) -> Result<OutputFormat, String> {
+pub(super) fn parse_format(text: &str) -> Result<OutputFormat, String> {
     match text {
         "" => Ok(OutputFormat::Human),
         "json" => Ok(OutputFormat::Json),
@@ -37,13 +37,17 @@ pub fn parse_format(text: &str) -> Result<OutputFormat, String> {
 
 /// Prints command results in the format chosen with `-o`.
 #[derive(Clone, Copy, Debug)]
-pub struct Printer {
+pub(super) struct Printer {
     pub format: OutputFormat,
 }
 
 impl Printer {
     /// A command that produced an object: the object for scripts, `human` for people.
-    pub fn object<T: Serialize + ?Sized>(&self, value: &T, human: &str) -> anyhow::Result<()> {
+    pub(super) fn object<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        human: &str,
+    ) -> anyhow::Result<()> {
         match self.format {
             OutputFormat::Human => write_stdout(&sanitize(human)),
             format => write_stdout(&render_machine(format, value)?),
@@ -51,12 +55,12 @@ impl Printer {
     }
 
     /// A command whose only outcome is a confirmation sentence.
-    pub fn result(&self, human: &str) -> anyhow::Result<()> {
+    pub(super) fn result(&self, human: &str) -> anyhow::Result<()> {
         self.object(&ResultView { result: human }, human)
     }
 
     /// A list: a table for people, an array for scripts.
-    pub fn list<T: Serialize>(
+    pub(super) fn list<T: Serialize>(
         &self,
         items: &[T],
         table: impl FnOnce() -> Table,
@@ -69,7 +73,7 @@ impl Printer {
 }
 
 /// The text for a machine format, without a trailing newline.
-pub fn render_machine<T: Serialize + ?Sized>(
+pub(super) fn render_machine<T: Serialize + ?Sized>(
     format: OutputFormat,
     value: &T,
 ) -> anyhow::Result<String> {
@@ -95,7 +99,7 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 /// Makes text from the server safe for a terminal and for one-line output:
 /// hostnames and names are chosen by clients and could otherwise carry
 /// newlines that break a table or escape sequences that rewrite the screen.
-pub fn sanitize(text: &str) -> String {
+pub(super) fn sanitize(text: &str) -> String {
     if !text.chars().any(char::is_control) {
         return text.to_string();
     }
@@ -113,23 +117,23 @@ pub fn sanitize(text: &str) -> String {
 /// A table like Headscale's pterm tables without colours: a header row,
 /// columns left-aligned and padded to the widest cell, ` | ` between them.
 #[derive(Debug, Clone, Default)]
-pub struct Table {
+pub(super) struct Table {
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    pub fn new(header: &[&str]) -> Table {
+    pub(super) fn new(header: &[&str]) -> Table {
         Table {
             rows: vec![header.iter().map(|h| h.to_string()).collect()],
         }
     }
 
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(super) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells.iter().map(|c| sanitize(c)).collect());
     }
 
     /// Lines joined by `\n`, none with trailing spaces, no final newline.
-    pub fn render(&self) -> String {
+    pub(super) fn render(&self) -> String {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let mut widths = vec![0; columns];
         for row in &self.rows {
@@ -158,7 +162,7 @@ impl Table {
 
 /// Headscale's short form of a key: `[` + the first 6 characters after the
 /// type prefix (`mkey:`, `nodekey:`) + `]`; empty when there is no key.
-pub fn short_key(key: &str) -> String {
+pub(super) fn short_key(key: &str) -> String {
     let body = key.split_once(':').map(|(_, rest)| rest).unwrap_or(key);
     if body.is_empty() {
         return String::new();
@@ -166,7 +170,7 @@ pub fn short_key(key: &str) -> String {
     format!("[{}]", body.chars().take(6).collect::<String>())
 }
 
-pub fn yes_no(value: bool) -> String {
+pub(super) fn yes_no(value: bool) -> String {
     if value { "yes" } else { "no" }.to_string()
 }
 
@@ -176,7 +180,7 @@ struct ResultView<'a> {
 }
 
 #[derive(Debug, Serialize, PartialEq)]
-pub struct UserView {
+pub(super) struct UserView {
     pub id: u64,
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -204,7 +208,7 @@ impl From<&v1::User> for UserView {
 }
 
 #[derive(Debug, Serialize, PartialEq)]
-pub struct PreAuthKeyView {
+pub(super) struct PreAuthKeyView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<UserView>,
     pub id: u64,
@@ -236,7 +240,7 @@ impl From<&v1::PreAuthKey> for PreAuthKeyView {
 }
 
 #[derive(Debug, Serialize, PartialEq)]
-pub struct NodeView {
+pub(super) struct NodeView {
     pub id: u64,
     pub machine_key: String,
     pub node_key: String,
@@ -286,7 +290,7 @@ impl From<&v1::Node> for NodeView {
 }
 
 #[derive(Debug, Serialize, PartialEq)]
-pub struct ApiKeyView {
+pub(super) struct ApiKeyView {
     pub id: u64,
     pub prefix: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -310,7 +314,7 @@ impl From<&v1::ApiKey> for ApiKeyView {
 }
 
 /// Table cell for an optional time that Headscale shows as a placeholder when unset.
-pub fn time_or(ts: Option<&prost_types::Timestamp>, placeholder: &str) -> String {
+pub(super) fn time_or(ts: Option<&prost_types::Timestamp>, placeholder: &str) -> String {
     match table_time(ts) {
         t if t.is_empty() => placeholder.to_string(),
         t => t,

@@ -10,7 +10,7 @@ use super::times::{expiration_flag, table_time};
 use super::user_ref::{UserRef, resolve_id};
 
 #[derive(Subcommand, Debug)]
-pub enum PreAuthKeysCommand {
+pub(super) enum PreAuthKeysCommand {
     /// Create a pre-auth key; prints the key, which cannot be shown again
     #[command(visible_aliases = ["c", "new"])]
     Create(CreateArgs),
@@ -26,7 +26,7 @@ pub enum PreAuthKeysCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct CreateArgs {
+pub(super) struct CreateArgs {
     /// Owner of the key and of the nodes that join with it: a user name or id
     #[arg(short, long, value_name = "USER")]
     user: Option<UserRef>,
@@ -51,20 +51,20 @@ pub struct CreateArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct ListArgs {
+pub(super) struct ListArgs {
     /// Only the keys of this user (name or id)
     #[arg(short, long, value_name = "USER")]
     user: Option<UserRef>,
 }
 
 #[derive(Args, Debug)]
-pub struct IdArgs {
+pub(super) struct IdArgs {
     /// Pre-auth key id (see `meshscale preauthkeys list`)
     #[arg(short, long)]
     id: u64,
 }
 
-pub async fn run(
+pub(super) async fn run(
     client: &mut Client,
     ctx: &Context,
     command: PreAuthKeysCommand,
@@ -104,7 +104,7 @@ async fn create(client: &mut Client, ctx: &Context, args: CreateArgs) -> anyhow:
 }
 
 /// `--tags a,,b` and `--tags ""` leave no empty tags behind.
-pub fn clean_tags(tags: Vec<String>) -> Vec<String> {
+pub(super) fn clean_tags(tags: Vec<String>) -> Vec<String> {
     tags.into_iter()
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())

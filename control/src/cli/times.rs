@@ -13,12 +13,12 @@ use crate::duration::parse_duration;
 const TABLE_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
 /// Clap value parser for durations that configure the CLI itself (`--timeout`).
-pub fn duration_arg(text: &str) -> Result<Duration, String> {
+pub(super) fn duration_arg(text: &str) -> Result<Duration, String> {
     parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// Clap value parser for `--timeout`: zero would fail every request at once.
-pub fn timeout_arg(text: &str) -> Result<Duration, String> {
+pub(super) fn timeout_arg(text: &str) -> Result<Duration, String> {
     match duration_arg(text)? {
         d if d.is_zero() => Err("the timeout must be longer than zero".into()),
         d => Ok(d),
@@ -28,14 +28,14 @@ pub fn timeout_arg(text: &str) -> Result<Duration, String> {
 /// `--expiration DURATION` of the create commands as the instant it names.
 /// A bad value is the command's error (exit 1, one line), as in Headscale,
 /// not a usage error.
-pub fn expiration_flag(now: DateTime<Utc>, text: &str) -> anyhow::Result<Timestamp> {
+pub(super) fn expiration_flag(now: DateTime<Utc>, text: &str) -> anyhow::Result<Timestamp> {
     let lifetime =
         parse_duration(text).map_err(|e| anyhow::anyhow!("invalid --expiration: {e}"))?;
     expiration_after(now, lifetime).map_err(anyhow::Error::msg)
 }
 
 /// `--expiry` of `nodes expire`.
-pub fn rfc3339_arg(text: &str) -> Result<DateTime<Utc>, String> {
+pub(super) fn rfc3339_arg(text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text.trim())
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| format!("{text:?} is not an RFC 3339 time like 2025-08-27T10:00:00Z: {e}"))
@@ -43,7 +43,10 @@ pub fn rfc3339_arg(text: &str) -> Result<DateTime<Utc>, String> {
 
 /// The instant `lifetime` after `now`, as sent in create requests; whole
 /// seconds, as every place that shows it does.
-pub fn expiration_after(now: DateTime<Utc>, lifetime: Duration) -> Result<Timestamp, String> {
+pub(super) fn expiration_after(
+    now: DateTime<Utc>,
+    lifetime: Duration,
+) -> Result<Timestamp, String> {
     chrono::Duration::from_std(lifetime)
         .ok()
         .and_then(|d| now.checked_add_signed(d))
@@ -56,7 +59,7 @@ pub fn expiration_after(now: DateTime<Utc>, lifetime: Duration) -> Result<Timest
         })
 }
 
-pub fn to_timestamp(t: DateTime<Utc>) -> Timestamp {
+pub(super) fn to_timestamp(t: DateTime<Utc>) -> Timestamp {
     // Sub-second precision: nanoseconds within the second are always below 1e9.
     Timestamp {
         seconds: t.timestamp(),
@@ -65,21 +68,21 @@ pub fn to_timestamp(t: DateTime<Utc>) -> Timestamp {
 }
 
 /// `None` for an unset field or one the server filled with an impossible value.
-pub fn from_timestamp(ts: Option<&Timestamp>) -> Option<DateTime<Utc>> {
+pub(super) fn from_timestamp(ts: Option<&Timestamp>) -> Option<DateTime<Utc>> {
     let ts = ts?;
     let nanos = u32::try_from(ts.nanos).ok()?;
     DateTime::from_timestamp(ts.seconds, nanos)
 }
 
 /// Table cell: empty when unset.
-pub fn table_time(ts: Option<&Timestamp>) -> String {
+pub(super) fn table_time(ts: Option<&Timestamp>) -> String {
     from_timestamp(ts)
         .map(|t| t.format(TABLE_FORMAT).to_string())
         .unwrap_or_default()
 }
 
 /// JSON/YAML value.
-pub fn rfc3339(ts: Option<&Timestamp>) -> Option<String> {
+pub(super) fn rfc3339(ts: Option<&Timestamp>) -> Option<String> {
     from_timestamp(ts).map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
 }
 

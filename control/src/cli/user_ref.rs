@@ -9,7 +9,7 @@ use meshscale_api::v1;
 use super::client::{Client, call};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum UserRef {
+pub(super) enum UserRef {
     Id(u64),
     Name(String),
 }
@@ -44,7 +44,7 @@ impl fmt::Display for UserRef {
 
 /// The id to put in a request. An id is taken as given: the server checks it
 /// and says so if it does not exist, which saves a round trip.
-pub async fn resolve_id(client: &mut Client, user: &UserRef) -> anyhow::Result<u64> {
+pub(super) async fn resolve_id(client: &mut Client, user: &UserRef) -> anyhow::Result<u64> {
     match user {
         UserRef::Id(id) => Ok(*id),
         UserRef::Name(_) => Ok(find_user(client, user).await?.id),
@@ -52,7 +52,7 @@ pub async fn resolve_id(client: &mut Client, user: &UserRef) -> anyhow::Result<u
 }
 
 /// The single user the reference names.
-pub async fn find_user(client: &mut Client, user: &UserRef) -> anyhow::Result<v1::User> {
+pub(super) async fn find_user(client: &mut Client, user: &UserRef) -> anyhow::Result<v1::User> {
     let request = match user {
         UserRef::Id(id) => v1::ListUsersRequest {
             id: *id,

@@ -11,7 +11,7 @@ use super::times::table_time;
 use super::user_ref::{UserRef, find_user};
 
 #[derive(Subcommand, Debug)]
-pub enum UsersCommand {
+pub(super) enum UsersCommand {
     /// Create a user
     #[command(visible_aliases = ["c", "new"])]
     Create(CreateArgs),
@@ -27,7 +27,7 @@ pub enum UsersCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct CreateArgs {
+pub(super) struct CreateArgs {
     /// User name (what `-u/--user` and node names refer to)
     // A name like "-x" is the server's to refuse, with its naming rules in the message.
     #[arg(value_name = "NAME", allow_hyphen_values = true)]
@@ -42,7 +42,7 @@ pub struct CreateArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct ListArgs {
+pub(super) struct ListArgs {
     /// Only the user with this id
     #[arg(short, long, value_name = "ID")]
     identifier: Option<u64>,
@@ -57,7 +57,7 @@ pub struct ListArgs {
 /// `-i ID` or `-n NAME`, exactly one.
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
-pub struct UserSelector {
+pub(super) struct UserSelector {
     /// User id
     #[arg(short, long, value_name = "ID")]
     identifier: Option<u64>,
@@ -76,7 +76,7 @@ impl UserSelector {
 }
 
 #[derive(Args, Debug)]
-pub struct RenameArgs {
+pub(super) struct RenameArgs {
     #[command(flatten)]
     user: UserSelector,
     /// The new user name
@@ -86,7 +86,7 @@ pub struct RenameArgs {
 
 #[derive(Args, Debug)]
 #[group(id = "target", required = true, multiple = false)]
-pub struct DestroyArgs {
+pub(super) struct DestroyArgs {
     /// User name
     #[arg(value_name = "NAME")]
     user_name: Option<String>,
@@ -108,7 +108,11 @@ impl DestroyArgs {
     }
 }
 
-pub async fn run(client: &mut Client, ctx: &Context, command: UsersCommand) -> anyhow::Result<()> {
+pub(super) async fn run(
+    client: &mut Client,
+    ctx: &Context,
+    command: UsersCommand,
+) -> anyhow::Result<()> {
     match command {
         UsersCommand::Create(args) => create(client, ctx, args).await,
         UsersCommand::List(args) => list(client, ctx, args).await,

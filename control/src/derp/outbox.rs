@@ -48,7 +48,7 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(depth: usize) -> Self {
+    pub(super) fn new(depth: usize) -> Self {
         Outbox {
             queues: Mutex::new(Queues::default()),
             ready: Notify::new(),
@@ -66,7 +66,7 @@ impl Outbox {
         r
     }
 
-    pub fn push_packet(&self, packet: Packet) -> Queued {
+    pub(super) fn push_packet(&self, packet: Packet) -> Queued {
         let depth = self.depth;
         self.with(|q| {
             let queue = if frame::looks_like_disco(&packet.data) {
@@ -87,7 +87,7 @@ impl Outbox {
         })
     }
 
-    pub fn push_peer_gone(&self, peer: NodeKey, reason: PeerGoneReason) -> bool {
+    pub(super) fn push_peer_gone(&self, peer: NodeKey, reason: PeerGoneReason) -> bool {
         self.with(|q| {
             if q.peer_gone.len() >= MAX_PENDING_PEER_GONE {
                 return false;
@@ -99,27 +99,27 @@ impl Outbox {
 
     /// Only one pong is kept pending: a client pinging faster than we can
     /// answer gets its extra pings ignored (Tailscale does the same).
-    pub fn set_pong(&self, data: [u8; 8]) -> bool {
+    pub(super) fn set_pong(&self, data: [u8; 8]) -> bool {
         self.with(|q| q.pong.replace(data).is_none())
     }
 
-    pub fn set_ping(&self, data: [u8; 8]) {
+    pub(super) fn set_ping(&self, data: [u8; 8]) {
         self.with(|q| q.ping = Some(data));
     }
 
-    pub fn set_keep_alive(&self) {
+    pub(super) fn set_keep_alive(&self) {
         self.with(|q| q.keep_alive = true);
     }
 
     /// Resolves once something may have been queued since the last drain.
-    pub async fn ready(&self) {
+    pub(super) async fn ready(&self) {
         self.ready.notified().await;
     }
 
     /// Moves pending frames into `buf`, control frames first, then packets
     /// until `buf` holds at least `soft_limit` bytes (one packet always
     /// fits). Returns the number of frames added; 0 means nothing is left.
-    pub fn drain_into(&self, buf: &mut BytesMut, soft_limit: usize) -> usize {
+    pub(super) fn drain_into(&self, buf: &mut BytesMut, soft_limit: usize) -> usize {
         let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;
         for (peer, reason) in q.peer_gone.drain(..) {

@@ -32,7 +32,7 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    pub fn new(id: ConnId, key: NodeKey, queue_depth: usize) -> Self {
+    pub(super) fn new(id: ConnId, key: NodeKey, queue_depth: usize) -> Self {
         Peer {
             id,
             key,
@@ -41,7 +41,7 @@ impl Peer {
         }
     }
 
-    pub fn is_dup(&self) -> bool {
+    pub(super) fn is_dup(&self) -> bool {
         self.dup.load(Ordering::Relaxed)
     }
 }
@@ -84,7 +84,7 @@ impl Registry {
     }
 
     /// Makes `peer` the active connection for its key.
-    pub fn register(&self, peer: Arc<Peer>) {
+    pub(super) fn register(&self, peer: Arc<Peer>) {
         let mut inner = self.lock();
         let id = peer.id;
         let key = peer.key;
@@ -110,7 +110,7 @@ impl Registry {
 
     /// Removes a connection. If it was its key's last, tells everyone who
     /// received from that key that it is gone.
-    pub fn unregister(&self, peer: &Peer) {
+    pub(super) fn unregister(&self, peer: &Peer) {
         let mut inner = self.lock();
         let Some(entry) = inner.conns.remove(&peer.id) else {
             return;
@@ -157,7 +157,7 @@ impl Registry {
 
     /// The connection that should get a packet for `dst`, noting that it
     /// has now heard from `src`.
-    pub fn route(&self, src: &NodeKey, dst: &NodeKey) -> Option<Arc<Peer>> {
+    pub(super) fn route(&self, src: &NodeKey, dst: &NodeKey) -> Option<Arc<Peer>> {
         let mut inner = self.lock();
         let Inner {
             by_key,
@@ -173,7 +173,7 @@ impl Registry {
     }
 
     /// A duplicate connection that speaks becomes its key's active one.
-    pub fn note_activity(&self, peer: &Peer) {
+    pub(super) fn note_activity(&self, peer: &Peer) {
         if !peer.is_dup() {
             return;
         }
@@ -186,17 +186,17 @@ impl Registry {
         }
     }
 
-    pub fn is_connected(&self, key: &NodeKey) -> bool {
+    pub(super) fn is_connected(&self, key: &NodeKey) -> bool {
         self.lock().by_key.contains_key(key)
     }
 
     /// Open, authenticated connections (duplicates included).
-    pub fn connection_count(&self) -> usize {
+    pub(super) fn connection_count(&self) -> usize {
         self.lock().conns.len()
     }
 
     #[cfg(test)]
-    pub fn all_peers(&self) -> Vec<Arc<Peer>> {
+    pub(super) fn all_peers(&self) -> Vec<Arc<Peer>> {
         self.lock().conns.values().map(|e| e.peer.clone()).collect()
     }
 }

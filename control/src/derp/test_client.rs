@@ -23,17 +23,17 @@ pub(crate) struct TestClient<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
-    pub async fn handshake(io: IO) -> Result<Self, String> {
+    pub(super) async fn handshake(io: IO) -> Result<Self, String> {
         Self::handshake_with_key(io, crypto::generate_private_key()).await
     }
 
-    pub async fn handshake_with_key(io: IO, private: [u8; 32]) -> Result<Self, String> {
+    pub(super) async fn handshake_with_key(io: IO, private: [u8; 32]) -> Result<Self, String> {
         Self::handshake_buffered(io, private, BytesMut::new()).await
     }
 
     /// `buf` holds bytes already read from `io` (e.g. past an HTTP
     /// response head).
-    pub async fn handshake_buffered(
+    pub(super) async fn handshake_buffered(
         io: IO,
         private: [u8; 32],
         buf: BytesMut,
@@ -65,7 +65,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
     /// Fast start: the server key is known, ClientInfo goes out before
     /// anything is read; the server's ServerKey frame then arrives first
     /// and is skipped, as Tailscale's client skips it.
-    pub async fn fast_start(
+    pub(super) async fn fast_start(
         io: IO,
         private: [u8; 32],
         server_key: NodeKey,
@@ -98,24 +98,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
         self.write_raw(&out).await.map_err(|e| e.to_string())
     }
 
-    pub async fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(super) async fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.io.write_all(bytes).await?;
         self.io.flush().await
     }
 
-    pub async fn send_packet(&mut self, to: &NodeKey, packet: &[u8]) -> std::io::Result<()> {
+    pub(super) async fn send_packet(&mut self, to: &NodeKey, packet: &[u8]) -> std::io::Result<()> {
         let mut out = BytesMut::new();
         frame::send_packet_frame(&mut out, to, packet).map_err(std::io::Error::other)?;
         self.write_raw(&out).await
     }
 
-    pub async fn note_preferred(&mut self, preferred: bool) -> std::io::Result<()> {
+    pub(super) async fn note_preferred(&mut self, preferred: bool) -> std::io::Result<()> {
         let mut out = BytesMut::new();
         frame::note_preferred_frame(&mut out, preferred);
         self.write_raw(&out).await
     }
 
-    pub async fn ping(&mut self, data: [u8; 8]) -> std::io::Result<()> {
+    pub(super) async fn ping(&mut self, data: [u8; 8]) -> std::io::Result<()> {
         let mut out = BytesMut::new();
         frame::ping_frame(&mut out, &data);
         self.write_raw(&out).await
@@ -144,7 +144,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
     }
 
     /// The next message from the server, whatever it is.
-    pub async fn recv_data(&mut self) -> Result<ServerMessage, String> {
+    pub(super) async fn recv_data(&mut self) -> Result<ServerMessage, String> {
         let f = self.recv_frame().await?;
         Ok(ServerMessage::parse(&f))
     }

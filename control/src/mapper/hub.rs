@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
-use meshscale_wire::tailcfg::{Debug as MapDebug, MapResponse, Node, PeerChange, UserProfile};
+use meshscale_wire::tailcfg::{
+    Debug as MapDebug, DerpMap, MapResponse, Node, PeerChange, UserProfile,
+};
 use tokio::sync::mpsc;
 
 use super::frame::Frame;
@@ -145,6 +147,9 @@ struct State {
 
 pub struct Hub {
     tailnet: Tailnet,
+    /// The DERP map sessions get: `tailnet.derp_map` until a refresh of
+    /// `derp.urls`/`derp.paths` replaces it ([`Hub::set_derp_map`]).
+    derp_map: Mutex<Arc<DerpMap>>,
     state: Arc<Mutex<State>>,
     next_session: AtomicU64,
 }
@@ -172,6 +177,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 impl Hub {
     pub fn new(tailnet: Tailnet) -> Hub {
         Hub {
+            derp_map: Mutex::new(Arc::new(tailnet.derp_map.clone())),
             tailnet,
             state: Arc::new(Mutex::new(State::default())),
             next_session: AtomicU64::new(1),
@@ -249,6 +255,39 @@ impl Hub {
             // No runtime (a plain thread): nothing can wait, send now.
             Err(_) => flush(st),
         }
+    }
+
+    /// The DERP map in force.
+    pub fn derp_map(&self) -> Arc<DerpMap> {
+        self.derp_map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the DERP map; every live session is sent the new one at
+    /// once, and later sessions start with it. `false` when it is unchanged.
+    pub fn set_derp_map(&self, map: DerpMap) -> bool {
+        // Under the state lock, so a session that subscribes meanwhile
+        // either is queued this message or builds its first map after the
+        // swap; both ways it ends up with the new map.
+        let mut st = self.lock();
+        {
+            let mut current = self.derp_map.lock().unwrap_or_else(PoisonError::into_inner);
+            if **current == map {
+                return false;
+            }
+            *current = Arc::new(map.clone());
+        }
+        let frame = Frame::encode(&MapResponse {
+            derp_map: Some(map),
+            control_time: Some(Utc::now()),
+            ..MapResponse::default()
+        });
+        for member in st.members.values_mut() {
+            queue(member, &frame);
+        }
+        true
     }
 
     /// Sends what is pending now instead of at the end of the window.
@@ -441,7 +480,7 @@ impl Hub {
         filters.insert("base".to_string(), Some(allow_all_filter()));
         let rest = MapResponse {
             node: Some(full.self_view),
-            derp_map: Some(self.tailnet.derp_map.clone()),
+            derp_map: Some(self.derp_map().as_ref().clone()),
             dns_config: Some(self.tailnet.dns.clone()),
             domain: self.tailnet.domain.clone(),
             collect_services: Some(false),
@@ -777,6 +816,25 @@ mod tests {
         hub.remove(2);
         assert_eq!(decode(&s1.frames.recv().await.unwrap()).peers_removed, [2]);
         assert!(s1.frames.try_recv().is_err(), "nothing else queued");
+    }
+
+    #[tokio::test]
+    async fn a_new_derp_map_goes_to_every_session_and_later_ones() {
+        let hub = Arc::new(Hub::new(tailnet()));
+        hub.upsert(record(1));
+        let mut s1 = hub.subscribe(1).unwrap();
+        let map: DerpMap =
+            serde_json::from_str(r#"{"Regions":{"7":{"RegionID":7,"RegionCode":"x","Nodes":[]}}}"#)
+                .unwrap();
+        assert!(hub.set_derp_map(map.clone()));
+        assert!(!hub.set_derp_map(map.clone()), "unchanged: nothing sent");
+        let got = decode(&s1.frames.recv().await.unwrap());
+        assert_eq!(got.derp_map.as_ref(), Some(&map));
+        assert!(got.node.is_none() && got.peers.is_empty());
+        assert!(s1.frames.try_recv().is_err(), "sent once");
+        hub.upsert(record(2));
+        let s2 = hub.subscribe(2).unwrap();
+        assert_eq!(decode(&s2.first).derp_map, Some(map));
     }
 
     #[tokio::test]

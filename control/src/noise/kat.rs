@@ -1,3 +1,3 @@
 //! Known-answer vectors, shared with the client: [`meshscale_ts2021::kat`].
 
-pub use meshscale_ts2021::kat::*;
+pub(super) use meshscale_ts2021::kat::*;

@@ -27,7 +27,7 @@ const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(50);
 /// Most endpoints a node may report; real ones have a handful.
 const MAX_ENDPOINTS: usize = 64;
 
-pub async fn map(
+pub(super) async fn map(
     State(state): State<SharedState>,
     axum::Extension(peer): axum::Extension<NoisePeer>,
     body: Bytes,

@@ -8,7 +8,10 @@ use axum::response::{Html, IntoResponse, Response};
 use crate::pending::validate_registration_id;
 use crate::state::SharedState;
 
-pub async fn register_page(State(state): State<SharedState>, Path(id): Path<String>) -> Response {
+pub(super) async fn register_page(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> Response {
     // Only [A-Za-z0-9-] gets through, so the id can go into HTML as it is.
     if validate_registration_id(&id).is_err() {
         return (StatusCode::BAD_REQUEST, "invalid registration id").into_response();

@@ -23,7 +23,7 @@ use crate::store::{AuthKeyError, NewNode, Node, RegisterMethod, StoreError};
 /// client then asks again with the same URL.
 const FOLLOWUP_WAIT: Duration = PENDING_TTL;
 
-pub async fn register(
+pub(super) async fn register(
     State(state): State<SharedState>,
     axum::Extension(peer): axum::Extension<NoisePeer>,
     body: Bytes,

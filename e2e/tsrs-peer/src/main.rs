@@ -28,6 +28,7 @@
 //! where tailscale-rs dials, and it only skips verification for DERP nodes
 //! marked `InsecureForTests` (with the `insecure-derp` feature turned on in
 //! Cargo.toml).
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
