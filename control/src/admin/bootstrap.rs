@@ -10,7 +10,7 @@
 //! too-short file accepts nothing.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 /// A key file larger than this is refused: a key is a line of text.
 const MAX_KEY_FILE_BYTES: u64 = 4096;
 /// Shorter keys are refused: the file must hold a generated secret.
-pub const MIN_KEY_LEN: usize = 32;
+pub(crate) const MIN_KEY_LEN: usize = 32;
 
 /// `admin:` in the config file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub struct AdminConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BootstrapKeyError {
+pub(crate) enum BootstrapKeyError {
     #[error("cannot read the bootstrap API key file {path}: {source}")]
     Read {
         path: String,
@@ -46,21 +46,17 @@ pub enum BootstrapKeyError {
 /// What identifies one version of the file: a change to any re-reads it.
 type Stamp = (u64, u64, i64, i64);
 
-pub struct BootstrapKey {
+pub(crate) struct BootstrapKey {
     path: PathBuf,
     cached: Mutex<Option<(Stamp, [u8; 32])>>,
 }
 
 impl BootstrapKey {
-    pub fn new(path: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(path: impl Into<PathBuf>) -> Self {
         BootstrapKey {
             path: path.into(),
             cached: Mutex::new(None),
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The hash of the file's current key.
@@ -97,7 +93,7 @@ impl BootstrapKey {
 
     /// Whether `presented` is the bootstrap key. A file that cannot be used
     /// is logged (never its contents) and accepts nothing.
-    pub fn verify(&self, presented: &str) -> bool {
+    pub(crate) fn verify(&self, presented: &str) -> bool {
         match self.current() {
             Ok(hash) => {
                 let p: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
@@ -111,7 +107,7 @@ impl BootstrapKey {
     }
 
     /// Checked at start, so a wrong path fails loudly instead of refusing every call.
-    pub fn check(&self) -> Result<(), BootstrapKeyError> {
+    pub(crate) fn check(&self) -> Result<(), BootstrapKeyError> {
         self.current().map(|_| ())
     }
 }

@@ -3,7 +3,7 @@
 //! `grpc_listen_addr` for the operator and remote CLIs.
 
 mod auth;
-pub mod bootstrap;
+pub(crate) mod bootstrap;
 mod convert;
 mod serve;
 mod service;

@@ -22,6 +22,7 @@ static CFG: LazyLock<InjectConfig> = LazyLock::new(|| InjectConfig {
     memory_request: "32Mi".into(),
     cpu_limit: None,
     memory_limit: None,
+    pod_security: Default::default(),
 });
 
 pub fn run(data: &[u8]) {
