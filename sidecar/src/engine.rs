@@ -27,13 +27,14 @@ use crate::control::LocalInfo;
 use crate::derp::client::DerpTls;
 use crate::derp::{self, DerpEvent, DerpHandle, DerpTarget};
 use crate::disco::{self, Message, Ping, Pong};
+use crate::handshake::Handshakes;
 use crate::netmap::{self, NetMap};
 use crate::offload::{self, Coalescer, VNET_HDR_LEN};
 use crate::paths::{PeerPath, Via};
 use crate::stun;
 use crate::tun::{self, Tun};
 use crate::udp::{self, RecvBatch, SendBatch, Udp};
-use crate::wg::WgPeers;
+use crate::wg::{self, WgPeers};
 
 /// Room for a packet of the TUN MTU plus WireGuard overhead, and for any
 /// datagram the network hands us.
@@ -156,6 +157,8 @@ pub struct Engine {
     derp_rx: mpsc::Receiver<DerpEvent>,
     tls: DerpTls,
     wg: WgPeers,
+    /// Peers with a handshake under way: fast resends of the initiation.
+    handshakes: Handshakes,
     peers: HashMap<NodePublic, PeerState>,
     by_ip: HashMap<IpAddr, NodePublic>,
     by_disco: HashMap<[u8; 32], NodePublic>,
@@ -225,6 +228,7 @@ impl Engine {
         info!(tun = %cfg.tun_name, udp_port, ipv6 = udp.has_ipv6(), "data plane ready");
         Ok(Engine {
             wg: WgPeers::new(node.private().as_bytes()),
+            handshakes: Handshakes::default(),
             node,
             disco,
             tun,
@@ -302,6 +306,7 @@ impl Engine {
                     Err(e) => debug!(error = %e, "UDP read"),
                 },
                 Some(ev) = self.derp_rx.recv() => self.on_derp(ev),
+                _ = sleep_until(self.handshakes.next_due()) => self.resend_initiations(),
                 Some(t) = self.stun_targets_rx.recv() => {
                     debug!(targets = ?t, "STUN servers");
                     self.stun_targets = t;
@@ -553,6 +558,7 @@ impl Engine {
             self.ready.store(false, Ordering::Relaxed);
             for key in self.wg.keys() {
                 self.wg.remove(&key);
+                self.handshakes.done(&key);
             }
             self.peers.clear();
             self.by_ip.clear();
@@ -643,6 +649,7 @@ impl Engine {
             if !seen.contains(&key) {
                 debug!(peer = %key, "peer removed: tearing its tunnel down");
                 self.wg.remove(&key);
+                self.handshakes.done(&key);
                 self.peers.remove(&key);
             }
         }
@@ -694,7 +701,14 @@ impl Engine {
         {
             let base = slot.as_ptr();
             let len = match peer.tunn.encapsulate(packet, slot) {
-                TunnResult::WriteToNetwork(p) if p.as_ptr() == base => p.len(),
+                TunnResult::WriteToNetwork(p) if p.as_ptr() == base => {
+                    // No session yet: boringtun queued the packet and
+                    // wrote an initiation instead.
+                    if wg::is_initiation(p) {
+                        self.handshakes.on_initiation(key, now);
+                    }
+                    p.len()
+                }
                 TunnResult::WriteToNetwork(p) => {
                     let p = p.to_vec();
                     self.send_wg(key, &p);
@@ -731,12 +745,15 @@ impl Engine {
         }
     }
 
-    /// Sends a WireGuard datagram on the best path.
+    /// Sends a WireGuard datagram on the best path: direct when one is
+    /// proven, else DERP at once (a relay session still connecting queues
+    /// it), never held back for discovery.
     fn send_wg(&mut self, key: NodePublic, data: &[u8]) {
-        let direct = self
-            .peers
-            .get(&key)
-            .and_then(|p| p.path.direct(Instant::now()));
+        let now = Instant::now();
+        if wg::is_initiation(data) {
+            self.handshakes.on_initiation(key, now);
+        }
+        let direct = self.peers.get(&key).and_then(|p| p.path.direct(now));
         if let Some(addr) = direct {
             if self.udp_out.is_full() {
                 self.flush_udp();
@@ -824,6 +841,43 @@ impl Engine {
     }
 
     fn wg_in(&mut self, key: NodePublic, data: &[u8], src: Option<SocketAddr>) {
+        let answer = wg::is_response(data);
+        self.decapsulate(key, data, src);
+        // The answer to one of our initiations (not a stale one boringtun
+        // refused): no more resends.
+        if answer
+            && self.handshakes.is_pending(&key)
+            && self.wg.get_mut(&key).is_some_and(|p| p.has_session())
+        {
+            debug!(peer = %key, "handshake complete");
+            self.handshakes.done(&key);
+        }
+    }
+
+    /// Resends the initiations whose fast retry is due (see `handshake`).
+    fn resend_initiations(&mut self) {
+        for key in self.handshakes.due(Instant::now()) {
+            let packet = match self.wg.get_mut(&key) {
+                Some(p) if !p.has_session() => {
+                    match p.tunn.format_handshake_initiation(&mut self.out, true) {
+                        TunnResult::WriteToNetwork(p) => Some(p.to_vec()),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            match packet {
+                Some(p) => {
+                    debug!(peer = %key, "handshake initiation resent");
+                    self.send_wg(key, &p);
+                }
+                // Answered meanwhile, gone, or boringtun refused.
+                None => self.handshakes.done(&key),
+            }
+        }
+    }
+
+    fn decapsulate(&mut self, key: NodePublic, data: &[u8], src: Option<SocketAddr>) {
         enum Out {
             Net(Vec<u8>),
             Tun(usize, IpAddr),
@@ -896,6 +950,15 @@ impl Engine {
             let out = match self.wg.get_mut(&key) {
                 Some(p) => match p.tunn.update_timers(&mut self.out) {
                     TunnResult::WriteToNetwork(p) => Some(p.to_vec()),
+                    TunnResult::Err(_) => {
+                        // Expired: boringtun gave the handshake up
+                        // (REKEY_ATTEMPT_TIME) and dropped what it queued;
+                        // the next packet starts a new attempt, fast
+                        // resends included. (Said on every tick while
+                        // expired, so not logged.)
+                        self.handshakes.done(&key);
+                        None
+                    }
                     _ => None,
                 },
                 None => None,
@@ -1047,6 +1110,10 @@ impl Engine {
                     && st.path.on_pong(addr, latency, now)
                 {
                     info!(peer = %key, %addr, ?latency, "direct path");
+                    // A pong also proves the peer knows us now: an
+                    // unanswered initiation is worth resending at once,
+                    // over the new path.
+                    self.handshakes.hurry(&key, now);
                 }
                 if let Some(id) = pending.waiter
                     && let Some((tx, _)) = self.waiters.remove(&id)
@@ -1199,5 +1266,13 @@ impl Engine {
                 .map(|d| d.target.region_code.clone()),
             peers,
         }
+    }
+}
+
+/// Sleeps until `t`; forever without one.
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }

@@ -9,6 +9,7 @@ pub mod disco;
 pub mod engine;
 #[cfg(test)]
 mod fuzz;
+pub mod handshake;
 pub mod localapi;
 pub mod nacl;
 pub mod netmap;
