@@ -364,9 +364,9 @@ impl Engine {
         });
         for (key, data) in failed {
             if let Some(d) = self.derp_for(key)
-                && !d.send(key, data)
+                && let Err(e) = d.send(key, &data)
             {
-                debug!(peer = %key, "DERP queue full; packet dropped");
+                debug!(peer = %key, error = %e, "not relayed; packet dropped");
             }
         }
     }
@@ -766,10 +766,11 @@ impl Engine {
                 return;
             }
         }
+        // Framed straight into a pooled buffer: no allocation per packet.
         if let Some(d) = self.derp_for(key)
-            && !d.send(key, data.to_vec())
+            && let Err(e) = d.send(key, data)
         {
-            debug!(peer = %key, "DERP queue full; packet dropped");
+            debug!(peer = %key, error = %e, "not relayed; packet dropped");
         }
     }
 
@@ -1053,7 +1054,9 @@ impl Engine {
         };
         match via {
             Via::Udp(addr) => self.udp.try_send_to(&pkt, addr).is_ok(),
-            Via::Derp(_) => self.derp_for(key).is_some_and(|d| d.send(key, pkt)),
+            Via::Derp(_) => self
+                .derp_for(key)
+                .is_some_and(|d| d.send(key, &pkt).is_ok()),
         }
     }
 
