@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod control;
 pub mod derp;
 pub mod disco;
+pub mod endpoints;
 pub mod engine;
 #[cfg(test)]
 mod fuzz;
@@ -15,6 +16,9 @@ pub mod nacl;
 pub mod netmap;
 pub mod offload;
 pub mod paths;
+pub mod peers;
+pub mod pings;
+pub mod relays;
 pub mod state;
 pub mod stun;
 pub mod tun;
