@@ -7,8 +7,10 @@
 //! has no session, this schedule resends sooner: every 100 ms at first,
 //! then backing off to a 1 s cap, for one `REKEY_TIMEOUT`; after that
 //! boringtun's own timer carries on (its next retry comes 5 s after our
-//! last one). Ten per second stays under boringtun's per-peer handshake
-//! rate limit, and far above wireguard-go's 50 ms flood guard.
+//! last one). At most six in the first second stays under boringtun's
+//! per-peer handshake rate limit (ten a second), and 100 ms gaps are far
+//! above wireguard-go's flood guard (an initiation within 20 ms of the last
+//! one is dropped).
 //!
 //! Pure: time is passed in; the engine sends what is due.
 
@@ -143,9 +145,17 @@ mod tests {
         // Far more than boringtun's single resend at 5 s, and all of them
         // before it.
         assert!(times.iter().all(|t| *t < FAST_WINDOW));
-        // No more than ten in any second (boringtun's rate limit).
-        for w in times.windows(10) {
+        // The first initiation and its resends: no more than ten in any
+        // second (boringtun's rate limit), never closer than wireguard-go's
+        // 20 ms flood guard.
+        let all: Vec<Duration> = std::iter::once(Duration::ZERO)
+            .chain(times.iter().copied())
+            .collect();
+        for w in all.windows(10) {
             assert!(w[9] - w[0] >= Duration::from_secs(1), "{ms:?}");
+        }
+        for w in all.windows(2) {
+            assert!(w[1] - w[0] > Duration::from_millis(20), "{ms:?}");
         }
         // boringtun's own retry after the window does not restart the
         // fast schedule...
