@@ -1,0 +1,1 @@
+//! Address sets as sorted, merged intervals.

@@ -1,0 +1,1 @@
+//! SSH rules → per-node `SSHPolicy`.
