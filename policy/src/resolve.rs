@@ -20,7 +20,12 @@ impl Checked {
         self.file.tag_owners.contains_key(tag)
     }
 
-    pub(crate) fn auto_approves(&self, _route: &IpPrefix, _node: &Node, _tailnet: &Tailnet) -> bool {
+    pub(crate) fn auto_approves(
+        &self,
+        _route: &IpPrefix,
+        _node: &Node,
+        _tailnet: &Tailnet,
+    ) -> bool {
         false
     }
 }
