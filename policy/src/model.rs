@@ -16,16 +16,18 @@ pub(crate) struct PolicyFile {
     pub(crate) hosts: BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) tag_owners: BTreeMap<String, Vec<String>>,
+    /// `None` (absent) differs from empty: with neither `acls` nor
+    /// `grants`, everything is allowed.
     #[serde(default)]
-    pub(crate) acls: Vec<Acl>,
+    pub(crate) acls: Option<Vec<Acl>>,
     #[serde(default)]
-    pub(crate) grants: Vec<Grant>,
+    pub(crate) grants: Option<Vec<Grant>>,
     #[serde(default)]
     pub(crate) node_attrs: Vec<NodeAttr>,
     #[serde(default)]
     pub(crate) auto_approvers: AutoApprovers,
     #[serde(default)]
-    pub(crate) ssh: Vec<Ssh>,
+    pub(crate) ssh: Option<Vec<Ssh>>,
     #[serde(default)]
     pub(crate) tests: Vec<AclTest>,
     #[serde(default)]
@@ -128,4 +130,71 @@ pub(crate) struct SshTest {
     pub(crate) check: Vec<String>,
     #[serde(default)]
     pub(crate) deny: Vec<String>,
+}
+
+/// Field names per object kind, in their canonical spelling.
+const TOP: &[&str] = &[
+    "groups",
+    "hosts",
+    "tagOwners",
+    "acls",
+    "grants",
+    "nodeAttrs",
+    "autoApprovers",
+    "ssh",
+    "tests",
+    "sshTests",
+    "randomizeClientPort",
+];
+const ACL: &[&str] = &["action", "proto", "src", "dst"];
+const GRANT: &[&str] = &["src", "dst", "ip", "app", "via"];
+const SSH: &[&str] = &["action", "src", "dst", "users", "checkPeriod", "acceptEnv"];
+const NODE_ATTR: &[&str] = &["target", "attr", "app", "ipPool"];
+const AUTO_APPROVERS: &[&str] = &["routes", "exitNode"];
+const TEST: &[&str] = &["src", "proto", "accept", "deny"];
+const SSH_TEST: &[&str] = &["src", "dst", "accept", "check", "deny"];
+
+/// Tailscale matches field names case-insensitively (`ACLs`, `TagOwners`)
+/// and ignores `#`-prefixed keys in entries (comments as keys); this
+/// rewrites a parsed document to the canonical spelling so `serde` can stay
+/// strict about everything else.
+pub(crate) fn canonicalize(value: &mut Value) {
+    let Value::Object(top) = value else { return };
+    rename_keys(top, TOP);
+    for (key, names) in [
+        ("acls", ACL),
+        ("grants", GRANT),
+        ("ssh", SSH),
+        ("nodeAttrs", NODE_ATTR),
+        ("tests", TEST),
+        ("sshTests", SSH_TEST),
+    ] {
+        if let Some(Value::Array(entries)) = top.get_mut(key) {
+            for e in entries {
+                if let Value::Object(map) = e {
+                    rename_keys(map, names);
+                }
+            }
+        }
+    }
+    if let Some(Value::Object(map)) = top.get_mut("autoApprovers") {
+        rename_keys(map, AUTO_APPROVERS);
+    }
+}
+
+fn rename_keys(map: &mut serde_json::Map<String, Value>, names: &[&str]) {
+    let keys: Vec<String> = map.keys().cloned().collect();
+    for key in keys {
+        if key.starts_with('#') {
+            map.remove(&key);
+            continue;
+        }
+        if let Some(canon) = names.iter().find(|n| n.eq_ignore_ascii_case(&key)) {
+            if *canon != key {
+                if let Some(v) = map.remove(&key) {
+                    map.insert((*canon).to_string(), v);
+                }
+            }
+        }
+    }
 }
