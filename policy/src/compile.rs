@@ -14,7 +14,6 @@ use std::net::IpAddr;
 
 use meshscale_wire::netip::IpPrefix;
 use meshscale_wire::tailcfg::{CapGrant, CapMap, FilterRule, NetPortRange, PortRange};
-use serde_json::Value;
 
 use crate::alias::{Alias, AutoGroup};
 use crate::ipset::{IpSet, to_u128};
@@ -31,10 +30,6 @@ pub(crate) struct Src {
 }
 
 impl Src {
-    fn contains_any(&self, ips: &[IpAddr]) -> bool {
-        self.any || ips.iter().any(|ip| self.set.contains(*ip))
-    }
-
     fn overlaps_any(&self, prefixes: &[IpPrefix]) -> bool {
         !prefixes.is_empty() && (self.any || prefixes.iter().any(|p| self.set.overlaps_prefix(p)))
     }
@@ -120,14 +115,9 @@ impl<'a> Rules<'a> {
             ctx,
         };
         if !policy.has_filter {
-            rules.global.push(Rule::Net {
-                src: Src {
-                    any: true,
-                    set: IpSet::new(),
-                },
-                dsts: vec![(Dst::Any, PortRange::ANY)],
-                protos: Vec::new(),
-            });
+            // A policy without `acls` and `grants` allows `*` to `*:*`, as
+            // Tailscale's default policy does.
+            rules.add_grant(default_grant());
             return rules;
         }
         for grant in &policy.grants {
@@ -154,7 +144,7 @@ impl<'a> Rules<'a> {
     fn add_grant(&mut self, grant: &'a GrantRule) {
         let src = self.sources(grant);
         if !grant.via.is_empty() {
-            if !grant.ip.is_empty() && (src.any || !src.set.is_empty()) {
+            if src.any || !src.set.is_empty() {
                 self.via.push((grant, src));
             }
             return;
@@ -185,11 +175,14 @@ impl<'a> Rules<'a> {
                     // (and `via`), not as a filter rule.
                     Alias::AutoGroup(AutoGroup::Internet) => continue,
                     _ => {
-                        let set = self.ctx.resolve(d);
-                        if set.is_empty() {
-                            continue;
+                        // One entry per interval, so reduction keeps only
+                        // the receiving node's own addresses.
+                        for part in split(&self.ctx.resolve(d)) {
+                            for p in &ip.ports {
+                                dsts.push((Dst::Set(part.clone()), *p));
+                            }
                         }
-                        Dst::Set(set)
+                        continue;
                     }
                 };
                 for p in &ip.ports {
@@ -235,14 +228,6 @@ impl<'a> Rules<'a> {
             self.global
                 .extend(companions(app, &dst_union, &src_back.prefixes()));
         }
-    }
-
-    /// Every rule node `n` holds before reduction.
-    pub(crate) fn for_node(&self, n: &Node) -> Vec<Rule> {
-        let mut out = self.global.clone();
-        out.extend(self.self_rules(n));
-        out.extend(self.via_rules(n));
-        out
     }
 
     fn self_rules(&self, n: &Node) -> Vec<Rule> {
@@ -305,31 +290,56 @@ impl<'a> Rules<'a> {
         out
     }
 
+    /// The part of a `via` grant's destinations router `n` serves: the
+    /// destination prefixes overlapping its approved subnet routes, and
+    /// the internet when it is an approved exit node.
+    fn via_destinations(&self, grant: &GrantRule, n: &Node) -> IpSet {
+        let routes = subnet_routes(n);
+        let mut dst = IpSet::new();
+        for d in &grant.dst {
+            if d.is(AutoGroup::Internet) {
+                if is_exit_node(n) {
+                    dst.union_with(&the_internet());
+                }
+                continue;
+            }
+            let set = match d {
+                Alias::Wildcard => IpSet::all(),
+                _ => self.ctx.resolve(d),
+            };
+            for p in set.prefixes() {
+                if routes.iter().any(|r| IpSet::from_prefix(r).overlaps_prefix(&p)) {
+                    dst.add_prefix(&p);
+                }
+            }
+        }
+        dst
+    }
+
+    /// Pairs (source node, router) a `via` grant makes visible to each
+    /// other, whether it grants `ip` or only `app`.
+    fn via_pairs(&self, index: &NodeIndex) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (grant, src) in &self.via {
+            let srcs = index.sources(src);
+            for (r, n) in self.ctx.tailnet.nodes.iter().enumerate() {
+                if grant.via.iter().any(|t| n.tags.contains(t))
+                    && !self.via_destinations(grant, n).is_empty()
+                {
+                    out.extend(srcs.iter().map(|&s| (s, r)));
+                }
+            }
+        }
+        out
+    }
+
     fn via_rules(&self, n: &Node) -> Vec<Rule> {
         let mut out = Vec::new();
         for (grant, src) in &self.via {
             if !grant.via.iter().any(|t| n.tags.contains(t)) {
                 continue;
             }
-            let routes = subnet_routes(n);
-            let mut dst = IpSet::new();
-            for d in &grant.dst {
-                if d.is(AutoGroup::Internet) {
-                    if is_exit_node(n) {
-                        dst.union_with(&the_internet());
-                    }
-                    continue;
-                }
-                let set = match d {
-                    Alias::Wildcard => IpSet::all(),
-                    _ => self.ctx.resolve(d),
-                };
-                for p in set.prefixes() {
-                    if routes.iter().any(|r| IpSet::from_prefix(r).overlaps_prefix(&p)) {
-                        dst.add_prefix(&p);
-                    }
-                }
-            }
+            let dst = self.via_destinations(grant, n);
             if dst.is_empty() {
                 continue;
             }
@@ -348,6 +358,33 @@ impl<'a> Rules<'a> {
         }
         out
     }
+}
+
+/// `{"src": ["*"], "dst": ["*"], "ip": ["*"]}`.
+fn default_grant() -> &'static GrantRule {
+    static DEFAULT: std::sync::OnceLock<GrantRule> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(|| GrantRule {
+        src: vec![Alias::Wildcard],
+        dst: vec![Alias::Wildcard],
+        ip: vec![crate::alias::ProtoPorts {
+            proto: crate::alias::Proto(None),
+            ports: vec![PortRange::ANY],
+        }],
+        app: None,
+        via: Vec::new(),
+    })
+}
+
+/// A set as one set per interval.
+fn split(set: &IpSet) -> Vec<IpSet> {
+    set.ranges()
+        .iter()
+        .map(|&(a, b)| {
+            let mut one = IpSet::new();
+            one.add_range(a, b);
+            one
+        })
+        .collect()
 }
 
 fn companions(app: &CapMap, dsts: &IpSet, srcs: &[IpPrefix]) -> Vec<Rule> {
@@ -613,7 +650,6 @@ pub(crate) fn compile(policy: &Checked, tailnet: &Tailnet) -> Compiled {
     let index = NodeIndex::new(nodes);
     let internet = the_internet();
     let mut adj = Adjacency::new(nodes.len());
-    let pos: BTreeMap<u64, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
 
     // Global rules: every source node sees every destination node.
     for rule in &rules.global {
@@ -628,6 +664,10 @@ pub(crate) fn compile(policy: &Checked, tailnet: &Tailnet) -> Compiled {
                 adj.link(s, d);
             }
         }
+    }
+
+    for (s, r) in rules.via_pairs(&index) {
+        adj.link(s, r);
     }
 
     let cap_maps = crate::ssh::node_cap_maps(policy, tailnet);
@@ -675,7 +715,6 @@ pub(crate) fn compile(policy: &Checked, tailnet: &Tailnet) -> Compiled {
             view.peers = peers;
         }
     }
-    let _ = pos;
     Compiled { nodes: out }
 }
 
@@ -711,6 +750,3 @@ pub(crate) fn wire_contains(form: &str, ip: IpAddr) -> bool {
         _ => false,
     }
 }
-
-#[allow(dead_code)]
-fn _value_is_used(_: Value) {}

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use meshscale_wire::gojson::nullable;
 use serde_json::Value;
 
 /// The whole policy document.
@@ -22,15 +23,15 @@ pub(crate) struct PolicyFile {
     pub(crate) acls: Option<Vec<Acl>>,
     #[serde(default)]
     pub(crate) grants: Option<Vec<Grant>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) node_attrs: Vec<NodeAttr>,
     #[serde(default)]
     pub(crate) auto_approvers: AutoApprovers,
     #[serde(default)]
     pub(crate) ssh: Option<Vec<Ssh>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) tests: Vec<AclTest>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) ssh_tests: Vec<SshTest>,
     #[serde(default)]
     pub(crate) randomize_client_port: bool,
@@ -43,37 +44,37 @@ pub(crate) struct Acl {
     pub(crate) action: String,
     #[serde(default)]
     pub(crate) proto: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) src: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) dst: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Grant {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) src: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) dst: Vec<String>,
     #[serde(default)]
     pub(crate) ip: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) app: Option<BTreeMap<String, Vec<Value>>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) via: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct NodeAttr {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) target: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) attr: Vec<String>,
     #[serde(default)]
     pub(crate) app: Option<BTreeMap<String, Vec<Value>>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) ip_pool: Vec<String>,
 }
 
@@ -82,7 +83,7 @@ pub(crate) struct NodeAttr {
 pub(crate) struct AutoApprovers {
     #[serde(default)]
     pub(crate) routes: BTreeMap<String, Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) exit_node: Vec<String>,
 }
 
@@ -91,16 +92,16 @@ pub(crate) struct AutoApprovers {
 pub(crate) struct Ssh {
     #[serde(default)]
     pub(crate) action: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) src: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) dst: Vec<String>,
     /// `None` when absent or `null` — both refused ("users must be specified").
     #[serde(default)]
     pub(crate) users: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) check_period: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) accept_env: Vec<String>,
 }
 
@@ -111,9 +112,9 @@ pub(crate) struct AclTest {
     pub(crate) src: String,
     #[serde(default)]
     pub(crate) proto: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) accept: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) deny: Vec<String>,
 }
 
@@ -122,13 +123,13 @@ pub(crate) struct AclTest {
 pub(crate) struct SshTest {
     #[serde(default)]
     pub(crate) src: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) dst: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) accept: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) check: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) deny: Vec<String>,
 }
 

@@ -210,28 +210,8 @@ impl Checked {
             }
             self.tag_owners.insert(tag.clone(), parsed);
         }
-        // Tags owning tags must not loop.
-        for tag in self.tag_owners.keys() {
-            let mut path = Vec::new();
-            self.tag_cycle(tag, &mut path)?;
-        }
-        Ok(())
-    }
-
-    fn tag_cycle(&self, tag: &str, path: &mut Vec<String>) -> Result<(), PolicyError> {
-        if path.iter().any(|t| t == tag) {
-            return Err(inv(
-                format!("tagOwners[{:?}]", path[0]),
-                format!("tag owners form a cycle: {} -> {tag}", path.join(" -> ")),
-            ));
-        }
-        path.push(tag.to_string());
-        for owner in self.tag_owners.get(tag).into_iter().flatten() {
-            if let Alias::Tag(t) = owner {
-                self.tag_cycle(t, path)?;
-            }
-        }
-        path.pop();
+        // Tags may own each other in a cycle (Tailscale accepts it);
+        // `owner_matches` guards its recursion instead.
         Ok(())
     }
 

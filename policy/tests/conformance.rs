@@ -311,3 +311,31 @@ fn conformance_with_tailscale() {
         unexpected.join("\n")
     );
 }
+
+/// Debugging aid: `CASE=<test_id> cargo test -p meshscale-policy --test
+/// conformance dump_case -- --ignored --nocapture` prints what the compiler
+/// produced beside what Tailscale sent, for every node.
+#[test]
+#[ignore]
+fn dump_case() {
+    let Ok(wanted) = std::env::var("CASE") else { return };
+    let cases = load_cases();
+    for category in CATEGORIES {
+        for case in cases[*category].as_array().into_iter().flatten() {
+            if case["test_id"].as_str() != Some(wanted.as_str()) {
+                continue;
+            }
+            let text = match &case["policy"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            println!("policy: {text}");
+            let topo = Topology::from_value(case).expect("topology");
+            let policy = Policy::parse(&text).expect("parses");
+            let report = compile_report(&policy, &topo);
+            for (node, want) in case["expected"].as_object().into_iter().flatten() {
+                println!("== {node}\nwant: {want}\ngot:  {}", report[node.as_str()]);
+            }
+        }
+    }
+}
