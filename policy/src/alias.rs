@@ -24,7 +24,22 @@ pub(crate) enum AutoGroup {
     NonRoot,
     /// Every address, including outside the tailnet (`"*"` on the wire).
     DangerAll,
+    /// Tailscale's admin-console roles (`autogroup:admin`, `owner`, ...).
+    /// Headscale has no such roles, so they match no one; they are
+    /// accepted where Tailscale accepts them for nodes' attributes and tag
+    /// ownership.
+    Role(&'static str),
 }
+
+const ROLES: &[&str] = &[
+    "autogroup:admin",
+    "autogroup:owner",
+    "autogroup:it-admin",
+    "autogroup:network-admin",
+    "autogroup:billing-admin",
+    "autogroup:auditor",
+    "autogroup:shared",
+];
 
 impl AutoGroup {
     fn parse(name: &str) -> Option<Self> {
@@ -35,7 +50,7 @@ impl AutoGroup {
             "autogroup:self" => Self::SelfNodes,
             "autogroup:nonroot" => Self::NonRoot,
             "autogroup:danger-all" => Self::DangerAll,
-            _ => return None,
+            _ => return ROLES.iter().find(|r| **r == name).map(|r| Self::Role(r)),
         })
     }
 
@@ -47,6 +62,7 @@ impl AutoGroup {
             Self::SelfNodes => "autogroup:self",
             Self::NonRoot => "autogroup:nonroot",
             Self::DangerAll => "autogroup:danger-all",
+            Self::Role(name) => name,
         }
     }
 }

@@ -203,7 +203,7 @@ impl Checked {
                     Alias::Group(g) => return Err(inv(&at, format!("group not defined: {g:?}"))),
                     Alias::Tag(t) if file.tag_owners.contains_key(t) => {}
                     Alias::Tag(t) => return Err(inv(&at, format!("tag not found: {t:?}"))),
-                    Alias::AutoGroup(AutoGroup::Member | AutoGroup::Tagged) => {}
+                    Alias::AutoGroup(AutoGroup::Member | AutoGroup::Tagged | AutoGroup::Role(_)) => {}
                     _ => return Err(inv(&at, format!("{o:?} cannot own tags"))),
                 }
                 parsed.push(alias);
@@ -498,7 +498,7 @@ fn check_autogroup(at: &str, ag: AutoGroup, side: Side) -> Result<(), PolicyErro
         }
         Side::SshSrc => matches!(ag, Member | Tagged),
         Side::SshDst => matches!(ag, Member | Tagged | SelfNodes),
-        Side::NodeAttr => matches!(ag, Member | Tagged),
+        Side::NodeAttr => matches!(ag, Member | Tagged | Role(_)),
     };
     if ok {
         Ok(())
@@ -799,7 +799,9 @@ impl<'a> Ctx<'a> {
             Alias::AutoGroup(AutoGroup::Internet) => the_internet(),
             Alias::Addr { set, .. } => set.clone(),
             Alias::Host(h) => self.policy.hosts.get(h).cloned().unwrap_or_default(),
-            Alias::AutoGroup(AutoGroup::SelfNodes | AutoGroup::NonRoot) => IpSet::new(),
+            Alias::AutoGroup(AutoGroup::SelfNodes | AutoGroup::NonRoot | AutoGroup::Role(_)) => {
+                IpSet::new()
+            }
             _ => {
                 let mut set = IpSet::new();
                 for n in &self.tailnet.nodes {

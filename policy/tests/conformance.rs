@@ -25,7 +25,10 @@ use serde_json::Value;
 
 /// Minimum share of passing cases per category.
 const BAR: f64 = 0.95;
-const CATEGORIES: &[&str] = &["acl", "grant", "routes", "ssh"];
+const CATEGORIES: &[&str] = &["acl", "grant", "routes", "ssh", "nodeattrs"];
+/// Categories held to `BAR` (`nodeattrs` is reported, and its listed
+/// failures are still enforced).
+const GATED: &[&str] = &["acl", "grant", "routes", "ssh"];
 
 fn load_cases() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/cases.json.gz");
@@ -212,6 +215,34 @@ fn ssh_meaning(policy: &Value) -> BTreeSet<String> {
     out
 }
 
+/// The node's own CapMap, restricted to what a policy decides: the
+/// attributes its `nodeAttrs` name and `randomize-client-port` (Tailscale
+/// adds many capabilities of its own, which are not policy output).
+fn same_capmap(policy: &str, got: &Value, want: &Value) -> Result<(), String> {
+    let text: Value = serde_json::from_str(policy).unwrap_or(Value::Null);
+    let mut keys: BTreeSet<String> = BTreeSet::from(["randomize-client-port".to_string()]);
+    for na in text["nodeAttrs"].as_array().into_iter().flatten() {
+        for a in na["attr"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            keys.insert(a.to_string());
+        }
+        for a in na["app"].as_object().into_iter().flat_map(|m| m.keys()) {
+            keys.insert(a.clone());
+        }
+    }
+    for k in keys {
+        let norm = |v: Option<&Value>| match v {
+            None => None,
+            Some(Value::Null) => Some(Value::Array(Vec::new())),
+            Some(v) => Some(v.clone()),
+        };
+        let (g, w) = (norm(got.get(&k)), norm(want.get(&k)));
+        if g != w {
+            return Err(format!("capmap {k}: got {g:?}, want {w:?}"));
+        }
+    }
+    Ok(())
+}
+
 fn check_case(category: &str, case: &Value) -> Result<(), String> {
     let policy_text = match &case["policy"] {
         Value::String(s) => s.clone(),
@@ -249,6 +280,10 @@ fn check_case(category: &str, case: &Value) -> Result<(), String> {
                 let extra: Vec<_> = g.difference(&w).collect();
                 return Err(format!("{node}: peers differ, missing {missing:?}, extra {extra:?}"));
             }
+        }
+        if category == "nodeattrs" {
+            same_capmap(&policy_text, &got["self_capmap"], &want["self_capmap"])
+                .map_err(|e| format!("{node}: {e}"))?;
         }
         if category == "ssh" {
             let (g, w) = (ssh_meaning(&got["ssh_policy"]), ssh_meaning(&want["ssh_policy"]));
@@ -297,7 +332,7 @@ fn conformance_with_tailscale() {
             list.len(),
             share * 100.0
         );
-        if share < BAR {
+        if share < BAR && GATED.contains(category) {
             below_bar.push(format!("{category} {:.1}%", share * 100.0));
         }
     }
