@@ -246,12 +246,12 @@ impl<'a> Rules<'a> {
             .filter(|m| m.tags.is_empty() && m.user == Some(uid))
             .collect();
         for (grant, srcs) in &self.selfish {
-            let mut src = IpSet::new();
-            for m in &same_user {
-                if node_ips(m).iter().any(|ip| srcs.contains(*ip)) {
-                    src.union_with(&node_set(m));
-                }
-            }
+            let src = IpSet::from_addrs(
+                same_user
+                    .iter()
+                    .filter(|m| node_ips(m).iter().any(|ip| srcs.contains(*ip)))
+                    .flat_map(|m| node_ips(m)),
+            );
             if src.is_empty() {
                 continue;
             }
@@ -272,13 +272,10 @@ impl<'a> Rules<'a> {
                 }
             }
             if let Some(app) = &grant.app {
-                let mut dst_union = IpSet::new();
+                let dst_union = IpSet::from_addrs(same_user.iter().flat_map(|m| node_ips(m)));
                 let grants: Vec<(Vec<IpPrefix>, CapMap)> = same_user
                     .iter()
-                    .map(|m| {
-                        dst_union.union_with(&node_set(m));
-                        (node_set(m).prefixes(), app.clone())
-                    })
+                    .map(|m| (node_set(m).prefixes(), app.clone()))
                     .collect();
                 out.push(Rule::Cap {
                     src: src.clone(),
@@ -423,8 +420,7 @@ impl Target {
 }
 
 /// Keeps the parts of `rules` whose destinations cover `t`.
-fn reduce(rules: &[Rule], t: &Target) -> Vec<FilterRule> {
-    let internet = the_internet();
+fn reduce(rules: &[Rule], t: &Target, internet: &IpSet) -> Vec<FilterRule> {
     let mut out = Vec::new();
     for rule in rules {
         match rule {
@@ -436,7 +432,7 @@ fn reduce(rules: &[Rule], t: &Target) -> Vec<FilterRule> {
                         Dst::Set(set) => {
                             t.ips.iter().any(|ip| set.contains(*ip))
                                 || t.routes.iter().any(|r| set.overlaps_prefix(r))
-                                || (t.exit && set.is_subset_of(&internet))
+                                || (t.exit && set.is_subset_of(internet))
                         }
                     })
                     .flat_map(|(d, ports)| dst_wire(d, *ports))
@@ -513,14 +509,14 @@ fn dst_wire(d: &Dst, ports: PortRange) -> Vec<NetPortRange> {
 fn rule_dst(rule: &Rule) -> (bool, IpSet) {
     match rule {
         Rule::Net { dsts, .. } => {
-            let mut set = IpSet::new();
-            for (d, _) in dsts {
-                match d {
-                    Dst::Any => return (true, IpSet::new()),
-                    Dst::Set(s) => set.union_with(s),
-                }
+            if dsts.iter().any(|(d, _)| matches!(d, Dst::Any)) {
+                return (true, IpSet::new());
             }
-            (false, set)
+            let sets = dsts.iter().filter_map(|(d, _)| match d {
+                Dst::Set(s) => Some(s),
+                Dst::Any => None,
+            });
+            (false, IpSet::union_of(sets))
         }
         Rule::Cap { grants, .. } => {
             let mut set = IpSet::new();
@@ -561,6 +557,29 @@ impl Adjacency {
         }
         self.bits[a * self.words + b / 64] |= 1 << (b % 64);
         self.bits[b * self.words + a / 64] |= 1 << (a % 64);
+    }
+
+    /// Links every node of `a` with every node of `b`, a row at a time.
+    fn link_all(&mut self, a: &[usize], b: &[usize]) {
+        let words = self.words;
+        let mask = |set: &[usize]| {
+            let mut m = vec![0u64; words];
+            for &x in set {
+                m[x / 64] |= 1 << (x % 64);
+            }
+            m
+        };
+        let (ma, mb) = (mask(a), mask(b));
+        for &x in a {
+            for (w, bits) in mb.iter().enumerate() {
+                self.bits[x * words + w] |= bits;
+            }
+        }
+        for &y in b {
+            for (w, bits) in ma.iter().enumerate() {
+                self.bits[y * words + w] |= bits;
+            }
+        }
     }
 
     fn row(&self, a: usize) -> impl Iterator<Item = usize> + '_ {
@@ -614,6 +633,23 @@ impl NodeIndex {
         out
     }
 
+    /// Nodes that keep a destination entry `set`: by address, by an
+    /// overlapping approved route, or as an exit node when the entry lies
+    /// in the internet.
+    fn covering(&self, set: &IpSet, internet: &IpSet) -> Vec<usize> {
+        let mut out = self.by_addr(false, set);
+        let in_internet = set.is_subset_of(internet);
+        for &r in &self.routers {
+            let t = &self.targets[r];
+            if t.routes.iter().any(|p| set.overlaps_prefix(p)) || (t.exit && in_internet) {
+                out.push(r);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Nodes a rule's sources cover (by address or approved route).
     fn sources(&self, src: &Src) -> Vec<usize> {
         let mut out = self.by_addr(src.any, &src.set);
@@ -651,33 +687,36 @@ pub(crate) fn compile(policy: &Checked, tailnet: &Tailnet) -> Compiled {
     let internet = the_internet();
     let mut adj = Adjacency::new(nodes.len());
 
-    // Global rules: every source node sees every destination node.
+    // Global rules: every source node sees every destination node, and
+    // each node keeps the entries that cover it.
+    let mut filters: Vec<Vec<FilterRule>> = vec![Vec::new(); nodes.len()];
     for rule in &rules.global {
         let (any, dst) = rule_dst(rule);
         let srcs = index.sources(rule_src(rule));
-        if srcs.is_empty() {
-            continue;
+        if !srcs.is_empty() {
+            let dsts = index.destinations(any, &dst, &internet);
+            adj.link_all(&srcs, &dsts);
         }
-        let dsts = index.destinations(any, &dst, &internet);
-        for &s in &srcs {
-            for &d in &dsts {
-                adj.link(s, d);
-            }
-        }
+        distribute(rule, &index, &internet, &mut filters);
     }
-
     for (s, r) in rules.via_pairs(&index) {
         adj.link(s, r);
     }
 
     let cap_maps = crate::ssh::node_cap_maps(policy, tailnet);
+    let ssh = crate::ssh::Plan::new(policy, tailnet);
+    let mut self_cache: BTreeMap<u64, Vec<Rule>> = BTreeMap::new();
     let mut out = BTreeMap::new();
     for (i, n) in nodes.iter().enumerate() {
-        let extra: Vec<Rule> = rules
-            .self_rules(n)
-            .into_iter()
-            .chain(rules.via_rules(n))
-            .collect();
+        // `autogroup:self` rules are the same for all nodes of a user.
+        let mut extra = match (n.user, n.tags.is_empty()) {
+            (Some(uid), true) => self_cache
+                .entry(uid)
+                .or_insert_with(|| rules.self_rules(n))
+                .clone(),
+            _ => Vec::new(),
+        };
+        extra.extend(rules.via_rules(n));
         // Rules only this node holds link pairs that involve it.
         for rule in &extra {
             let (any, dst) = rule_dst(rule);
@@ -694,21 +733,20 @@ pub(crate) fn compile(policy: &Checked, tailnet: &Tailnet) -> Compiled {
                 }
             }
         }
-        let mut all = rules.global.clone();
-        all.extend(extra);
-        let packet_filter = reduce(&all, &index.targets[i]);
+        let mut packet_filter = std::mem::take(&mut filters[i]);
+        packet_filter.extend(reduce(&extra, &index.targets[i], &internet));
         out.insert(
             n.id,
             NodePolicy {
                 packet_filter,
                 peers: Vec::new(),
-                ssh_policy: crate::ssh::compile_for(policy, tailnet, n),
+                ssh_policy: ssh.for_node(n),
                 cap_map: cap_maps.get(&n.id).cloned().unwrap_or_default(),
             },
         );
     }
     for (i, n) in nodes.iter().enumerate() {
-        let mut peers: Vec<u64> = adj.row(i).map(|j| nodes[j].id).collect();
+        let mut peers: Vec<u64> = adj.row(i).filter(|&j| j != i).map(|j| nodes[j].id).collect();
         peers.sort_unstable();
         peers.dedup();
         if let Some(view) = out.get_mut(&n.id) {
@@ -716,6 +754,80 @@ pub(crate) fn compile(policy: &Checked, tailnet: &Tailnet) -> Compiled {
         }
     }
     Compiled { nodes: out }
+}
+
+/// Hands each node the parts of a global rule that cover it (the same
+/// result as [`reduce`], found through the index instead of by testing
+/// every entry against every node).
+fn distribute(rule: &Rule, index: &NodeIndex, internet: &IpSet, filters: &mut [Vec<FilterRule>]) {
+    match rule {
+        Rule::Net { src, dsts, protos } => {
+            let mut kept: BTreeMap<usize, Vec<NetPortRange>> = BTreeMap::new();
+            for (d, ports) in dsts {
+                let wire = dst_wire(d, *ports);
+                let targets = match d {
+                    Dst::Any => (0..index.targets.len()).collect(),
+                    Dst::Set(set) => index.covering(set, internet),
+                };
+                for t in targets {
+                    kept.entry(t).or_default().extend(wire.iter().cloned());
+                }
+            }
+            if kept.is_empty() {
+                return;
+            }
+            let src_ips = src.strings();
+            for (t, dst_ports) in kept {
+                filters[t].push(FilterRule {
+                    src_ips: src_ips.clone(),
+                    dst_ports,
+                    ip_proto: protos.clone(),
+                    ..FilterRule::default()
+                });
+            }
+        }
+        Rule::Cap { src, grants } => {
+            let mut kept: BTreeMap<usize, Vec<CapGrant>> = BTreeMap::new();
+            for (dsts, caps) in grants {
+                let mut per_node: BTreeMap<usize, Vec<IpPrefix>> = BTreeMap::new();
+                for d in dsts {
+                    let dset = IpSet::from_prefix(d);
+                    for t in index.by_addr(false, &dset) {
+                        for ip in &index.targets[t].ips {
+                            if d.contains(ip) {
+                                per_node.entry(t).or_default().push(IpPrefix::host(*ip));
+                            }
+                        }
+                    }
+                    for &r in &index.routers {
+                        if index.targets[r].routes.iter().any(|p| dset.overlaps_prefix(p)) {
+                            per_node.entry(r).or_default().push(*d);
+                        }
+                    }
+                }
+                for (t, mut prefixes) in per_node {
+                    prefixes.sort();
+                    prefixes.dedup();
+                    kept.entry(t).or_default().push(CapGrant {
+                        dsts: prefixes,
+                        caps: Vec::new(),
+                        cap_map: caps.clone(),
+                    });
+                }
+            }
+            if kept.is_empty() {
+                return;
+            }
+            let src_ips = src.strings();
+            for (t, cap_grant) in kept {
+                filters[t].push(FilterRule {
+                    src_ips: src_ips.clone(),
+                    cap_grant,
+                    ..FilterRule::default()
+                });
+            }
+        }
+    }
 }
 
 /// Test helper shared with `tests.rs`: may `src` reach `dst` on `port`

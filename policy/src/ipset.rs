@@ -72,6 +72,33 @@ impl IpSet {
         s
     }
 
+    /// Builds from many addresses at once (one sort, not one per address).
+    pub(crate) fn from_addrs(ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        let mut s = Self {
+            ranges: ips
+                .into_iter()
+                .map(|ip| {
+                    let n = to_u128(ip);
+                    (n, n)
+                })
+                .collect(),
+        };
+        s.normalize();
+        s
+    }
+
+    /// The union of many sets (one sort, not one merge per set).
+    pub(crate) fn union_of<'a>(sets: impl IntoIterator<Item = &'a IpSet>) -> Self {
+        let mut s = Self {
+            ranges: sets
+                .into_iter()
+                .flat_map(|x| x.ranges.iter().copied())
+                .collect(),
+        };
+        s.normalize();
+        s
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
@@ -89,8 +116,16 @@ impl IpSet {
     /// Adds `[a, b]` (inclusive; `a <= b` is the caller's duty).
     pub(crate) fn add_range(&mut self, a: u128, b: u128) {
         let (a, b) = if a <= b { (a, b) } else { (b, a) };
-        self.ranges.push((a, b));
-        self.normalize();
+        // Appending past the end is the common case and needs no sort.
+        match self.ranges.last_mut() {
+            None => self.ranges.push((a, b)),
+            Some(last) if a > last.1.saturating_add(1) => self.ranges.push((a, b)),
+            Some(last) if a >= last.0 => last.1 = last.1.max(b),
+            Some(_) => {
+                self.ranges.push((a, b));
+                self.normalize();
+            }
+        }
     }
 
     pub(crate) fn add_ip_range(&mut self, a: IpAddr, b: IpAddr) {
@@ -101,8 +136,34 @@ impl IpSet {
         if other.is_empty() {
             return;
         }
-        self.ranges.extend_from_slice(&other.ranges);
-        self.normalize();
+        // Both lists are sorted: merge them in one pass.
+        let mut merged: Vec<(u128, u128)> =
+            Vec::with_capacity(self.ranges.len() + other.ranges.len());
+        let (mut i, mut j) = (0, 0);
+        while i < self.ranges.len() || j < other.ranges.len() {
+            let next = match (self.ranges.get(i), other.ranges.get(j)) {
+                (Some(a), Some(b)) if a <= b => {
+                    i += 1;
+                    *a
+                }
+                (Some(_), Some(b)) | (None, Some(b)) => {
+                    j += 1;
+                    *b
+                }
+                (Some(a), None) => {
+                    i += 1;
+                    *a
+                }
+                (None, None) => break,
+            };
+            match merged.last_mut() {
+                Some(last) if next.0 <= last.1.saturating_add(1) => {
+                    last.1 = last.1.max(next.1);
+                }
+                _ => merged.push(next),
+            }
+        }
+        self.ranges = merged;
     }
 
     fn normalize(&mut self) {

@@ -802,17 +802,24 @@ impl<'a> Ctx<'a> {
             Alias::AutoGroup(AutoGroup::SelfNodes | AutoGroup::NonRoot | AutoGroup::Role(_)) => {
                 IpSet::new()
             }
-            _ => {
-                let mut set = IpSet::new();
-                for n in &self.tailnet.nodes {
-                    if self.node_is(n, alias) {
-                        for ip in node_ips(n) {
-                            set.add_addr(ip);
-                        }
-                    }
-                }
-                set
+            Alias::User(_) | Alias::Group(_) | Alias::UserDomain(_) => {
+                // Resolve the users once, not once per node.
+                let uids: BTreeSet<u64> = self.users_of(alias).into_iter().collect();
+                IpSet::from_addrs(
+                    self.tailnet
+                        .nodes
+                        .iter()
+                        .filter(|n| n.tags.is_empty() && n.user.is_some_and(|u| uids.contains(&u)))
+                        .flat_map(node_ips),
+                )
             }
+            _ => IpSet::from_addrs(
+                self.tailnet
+                    .nodes
+                    .iter()
+                    .filter(|n| self.node_is(n, alias))
+                    .flat_map(node_ips),
+            ),
         }
     }
 

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use meshscale_wire::tailcfg::{CapMap, SshAction, SshPolicy, SshPrincipal, SshRule};
 
 use crate::alias::{Alias, AutoGroup};
+use crate::ipset::IpSet;
 use crate::resolve::{Checked, Ctx, SshCheck, SshRuleC, SshUser, node_ips};
 use crate::{Node, Tailnet};
 
@@ -60,139 +61,177 @@ impl Sources {
     }
 }
 
-pub(crate) fn compile_for(policy: &Checked, tailnet: &Tailnet, node: &Node) -> Option<SshPolicy> {
-    let rules = policy.ssh.as_ref()?;
-    if rules.is_empty() {
-        return None;
-    }
-    let ctx = Ctx::new(policy, tailnet);
-    let mut out = Vec::new();
-    for rule in rules {
-        compile_rule(&ctx, rule, node, &mut out);
-    }
-    // Check rules first; otherwise policy order.
-    out.sort_by_key(|r| {
-        r.action
-            .as_ref()
-            .is_none_or(|a| a.hold_and_delegate.is_empty())
-    });
-    Some(SshPolicy { rules: out })
+/// The SSH rules resolved against a tailnet once, then specialised per
+/// node.
+pub(crate) struct Plan<'a> {
+    rules: Option<Vec<RulePlan<'a>>>,
 }
 
-fn compile_rule(ctx: &Ctx<'_>, rule: &SshRuleC, node: &Node, out: &mut Vec<SshRule>) {
-    let src_set = ctx.resolve_all(&rule.src);
-    if src_set.is_empty() {
-        return;
+struct RulePlan<'a> {
+    rule: &'a SshRuleC,
+    src_set: IpSet,
+    sources: Sources,
+    self_dst: bool,
+    /// Addresses of the destinations other than `autogroup:self`.
+    dst_set: Option<IpSet>,
+    base_users: BTreeMap<String, String>,
+    has_localpart: bool,
+    /// Per source user: the local part of their email, when in a
+    /// `localpart:*@domain` domain.
+    localparts: BTreeMap<u64, String>,
+    action: SshAction,
+}
+
+impl<'a> Plan<'a> {
+    pub(crate) fn new(policy: &'a Checked, tailnet: &'a Tailnet) -> Self {
+        let Some(rules) = policy.ssh.as_ref().filter(|r| !r.is_empty()) else {
+            return Plan { rules: None };
+        };
+        let ctx = Ctx::new(policy, tailnet);
+        let plans = rules.iter().map(|r| RulePlan::new(&ctx, r)).collect();
+        Plan { rules: Some(plans) }
     }
-    let mut sources = Sources {
-        by_user: BTreeMap::new(),
-        tagged: BTreeSet::new(),
-    };
-    for n in &ctx.tailnet.nodes {
-        let ips = node_ips(n);
-        if !ips.iter().any(|ip| src_set.contains(*ip)) {
-            continue;
+
+    /// The node's SSH policy; `None` when the policy has no SSH rules.
+    pub(crate) fn for_node(&self, node: &Node) -> Option<SshPolicy> {
+        let rules = self.rules.as_ref()?;
+        let mut out = Vec::new();
+        for plan in rules {
+            plan.emit_for(node, &mut out);
         }
-        if !n.tags.is_empty() {
-            sources.tagged.extend(ips);
-        } else if let Some(u) = n.user {
-            sources.by_user.entry(u).or_default().extend(ips);
+        // Check rules first; otherwise policy order.
+        out.sort_by_key(|r| {
+            r.action
+                .as_ref()
+                .is_none_or(|a| a.hold_and_delegate.is_empty())
+        });
+        Some(SshPolicy { rules: out })
+    }
+}
+
+impl<'a> RulePlan<'a> {
+    fn new(ctx: &Ctx<'_>, rule: &'a SshRuleC) -> Self {
+        let src_set = ctx.resolve_all(&rule.src);
+        let mut sources = Sources {
+            by_user: BTreeMap::new(),
+            tagged: BTreeSet::new(),
+        };
+        for n in &ctx.tailnet.nodes {
+            let ips = node_ips(n);
+            if !ips.iter().any(|ip| src_set.contains(*ip)) {
+                continue;
+            }
+            if !n.tags.is_empty() {
+                sources.tagged.extend(ips);
+            } else if let Some(u) = n.user {
+                sources.by_user.entry(u).or_default().extend(ips);
+            }
+        }
+        let mut base_users = BTreeMap::new();
+        if rule.users.contains(&SshUser::NonRoot) {
+            base_users.insert("*".to_string(), "=".to_string());
+        }
+        let root = if rule.users.contains(&SshUser::Root) {
+            "root"
+        } else {
+            ""
+        };
+        base_users.insert("root".to_string(), root.to_string());
+        for u in &rule.users {
+            if let SshUser::Named(name) = u {
+                base_users.insert(name.clone(), name.clone());
+            }
+        }
+        let domains: Vec<&str> = rule
+            .users
+            .iter()
+            .filter_map(|u| match u {
+                SshUser::Localpart(d) => Some(d.as_str()),
+                _ => None,
+            })
+            .collect();
+        let localparts = ctx
+            .tailnet
+            .users
+            .iter()
+            .filter_map(|u| {
+                let (local, domain) = u.email.as_deref()?.rsplit_once('@')?;
+                domains
+                    .contains(&domain)
+                    .then(|| (u.id, local.to_string()))
+            })
+            .collect();
+        let others: Vec<Alias> = rule
+            .dst
+            .iter()
+            .filter(|d| !d.is(AutoGroup::SelfNodes))
+            .cloned()
+            .collect();
+        RulePlan {
+            rule,
+            sources,
+            self_dst: rule.dst.iter().any(|d| d.is(AutoGroup::SelfNodes)),
+            dst_set: (!others.is_empty()).then(|| ctx.resolve_all(&others)),
+            base_users,
+            has_localpart: !domains.is_empty(),
+            localparts,
+            action: action(rule.action),
+            src_set,
         }
     }
 
-    let mut base_users = BTreeMap::new();
-    if rule.users.contains(&SshUser::NonRoot) {
-        base_users.insert("*".to_string(), "=".to_string());
-    }
-    base_users.insert(
-        "root".to_string(),
-        if rule.users.contains(&SshUser::Root) {
-            "root".to_string()
-        } else {
-            String::new()
-        },
-    );
-    for u in &rule.users {
-        if let SshUser::Named(name) = u {
-            base_users.insert(name.clone(), name.clone());
-        }
-    }
-    let domains: Vec<&str> = rule
-        .users
-        .iter()
-        .filter_map(|u| match u {
-            SshUser::Localpart(d) => Some(d.as_str()),
-            _ => None,
-        })
-        .collect();
-    let has_localpart = !domains.is_empty();
-    // The local part of each user's email in one of the domains.
-    let localpart_of = |uid: u64| -> Option<String> {
-        let user = ctx.tailnet.users.iter().find(|u| u.id == uid)?;
-        let (local, domain) = user.email.as_deref()?.rsplit_once('@')?;
-        domains.contains(&domain).then(|| local.to_string())
-    };
-    let act = action(rule.action);
-    let mut emit = |ips: &BTreeSet<IpAddr>, uid: Option<u64>| {
+    fn emit(&self, ips: &BTreeSet<IpAddr>, uid: Option<u64>, out: &mut Vec<SshRule>) {
         if ips.is_empty() {
             return;
         }
         out.push(SshRule {
             principals: principals(ips),
-            ssh_users: base_users.clone(),
-            action: Some(act.clone()),
-            accept_env: rule.accept_env.clone(),
+            ssh_users: self.base_users.clone(),
+            action: Some(self.action.clone()),
+            accept_env: self.rule.accept_env.clone(),
             ..SshRule::default()
         });
-        if let Some(lp) = uid.and_then(localpart_of) {
+        if let Some(lp) = uid.and_then(|u| self.localparts.get(&u)) {
             out.push(SshRule {
                 principals: principals(ips),
-                ssh_users: BTreeMap::from([(lp.clone(), lp)]),
-                action: Some(act.clone()),
-                accept_env: rule.accept_env.clone(),
+                ssh_users: BTreeMap::from([(lp.clone(), lp.clone())]),
+                action: Some(self.action.clone()),
+                accept_env: self.rule.accept_env.clone(),
                 ..SshRule::default()
             });
         }
-    };
+    }
 
-    let self_dst = rule.dst.iter().any(|d| d.is(AutoGroup::SelfNodes));
-    let others: Vec<Alias> = rule
-        .dst
-        .iter()
-        .filter(|d| !d.is(AutoGroup::SelfNodes))
-        .cloned()
-        .collect();
-    let node_user = if node.tags.is_empty() { node.user } else { None };
-
-    if self_dst {
-        if let Some(uid) = node_user {
-            if let Some(ips) = sources.by_user.get(&uid) {
-                emit(ips, Some(uid));
+    fn emit_for(&self, node: &Node, out: &mut Vec<SshRule>) {
+        if self.src_set.is_empty() {
+            return;
+        }
+        let node_user = if node.tags.is_empty() { node.user } else { None };
+        if self.self_dst {
+            if let Some(ips) = node_user.and_then(|uid| self.sources.by_user.get(&uid)) {
+                self.emit(ips, node_user, out);
             }
         }
-    }
-    if others.is_empty() {
-        return;
-    }
-    let dst_set = ctx.resolve_all(&others);
-    let ips = node_ips(node);
-    if ips.iter().any(|ip| dst_set.contains(*ip)) {
-        if has_localpart {
-            for (uid, user_ips) in &sources.by_user {
-                emit(user_ips, Some(*uid));
+        let Some(dst_set) = &self.dst_set else {
+            return;
+        };
+        let ips = node_ips(node);
+        if ips.iter().any(|ip| dst_set.contains(*ip)) {
+            if self.has_localpart {
+                for (uid, user_ips) in &self.sources.by_user {
+                    self.emit(user_ips, Some(*uid), out);
+                }
+                self.emit(&self.sources.tagged, None, out);
+            } else {
+                self.emit(&self.sources.all(), None, out);
             }
-            emit(&sources.tagged, None);
-        } else {
-            emit(&sources.all(), None);
-        }
-    } else if has_localpart && ips.iter().any(|ip| src_set.contains(*ip)) {
-        // Tailscale also hands localpart rules to the source nodes
-        // themselves, scoped to their own addresses.
-        if !node.tags.is_empty() {
-            emit(&ips.iter().copied().collect(), None);
-        } else if let Some(uid) = node.user {
-            if let Some(user_ips) = sources.by_user.get(&uid) {
-                emit(user_ips, Some(uid));
+        } else if self.has_localpart && ips.iter().any(|ip| self.src_set.contains(*ip)) {
+            // Tailscale also hands localpart rules to the source nodes
+            // themselves, scoped to their own addresses.
+            if !node.tags.is_empty() {
+                self.emit(&ips.iter().copied().collect(), None, out);
+            } else if let Some(user_ips) = node.user.and_then(|uid| self.sources.by_user.get(&uid)) {
+                self.emit(user_ips, node.user, out);
             }
         }
     }
