@@ -33,7 +33,9 @@ fn main() {
                 Vec::new()
             },
             ipv4: Some(Ipv4Addr::from(0x6440_0000u32 + i as u32 + 1)),
-            ipv6: Some(Ipv6Addr::from(0xfd7a_115c_a1e0_u128 << 80 | (i as u128 + 1))),
+            ipv6: Some(Ipv6Addr::from(
+                0xfd7a_115c_a1e0_u128 << 80 | (i as u128 + 1),
+            )),
             approved_routes: Vec::new(),
         });
     }
@@ -46,7 +48,9 @@ fn main() {
             8000 + r
         ));
     }
-    acls.push(r#"{"action":"accept","src":["autogroup:member"],"dst":["autogroup:self:*"]}"#.into());
+    acls.push(
+        r#"{"action":"accept","src":["autogroup:member"],"dst":["autogroup:self:*"]}"#.into(),
+    );
     acls.push(r#"{"action":"accept","src":["tag:svc1"],"dst":["tag:svc2:443"]}"#.into());
     let groups: Vec<String> = (0..5)
         .map(|g| {
@@ -57,7 +61,9 @@ fn main() {
             format!("\"group:g{g}\":[{}]", members.join(","))
         })
         .collect();
-    let owners: Vec<String> = (0..10).map(|t| format!("\"tag:svc{t}\":[\"group:g0\"]")).collect();
+    let owners: Vec<String> = (0..10)
+        .map(|t| format!("\"tag:svc{t}\":[\"group:g0\"]"))
+        .collect();
     let text = format!(
         r#"{{"groups":{{{}}},"tagOwners":{{{}}},"acls":[{}]}}"#,
         groups.join(","),

@@ -81,7 +81,10 @@ pub(crate) enum Alias {
     /// A name from `hosts`.
     Host(String),
     /// An address, prefix or `a-b` range (`zero_bits`: a `/0` prefix).
-    Addr { set: IpSet, zero_bits: bool },
+    Addr {
+        set: IpSet,
+        zero_bits: bool,
+    },
     AutoGroup(AutoGroup),
 }
 
@@ -349,9 +352,18 @@ mod unit {
     #[test]
     fn aliases() {
         assert_eq!(Alias::parse("*").unwrap(), Alias::Wildcard);
-        assert_eq!(Alias::parse("alice@").unwrap(), Alias::User("alice@".into()));
-        assert_eq!(Alias::parse(" tag:web ").unwrap(), Alias::Tag("tag:web".into()));
-        assert!(matches!(Alias::parse("10.0.0.0/8").unwrap(), Alias::Addr { .. }));
+        assert_eq!(
+            Alias::parse("alice@").unwrap(),
+            Alias::User("alice@".into())
+        );
+        assert_eq!(
+            Alias::parse(" tag:web ").unwrap(),
+            Alias::Tag("tag:web".into())
+        );
+        assert!(matches!(
+            Alias::parse("10.0.0.0/8").unwrap(),
+            Alias::Addr { .. }
+        ));
         assert!(matches!(
             Alias::parse("10.0.0.1-10.0.0.9").unwrap(),
             Alias::Addr { .. }

@@ -149,10 +149,8 @@ impl<'a> Rules<'a> {
             }
             return;
         }
-        let (selves, others): (Vec<&Alias>, Vec<&Alias>) = grant
-            .dst
-            .iter()
-            .partition(|d| d.is(AutoGroup::SelfNodes));
+        let (selves, others): (Vec<&Alias>, Vec<&Alias>) =
+            grant.dst.iter().partition(|d| d.is(AutoGroup::SelfNodes));
         if !selves.is_empty() {
             let plain: Vec<Alias> = grant
                 .src
@@ -255,7 +253,10 @@ impl<'a> Rules<'a> {
             if src.is_empty() {
                 continue;
             }
-            let src = Src { any: false, set: src };
+            let src = Src {
+                any: false,
+                set: src,
+            };
             for ip in &grant.ip {
                 let mut dsts = Vec::new();
                 for m in &same_user {
@@ -305,7 +306,10 @@ impl<'a> Rules<'a> {
                 _ => self.ctx.resolve(d),
             };
             for p in set.prefixes() {
-                if routes.iter().any(|r| IpSet::from_prefix(r).overlaps_prefix(&p)) {
+                if routes
+                    .iter()
+                    .any(|r| IpSet::from_prefix(r).overlaps_prefix(&p))
+                {
                     dst.add_prefix(&p);
                 }
             }
@@ -585,7 +589,9 @@ impl Adjacency {
     fn row(&self, a: usize) -> impl Iterator<Item = usize> + '_ {
         let row = &self.bits[a * self.words..(a + 1) * self.words];
         row.iter().enumerate().flat_map(|(w, &bits)| {
-            (0..64).filter(move |b| bits & (1 << b) != 0).map(move |b| w * 64 + b)
+            (0..64)
+                .filter(move |b| bits & (1 << b) != 0)
+                .map(move |b| w * 64 + b)
         })
     }
 }
@@ -746,7 +752,11 @@ pub(crate) fn compile(policy: &Checked, tailnet: &Tailnet) -> Compiled {
         );
     }
     for (i, n) in nodes.iter().enumerate() {
-        let mut peers: Vec<u64> = adj.row(i).filter(|&j| j != i).map(|j| nodes[j].id).collect();
+        let mut peers: Vec<u64> = adj
+            .row(i)
+            .filter(|&j| j != i)
+            .map(|j| nodes[j].id)
+            .collect();
         peers.sort_unstable();
         peers.dedup();
         if let Some(view) = out.get_mut(&n.id) {
@@ -800,7 +810,11 @@ fn distribute(rule: &Rule, index: &NodeIndex, internet: &IpSet, filters: &mut [V
                         }
                     }
                     for &r in &index.routers {
-                        if index.targets[r].routes.iter().any(|p| dset.overlaps_prefix(p)) {
+                        if index.targets[r]
+                            .routes
+                            .iter()
+                            .any(|p| dset.overlaps_prefix(p))
+                        {
                             per_node.entry(r).or_default().push(*d);
                         }
                     }
@@ -832,7 +846,13 @@ fn distribute(rule: &Rule, index: &NodeIndex, internet: &IpSet, filters: &mut [V
 
 /// Test helper shared with `tests.rs`: may `src` reach `dst` on `port`
 /// with protocol `proto` (None = any of the default ones)?
-pub(crate) fn allows(rules: &[FilterRule], src: IpAddr, dst: IpAddr, port: u16, proto: Option<u8>) -> bool {
+pub(crate) fn allows(
+    rules: &[FilterRule],
+    src: IpAddr,
+    dst: IpAddr,
+    port: u16,
+    proto: Option<u8>,
+) -> bool {
     rules.iter().any(|r| {
         let proto_ok = match proto {
             None => true,

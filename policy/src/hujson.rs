@@ -124,7 +124,8 @@ mod unit {
 
     #[test]
     fn comments_and_trailing_commas_go() {
-        let text = "{\n // a comment\n \"a\": [1, 2, /* two */ ],\n \"b\": \"//not a comment,]\",\n}";
+        let text =
+            "{\n // a comment\n \"a\": [1, 2, /* two */ ],\n \"b\": \"//not a comment,]\",\n}";
         let json = to_json(text).unwrap();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["a"], serde_json::json!([1, 2]));

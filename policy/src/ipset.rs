@@ -279,7 +279,11 @@ impl IpSet {
 fn split_families(a: u128, b: u128) -> Vec<(u128, u128)> {
     let mut out = Vec::new();
     let mut cur = a;
-    for (lo, hi) in [(0, V4_BASE - 1), (V4_BASE, V4_LAST), (V4_LAST + 1, u128::MAX)] {
+    for (lo, hi) in [
+        (0, V4_BASE - 1),
+        (V4_BASE, V4_LAST),
+        (V4_LAST + 1, u128::MAX),
+    ] {
         if cur > b {
             break;
         }
@@ -373,6 +377,9 @@ mod unit {
         assert!(b.is_subset_of(&a));
         assert!(!a.is_subset_of(&b));
         assert_eq!(a.intersect(&b), b);
-        assert_eq!(IpSet::from_addr("1.2.3.4".parse().unwrap()).strings(), vec!["1.2.3.4"]);
+        assert_eq!(
+            IpSet::from_addr("1.2.3.4".parse().unwrap()).strings(),
+            vec!["1.2.3.4"]
+        );
     }
 }

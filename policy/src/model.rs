@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use meshscale_wire::gojson::nullable;
+use serde::Deserialize;
 use serde_json::Value;
 
 /// The whole policy document.
@@ -190,12 +190,11 @@ fn rename_keys(map: &mut serde_json::Map<String, Value>, names: &[&str]) {
             map.remove(&key);
             continue;
         }
-        if let Some(canon) = names.iter().find(|n| n.eq_ignore_ascii_case(&key)) {
-            if *canon != key {
-                if let Some(v) = map.remove(&key) {
-                    map.insert((*canon).to_string(), v);
-                }
-            }
+        if let Some(canon) = names.iter().find(|n| n.eq_ignore_ascii_case(&key))
+            && *canon != key
+            && let Some(v) = map.remove(&key)
+        {
+            map.insert((*canon).to_string(), v);
         }
     }
 }

@@ -37,7 +37,9 @@ pub(crate) enum SshUser {
 pub(crate) enum SshCheck {
     Accept,
     /// Re-authentication every `period` (nanoseconds; 0 = always).
-    Check { period_ns: i64 },
+    Check {
+        period_ns: i64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -203,7 +205,9 @@ impl Checked {
                     Alias::Group(g) => return Err(inv(&at, format!("group not defined: {g:?}"))),
                     Alias::Tag(t) if file.tag_owners.contains_key(t) => {}
                     Alias::Tag(t) => return Err(inv(&at, format!("tag not found: {t:?}"))),
-                    Alias::AutoGroup(AutoGroup::Member | AutoGroup::Tagged | AutoGroup::Role(_)) => {}
+                    Alias::AutoGroup(
+                        AutoGroup::Member | AutoGroup::Tagged | AutoGroup::Role(_),
+                    ) => {}
                     _ => return Err(inv(&at, format!("{o:?} cannot own tags"))),
                 }
                 parsed.push(alias);
@@ -272,7 +276,10 @@ impl Checked {
             return Err(inv(at, "cannot use app grants with autogroup:internet"));
         }
         for (j, d) in dst.iter().enumerate() {
-            if let Alias::Addr { zero_bits: true, .. } = d {
+            if let Alias::Addr {
+                zero_bits: true, ..
+            } = d
+            {
                 return Err(inv(
                     format!("{at}.dst[{j}]"),
                     format!(
@@ -326,13 +333,21 @@ impl Checked {
                 if d.contains(':') {
                     inv(&here, format!("dst={d:?}: {e}"))
                 } else {
-                    inv(&here, format!("dst={d:?}: port range missing (alias:ports)"))
+                    inv(
+                        &here,
+                        format!("dst={d:?}: port range missing (alias:ports)"),
+                    )
                 }
             })?;
             let alias = Alias::parse(&alias_text).map_err(|e| inv(&here, e))?;
-            let ports = parse_ports(&ports_text).map_err(|e| inv(&here, format!("dst={d:?}: {e}")))?;
+            let ports =
+                parse_ports(&ports_text).map_err(|e| inv(&here, format!("dst={d:?}: {e}")))?;
             self.check_alias(&here, &alias, Side::Dst)?;
-            if !proto.has_ports() && ports.iter().any(|p| *p != meshscale_wire::tailcfg::PortRange::ANY) {
+            if !proto.has_ports()
+                && ports
+                    .iter()
+                    .any(|p| *p != meshscale_wire::tailcfg::PortRange::ANY)
+            {
                 return Err(inv(
                     &here,
                     "protocol does not support specific ports, only \"*\" is allowed",
@@ -373,7 +388,8 @@ impl Checked {
                 let period_ns = if p == "always" {
                     0
                 } else {
-                    let ns = parse_go_duration(p).map_err(|e| inv(format!("{at}.checkPeriod"), e))?;
+                    let ns =
+                        parse_go_duration(p).map_err(|e| inv(format!("{at}.checkPeriod"), e))?;
                     if ns < 0 {
                         return Err(inv(
                             format!("{at}.checkPeriod"),
@@ -409,7 +425,10 @@ impl Checked {
         }
         for (j, e) in r.accept_env.iter().enumerate() {
             if e.is_empty() {
-                return Err(inv(format!("{at}.acceptEnv[{j}]"), "acceptEnv values cannot be empty"));
+                return Err(inv(
+                    format!("{at}.acceptEnv[{j}]"),
+                    "acceptEnv values cannot be empty",
+                ));
             }
         }
         let src = self.aliases(at, "src", &r.src, Side::SshSrc)?;
@@ -427,10 +446,7 @@ impl Checked {
     fn load_auto_approvers(&mut self, file: &PolicyFile) -> Result<(), PolicyError> {
         for (route, approvers) in &file.auto_approvers.routes {
             let at = format!("autoApprovers.routes[{route:?}]");
-            let prefix: IpPrefix = route
-                .trim()
-                .parse()
-                .map_err(|e| inv(&at, format!("{e}")))?;
+            let prefix: IpPrefix = route.trim().parse().map_err(|e| inv(&at, format!("{e}")))?;
             let list = self.approvers(&at, approvers)?;
             self.route_approvers.push((prefix, list));
         }
@@ -483,10 +499,16 @@ fn check_autogroup(at: &str, ag: AutoGroup, side: Side) -> Result<(), PolicyErro
     let ok = match side {
         Side::Src => {
             if ag == Internet {
-                return Err(inv(at, "\"autogroup:internet\" not valid on the src side of a rule"));
+                return Err(inv(
+                    at,
+                    "\"autogroup:internet\" not valid on the src side of a rule",
+                ));
             }
             if ag == SelfNodes {
-                return Err(inv(at, "\"autogroup:self\" not valid on the src side of a rule"));
+                return Err(inv(
+                    at,
+                    "\"autogroup:self\" not valid on the src side of a rule",
+                ));
             }
             matches!(ag, Member | Tagged | DangerAll)
         }
@@ -509,7 +531,12 @@ fn check_autogroup(at: &str, ag: AutoGroup, side: Side) -> Result<(), PolicyErro
 
 /// `autogroup:self` as a destination: sources must be users, groups or
 /// `autogroup:member` (ACLs also accept `*`).
-fn check_self_sources(at: &str, src: &[Alias], dst: &[Alias], acl: bool) -> Result<(), PolicyError> {
+fn check_self_sources(
+    at: &str,
+    src: &[Alias],
+    dst: &[Alias],
+    acl: bool,
+) -> Result<(), PolicyError> {
     if !dst.iter().any(|d| d.is(AutoGroup::SelfNodes)) {
         return Ok(());
     }
@@ -550,18 +577,25 @@ fn check_ssh_combination(at: &str, src: &[Alias], dst: &[Alias]) -> Result<(), P
                 if tagged_src {
                     return Err(inv(
                         at,
-                        format!("tags cannot SSH to user {u:?}; use autogroup:tagged or specific tags as destinations instead"),
+                        format!(
+                            "tags cannot SSH to user {u:?}; use autogroup:tagged or specific tags as destinations instead"
+                        ),
                     ));
                 }
                 if group_src || users.len() != 1 || !users.contains(u.as_str()) {
                     return Err(inv(
                         at,
-                        format!("only {u:?} itself may SSH to user {u:?}; use autogroup:self instead for same-user SSH access"),
+                        format!(
+                            "only {u:?} itself may SSH to user {u:?}; use autogroup:self instead for same-user SSH access"
+                        ),
                     ));
                 }
             }
             Alias::AutoGroup(AutoGroup::SelfNodes) if tagged_src => {
-                return Err(inv(at, "autogroup:self as an SSH destination requires user sources"));
+                return Err(inv(
+                    at,
+                    "autogroup:self as an SSH destination requires user sources",
+                ));
             }
             Alias::AutoGroup(AutoGroup::Member) if tagged_src => {
                 return Err(inv(at, "tags cannot SSH to autogroup:member"));
@@ -587,7 +621,10 @@ fn check_cap_name(at: &str, name: &str) -> Result<(), PolicyError> {
         "tailscale.com/cap/secrets",
     ];
     if name.starts_with("tailscale.com/") && !ALLOWED.contains(&name) {
-        return Err(inv(at, "capability name must not be in the tailscale.com domain"));
+        return Err(inv(
+            at,
+            "capability name must not be in the tailscale.com domain",
+        ));
     }
     Ok(())
 }
@@ -680,7 +717,8 @@ pub(crate) fn the_internet() -> IpSet {
 
 fn pfx(s: &str) -> IpPrefix {
     // Only called with the literals above, which always parse.
-    s.parse().unwrap_or_else(|_| IpPrefix::host(IpAddr::from([0u8, 0, 0, 0])))
+    s.parse()
+        .unwrap_or_else(|_| IpPrefix::host(IpAddr::from([0u8, 0, 0, 0])))
 }
 
 /// A node's addresses.
@@ -842,9 +880,16 @@ impl<'a> Ctx<'a> {
         set
     }
 
-    fn owner_matches(&self, owners: &[Alias], who: &TagOwner<'_>, seen: &mut BTreeSet<String>) -> bool {
+    fn owner_matches(
+        &self,
+        owners: &[Alias],
+        who: &TagOwner<'_>,
+        seen: &mut BTreeSet<String>,
+    ) -> bool {
         owners.iter().any(|o| match (o, who) {
-            (Alias::User(_) | Alias::Group(_), TagOwner::User(u)) => self.users_of(o).contains(&u.id),
+            (Alias::User(_) | Alias::Group(_), TagOwner::User(u)) => {
+                self.users_of(o).contains(&u.id)
+            }
             (Alias::AutoGroup(AutoGroup::Member), TagOwner::User(_)) => true,
             (Alias::AutoGroup(AutoGroup::Tagged), TagOwner::Tags(t)) => !t.is_empty(),
             (Alias::Tag(t), TagOwner::Tags(held)) => {

@@ -156,9 +156,7 @@ impl<'a> RulePlan<'a> {
             .iter()
             .filter_map(|u| {
                 let (local, domain) = u.email.as_deref()?.rsplit_once('@')?;
-                domains
-                    .contains(&domain)
-                    .then(|| (u.id, local.to_string()))
+                domains.contains(&domain).then(|| (u.id, local.to_string()))
             })
             .collect();
         let others: Vec<Alias> = rule
@@ -206,11 +204,15 @@ impl<'a> RulePlan<'a> {
         if self.src_set.is_empty() {
             return;
         }
-        let node_user = if node.tags.is_empty() { node.user } else { None };
-        if self.self_dst {
-            if let Some(ips) = node_user.and_then(|uid| self.sources.by_user.get(&uid)) {
-                self.emit(ips, node_user, out);
-            }
+        let node_user = if node.tags.is_empty() {
+            node.user
+        } else {
+            None
+        };
+        if self.self_dst
+            && let Some(ips) = node_user.and_then(|uid| self.sources.by_user.get(&uid))
+        {
+            self.emit(ips, node_user, out);
         }
         let Some(dst_set) = &self.dst_set else {
             return;
@@ -230,7 +232,8 @@ impl<'a> RulePlan<'a> {
             // themselves, scoped to their own addresses.
             if !node.tags.is_empty() {
                 self.emit(&ips.iter().copied().collect(), None, out);
-            } else if let Some(user_ips) = node.user.and_then(|uid| self.sources.by_user.get(&uid)) {
+            } else if let Some(user_ips) = node.user.and_then(|uid| self.sources.by_user.get(&uid))
+            {
                 self.emit(user_ips, node.user, out);
             }
         }

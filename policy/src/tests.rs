@@ -67,7 +67,11 @@ pub(crate) fn run(checked: &Checked, tailnet: &Tailnet) -> Result<(), PolicyErro
         let proto = match &t.proto {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(s)) => Proto::parse(s).map_err(|e| failed(&at, e))?.0,
-            Some(other) => Proto::parse(&other.to_string()).map_err(|e| failed(&at, e))?.0,
+            Some(other) => {
+                Proto::parse(&other.to_string())
+                    .map_err(|e| failed(&at, e))?
+                    .0
+            }
         };
         for (want, list) in [(true, &t.accept), (false, &t.deny)] {
             for dst in list {
@@ -76,7 +80,10 @@ pub(crate) fn run(checked: &Checked, tailnet: &Tailnet) -> Result<(), PolicyErro
                 let ports = parse_ports(&ports).map_err(|e| failed(&at, e))?;
                 let dst_ips = alias_ips(&ctx, &alias);
                 if dst_ips.is_empty() {
-                    return Err(failed(&at, format!("destination {dst:?} matches no address")));
+                    return Err(failed(
+                        &at,
+                        format!("destination {dst:?} matches no address"),
+                    ));
                 }
                 for src in &srcs {
                     for d in &dst_ips {
@@ -150,12 +157,11 @@ fn alias_ips(ctx: &Ctx<'_>, alias: &Alias) -> Vec<IpAddr> {
         .flat_map(node_ips)
         .filter(|ip| set.contains(*ip))
         .collect();
-    if out.is_empty() {
-        if let Alias::Addr { set, .. } = alias {
-            if let Some(p) = set.prefixes().first() {
-                out.push(p.addr());
-            }
-        }
+    if out.is_empty()
+        && let Alias::Addr { set, .. } = alias
+        && let Some(p) = set.prefixes().first()
+    {
+        out.push(p.addr());
     }
     out
 }
@@ -190,10 +196,7 @@ fn ssh_outcome(policy: Option<&SshPolicy>, src: IpAddr, user: &str) -> SshOutcom
         if !rule.principals.iter().any(|p| p.any || p.node_ip == src) {
             continue;
         }
-        let mapped = rule
-            .ssh_users
-            .get(user)
-            .or_else(|| rule.ssh_users.get("*"));
+        let mapped = rule.ssh_users.get(user).or_else(|| rule.ssh_users.get("*"));
         match mapped {
             None => continue,
             Some(local) if local.is_empty() => return SshOutcome::Deny,

@@ -62,12 +62,11 @@ fn admits(filter: &[FilterRule], src: IpAddr, dst: IpAddr, port: u16) -> bool {
         if let Ok(p) = form.parse::<meshscale_wire::netip::IpPrefix>() {
             return p.contains(&ip);
         }
-        if let Some((a, b)) = form.split_once('-') {
-            if let (Ok(a), Ok(b)) = (a.parse::<Ipv4Addr>(), b.parse::<Ipv4Addr>()) {
-                if let IpAddr::V4(ip) = ip {
-                    return a <= ip && ip <= b;
-                }
-            }
+        if let Some((a, b)) = form.split_once('-')
+            && let (Ok(a), Ok(b)) = (a.parse::<Ipv4Addr>(), b.parse::<Ipv4Addr>())
+            && let IpAddr::V4(ip) = ip
+        {
+            return a <= ip && ip <= b;
         }
         false
     };
@@ -139,7 +138,10 @@ fn autogroup_self_stays_within_a_user() {
     assert!(admits(&phone.packet_filter, v4(1), v4(5), 22));
     assert!(!admits(&phone.packet_filter, v4(2), v4(5), 22));
     assert_eq!(phone.peers, vec![1]);
-    assert!(compiled.nodes[&3].packet_filter.is_empty(), "tagged nodes have no self");
+    assert!(
+        compiled.nodes[&3].packet_filter.is_empty(),
+        "tagged nodes have no self"
+    );
 }
 
 #[test]
@@ -202,7 +204,8 @@ fn oversized_policy_is_refused() {
 
 #[test]
 fn keys_match_case_insensitively_and_hash_keys_are_comments() {
-    let text = r##"{"ACLs": [{"Action": "accept", "#why": "demo", "Src": ["*"], "Dst": ["*:22"]}]}"##;
+    let text =
+        r##"{"ACLs": [{"Action": "accept", "#why": "demo", "Src": ["*"], "Dst": ["*:22"]}]}"##;
     let compiled = Policy::parse(text).unwrap().compile(&tailnet());
     assert!(admits(&compiled.nodes[&3].packet_filter, v4(1), v4(3), 22));
 }
@@ -249,9 +252,8 @@ fn policy_tests_refuse_a_policy_that_breaks_them() {
         r#"{WEB_TAIL}, "tests": [{{"src": "alice@", "accept": ["tag:web:80"], "deny": ["tag:web:22"]}}]}}"#
     );
     Policy::parse(&passing).unwrap().check(&tailnet()).unwrap();
-    let failing = format!(
-        r#"{WEB_TAIL}, "tests": [{{"src": "bob@", "accept": ["tag:web:80"]}}]}}"#
-    );
+    let failing =
+        format!(r#"{WEB_TAIL}, "tests": [{{"src": "bob@", "accept": ["tag:web:80"]}}]}}"#);
     let err = Policy::parse(&failing)
         .unwrap()
         .check(&tailnet())
@@ -301,7 +303,11 @@ fn fingerprints_group_identical_views() {
     let policy = r#"{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["tag:web:80"]}],
         "tagOwners": {"tag:web": ["alice@"]}}"#;
     let compiled = Policy::parse(policy).unwrap().compile(&tailnet());
-    let (a, b, web) = (&compiled.nodes[&1], &compiled.nodes[&2], &compiled.nodes[&3]);
+    let (a, b, web) = (
+        &compiled.nodes[&1],
+        &compiled.nodes[&2],
+        &compiled.nodes[&3],
+    );
     assert!(same(a, b), "the two laptops see the same thing");
     assert!(!same(a, web));
 }

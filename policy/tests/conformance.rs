@@ -31,7 +31,10 @@ const CATEGORIES: &[&str] = &["acl", "grant", "routes", "ssh", "nodeattrs"];
 const GATED: &[&str] = &["acl", "grant", "routes", "ssh"];
 
 fn load_cases() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/cases.json.gz");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/conformance/cases.json.gz"
+    );
     let file = std::fs::File::open(path).expect("cases.json.gz is in the tree");
     let mut text = String::new();
     flate2::read::GzDecoder::new(file)
@@ -41,12 +44,20 @@ fn load_cases() -> Value {
 }
 
 fn known_failures() -> BTreeMap<String, String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/KNOWN_FAILURES.md");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/conformance/KNOWN_FAILURES.md"
+    );
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter_map(|l| l.strip_prefix("- `"))
         .filter_map(|l| l.split_once('`'))
-        .map(|(id, rest)| (id.to_string(), rest.trim_start_matches(':').trim().to_string()))
+        .map(|(id, rest)| {
+            (
+                id.to_string(),
+                rest.trim_start_matches(':').trim().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -66,20 +77,32 @@ fn interval(form: &str) -> (u128, u128) {
     if form == "*" {
         return (0, u128::MAX);
     }
-    if let Some((a, b)) = form.split_once('-') {
-        if let (Ok(a), Ok(b)) = (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
-            return (ip_u128(a), ip_u128(b));
-        }
+    if let Some((a, b)) = form.split_once('-')
+        && let (Ok(a), Ok(b)) = (a.parse::<IpAddr>(), b.parse::<IpAddr>())
+    {
+        return (ip_u128(a), ip_u128(b));
     }
     if let Some((addr, bits)) = form.split_once('/') {
-        let addr: IpAddr = addr.parse().unwrap_or_else(|_| panic!("bad address {form}"));
+        let addr: IpAddr = addr
+            .parse()
+            .unwrap_or_else(|_| panic!("bad address {form}"));
         let bits: u32 = bits.parse().unwrap_or_else(|_| panic!("bad bits {form}"));
-        let host_bits = if addr.is_ipv4() { 32 - bits } else { 128 - bits };
-        let span = if host_bits >= 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+        let host_bits = if addr.is_ipv4() {
+            32 - bits
+        } else {
+            128 - bits
+        };
+        let span = if host_bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
         let start = ip_u128(addr) & !span;
         return (start, start | span);
     }
-    let ip: IpAddr = form.parse().unwrap_or_else(|_| panic!("bad address {form}"));
+    let ip: IpAddr = form
+        .parse()
+        .unwrap_or_else(|_| panic!("bad address {form}"));
     (ip_u128(ip), ip_u128(ip))
 }
 
@@ -190,15 +213,22 @@ fn ssh_meaning(policy: &Value) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for rule in policy["rules"].as_array().into_iter().flatten() {
         let action = &rule["action"];
-        let action = if action["holdAndDelegate"].as_str().is_some_and(|s| !s.is_empty()) {
+        let action = if action["holdAndDelegate"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+        {
             "check".to_string()
         } else {
             format!(
                 "accept={} agent={} local={} remote={}",
                 action["accept"].as_bool().unwrap_or(false),
                 action["allowAgentForwarding"].as_bool().unwrap_or(false),
-                action["allowLocalPortForwarding"].as_bool().unwrap_or(false),
-                action["allowRemotePortForwarding"].as_bool().unwrap_or(false)
+                action["allowLocalPortForwarding"]
+                    .as_bool()
+                    .unwrap_or(false),
+                action["allowRemotePortForwarding"]
+                    .as_bool()
+                    .unwrap_or(false)
             )
         };
         let env = rule["acceptEnv"].to_string();
@@ -222,7 +252,12 @@ fn same_capmap(policy: &str, got: &Value, want: &Value) -> Result<(), String> {
     let text: Value = serde_json::from_str(policy).unwrap_or(Value::Null);
     let mut keys: BTreeSet<String> = BTreeSet::from(["randomize-client-port".to_string()]);
     for na in text["nodeAttrs"].as_array().into_iter().flatten() {
-        for a in na["attr"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        for a in na["attr"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
             keys.insert(a.to_string());
         }
         for a in na["app"].as_object().into_iter().flat_map(|m| m.keys()) {
@@ -272,13 +307,24 @@ fn check_case(category: &str, case: &Value) -> Result<(), String> {
         same_filter(&got["packet_filter_rules"], &want["packet_filter_rules"])
             .map_err(|e| format!("{node}: {e}"))?;
         if let Some(peers) = want.get("peers") {
-            let w: BTreeSet<&str> = peers.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            let g: BTreeSet<&str> =
-                got["peers"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let w: BTreeSet<&str> = peers
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let g: BTreeSet<&str> = got["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
             if w != g {
                 let missing: Vec<_> = w.difference(&g).collect();
                 let extra: Vec<_> = g.difference(&w).collect();
-                return Err(format!("{node}: peers differ, missing {missing:?}, extra {extra:?}"));
+                return Err(format!(
+                    "{node}: peers differ, missing {missing:?}, extra {extra:?}"
+                ));
             }
         }
         if category == "nodeattrs" {
@@ -286,11 +332,16 @@ fn check_case(category: &str, case: &Value) -> Result<(), String> {
                 .map_err(|e| format!("{node}: {e}"))?;
         }
         if category == "ssh" {
-            let (g, w) = (ssh_meaning(&got["ssh_policy"]), ssh_meaning(&want["ssh_policy"]));
+            let (g, w) = (
+                ssh_meaning(&got["ssh_policy"]),
+                ssh_meaning(&want["ssh_policy"]),
+            );
             if g != w {
                 let missing: Vec<_> = w.difference(&g).take(3).collect();
                 let extra: Vec<_> = g.difference(&w).take(3).collect();
-                return Err(format!("{node}: ssh differs, missing {missing:?}, extra {extra:?}"));
+                return Err(format!(
+                    "{node}: ssh differs, missing {missing:?}, extra {extra:?}"
+                ));
             }
         }
     }
@@ -353,7 +404,9 @@ fn conformance_with_tailscale() {
 #[test]
 #[ignore]
 fn dump_case() {
-    let Ok(wanted) = std::env::var("CASE") else { return };
+    let Ok(wanted) = std::env::var("CASE") else {
+        return;
+    };
     let cases = load_cases();
     for category in CATEGORIES {
         for case in cases[*category].as_array().into_iter().flatten() {

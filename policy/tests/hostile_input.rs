@@ -19,7 +19,11 @@ fn tailnet() -> Tailnet {
                 id: i,
                 hostname: format!("n{i}"),
                 user: (i != 3).then_some(1),
-                tags: if i == 3 { vec!["tag:web".into()] } else { Vec::new() },
+                tags: if i == 3 {
+                    vec!["tag:web".into()]
+                } else {
+                    Vec::new()
+                },
                 ipv4: Some(Ipv4Addr::new(100, 64, 0, i as u8)),
                 ipv6: Some(Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, i as u16)),
                 approved_routes: if i == 3 {
