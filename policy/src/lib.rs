@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+mod alias;
 mod compile;
 mod error;
 mod hujson;
@@ -58,8 +59,11 @@ impl Policy {
             });
         }
         let json = hujson::to_json(text)?;
-        let file: model::PolicyFile =
+        let mut value: serde_json::Value =
             serde_json::from_str(&json).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        model::canonicalize(&mut value);
+        let file: model::PolicyFile =
+            serde_json::from_value(value).map_err(|e| PolicyError::Syntax(e.to_string()))?;
         let checked = resolve::Checked::new(file)?;
         Ok(Policy {
             inner: Some(checked),
