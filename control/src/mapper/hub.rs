@@ -781,7 +781,9 @@ fn apply_policy(st: &mut State) {
     };
     let compiled_in = started.elapsed();
     let all: Vec<i64> = st.members.keys().copied().collect();
-    let mut diffs: HashMap<(u64, u64), Arc<(Vec<i64>, Vec<i64>)>> = HashMap::new();
+    // (old set, new set) → (added, removed), computed once per pair.
+    type Diff = Arc<(Vec<i64>, Vec<i64>)>;
+    let mut diffs: HashMap<(u64, u64), Diff> = HashMap::new();
     let mut frames: HashMap<DeltaKey, Arc<Frame>> = HashMap::new();
     let mut updates: Vec<(i64, Arc<Access>, Option<Arc<Frame>>)> = Vec::new();
     let now = Utc::now();
