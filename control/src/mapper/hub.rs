@@ -1149,6 +1149,128 @@ mod tests {
         );
     }
 
+    /// Node `id` of user `user` ("u<user>"), with addresses.
+    fn owned(id: i64, user: i64) -> store::Node {
+        let mut r = record(id);
+        r.user.id = user;
+        r.user.name = format!("u{user}");
+        r.ipv4 = Some(std::net::Ipv4Addr::new(100, 64, 0, id as u8));
+        r.ipv6 = Some(format!("fd7a:115c:a1e0::{id}").parse().unwrap());
+        r
+    }
+
+    fn drain(s: &mut Subscription) {
+        while s.frames.try_recv().is_ok() {}
+    }
+
+    fn peer_ids(m: &MapResponse) -> Vec<i64> {
+        let mut ids: Vec<i64> = m.peers.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[tokio::test]
+    async fn under_a_policy_sessions_see_only_allowed_peers_and_share_frames() {
+        let hub = Arc::new(Hub::new(tailnet()));
+        // u1 owns nodes 1, 2 and 4; u2 owns node 3. u1's nodes reach each other.
+        for (id, user) in [(1, 1), (2, 1), (3, 2), (4, 1)] {
+            hub.upsert(owned(id, user));
+        }
+        let policy =
+            Policy::parse(r#"{"acls": [{"action": "accept", "src": ["u1@"], "dst": ["u1@:*"]}]}"#)
+                .unwrap();
+        hub.set_policy(Some(Arc::new(policy)));
+        let mut s: Vec<Subscription> = (1..=4).map(|id| hub.subscribe(id).unwrap()).collect();
+        hub.flush();
+        s.iter_mut().for_each(drain);
+        let first: Vec<MapResponse> = s.iter().map(|x| decode(&x.first)).collect();
+        assert_eq!(peer_ids(&first[0]), [2, 4]);
+        assert_eq!(
+            peer_ids(&first[2]),
+            Vec::<i64>::new(),
+            "u2's node sees nobody"
+        );
+        let filter3 = first[2].packet_filters["base"].as_ref().unwrap();
+        assert!(filter3.is_empty(), "nothing may reach node 3: {filter3:?}");
+        assert!(!first[0].packet_filters["base"].as_ref().unwrap().is_empty());
+
+        // Node 2's change reaches 1 and 4 (one shared frame), never 3.
+        hub.update_live(2, |l| l.endpoints = vec!["10.0.0.2:1".into()]);
+        hub.flush();
+        let to1 = s[0].frames.try_recv().unwrap();
+        let to4 = s[3].frames.try_recv().unwrap();
+        assert!(
+            Arc::ptr_eq(&to1, &to4),
+            "nodes that see the same peers share frames"
+        );
+        assert_eq!(decode(&to1).peers_changed_patch[0].node_id, 2);
+        assert!(
+            s[2].frames.try_recv().is_err(),
+            "node 3 does not see node 2"
+        );
+
+        // A policy change reaches the sessions as deltas.
+        let everyone =
+            Policy::parse(r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#)
+                .unwrap();
+        hub.set_policy(Some(Arc::new(everyone)));
+        let to3 = decode(&s[2].frames.try_recv().unwrap());
+        let mut added: Vec<i64> = to3.peers_changed.iter().map(|n| n.id).collect();
+        added.sort_unstable();
+        assert_eq!(added, [1, 2, 4]);
+        assert!(!to3.packet_filters["base"].as_ref().unwrap().is_empty());
+        let to1 = decode(&s[0].frames.try_recv().unwrap());
+        assert_eq!(
+            to1.peers_changed.iter().map(|n| n.id).collect::<Vec<_>>(),
+            [3]
+        );
+
+        // Back to no policy: nothing left to add; allow-all filters.
+        hub.set_policy(None);
+        let to3 = decode(&s[2].frames.try_recv().unwrap());
+        assert!(to3.peers_changed.is_empty() && to3.peers_removed.is_empty());
+        assert_eq!(
+            to3.packet_filters["base"].as_ref().unwrap(),
+            &super::super::view::allow_all_filter()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_joining_under_a_policy_gets_its_share_in_the_next_batch() {
+        let hub = Arc::new(Hub::new(tailnet()));
+        hub.set_policy(Some(Arc::new(
+            Policy::parse(r#"{"acls": [{"action": "accept", "src": ["u1@"], "dst": ["u1@:*"]}]}"#)
+                .unwrap(),
+        )));
+        hub.upsert(owned(1, 1));
+        hub.flush();
+        let mut s1 = hub.subscribe(1).unwrap();
+        hub.upsert(owned(2, 1));
+        hub.upsert(owned(3, 2));
+        let mut s2 = hub.subscribe(2).unwrap();
+        assert!(
+            decode(&s2.first).peers.is_empty(),
+            "not compiled yet: sees nobody"
+        );
+        hub.flush();
+        let mut seen_by_2 = Vec::new();
+        while let Ok(f) = s2.frames.try_recv() {
+            seen_by_2.extend(decode(&f).peers_changed.iter().map(|n| n.id));
+        }
+        assert!(
+            seen_by_2.contains(&1) && !seen_by_2.contains(&3),
+            "{seen_by_2:?}"
+        );
+        let mut seen_by_1 = Vec::new();
+        while let Ok(f) = s1.frames.try_recv() {
+            seen_by_1.extend(decode(&f).peers_changed.iter().map(|n| n.id));
+        }
+        assert!(
+            seen_by_1.contains(&2) && !seen_by_1.contains(&3),
+            "{seen_by_1:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_session_that_stops_reading_is_cut_off_not_waited_for() {
         let hub = Arc::new(Hub::new(tailnet()));
