@@ -317,6 +317,7 @@ impl MeshscaleService for AdminService {
                 machine_key,
                 node_key: random_key("nodekey:"),
                 hostname: r.name.clone(),
+                request_tags: Vec::new(),
                 on_approved: None,
             };
             let node = Node {
@@ -413,13 +414,25 @@ impl MeshscaleService for AdminService {
                     r.key.chars().take(64).collect::<String>()
                 )));
             };
+            // Tags the client asked for: the user must own them (Headscale
+            // refuses the registration otherwise, never drops them silently).
+            let mut tags = s.pending.request_tags(&r.key);
+            tags.sort();
+            tags.dedup();
+            let bad = crate::acl::unowned_tags(&s.hub, &tags, &user, &[]);
+            if !bad.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "requested tags {bad:?} are invalid or not permitted: user {:?} does not own them in the policy's tagOwners",
+                    user.name
+                )));
+            }
             let new = NewNode {
                 machine_key,
                 node_key,
                 disco_key: String::new(),
                 hostname,
                 user_id: user.id,
-                tags: Vec::new(),
+                tags,
                 ephemeral: false,
                 auth_key_id: None,
                 register_method: RegisterMethod::Cli,

@@ -246,6 +246,7 @@ async fn decide(
         machine_key: machine_key.to_string(),
         node_key,
         hostname,
+        request_tags,
         on_approved: None,
     };
     match state.pending.insert(None, pending) {
