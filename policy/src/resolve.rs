@@ -473,6 +473,12 @@ impl Checked {
     }
 
     pub(crate) fn may_own_tag(&self, tag: &str, owner: &TagOwner<'_>, tailnet: &Tailnet) -> bool {
+        // A node may keep a tag it already holds (Headscale's rule).
+        if let TagOwner::Tags(held) = owner
+            && held.iter().any(|t| t == tag)
+        {
+            return true;
+        }
         let Some(owners) = self.tag_owners.get(tag) else {
             return false;
         };

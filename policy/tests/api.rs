@@ -330,3 +330,18 @@ fn compile_report_names_nodes_and_peers_by_hostname() {
     assert!(report["w"]["ssh_policy"].is_null());
     assert!(Topology::parse(r#"{"nodes": {"x": {"user": "ghost"}}}"#).is_err());
 }
+
+#[test]
+fn empty_text_is_no_policy() {
+    for text in ["", "  \n", "// nothing yet\n"] {
+        let compiled = Policy::parse(text).unwrap().compile(&tailnet());
+        assert_eq!(compiled.nodes[&1].peers, vec![2, 3, 4], "{text:?}");
+    }
+}
+
+#[test]
+fn a_node_may_keep_a_tag_it_holds() {
+    let policy = Policy::parse(r#"{"tagOwners": {"tag:web": ["alice@"]}}"#).unwrap();
+    let held = vec!["tag:web".to_string()];
+    assert!(policy.may_own_tag("tag:web", &TagOwner::Tags(&held), &tailnet()));
+}
