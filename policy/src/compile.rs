@@ -673,7 +673,11 @@ impl NodeIndex {
     /// an exit node when the destinations span the internet).
     fn destinations(&self, any: bool, set: &IpSet, internet: &IpSet) -> Vec<usize> {
         let mut out = self.by_addr(any, set);
-        let spans_internet = any || internet.is_subset_of(set);
+        // As Headscale: all of IPv4 or all of IPv6 counts as the internet.
+        let spans_internet = any
+            || internet.is_subset_of(set)
+            || IpSet::all_v4().is_subset_of(set)
+            || IpSet::all_v6().is_subset_of(set);
         for &r in &self.routers {
             let t = &self.targets[r];
             if t.routes.iter().any(|p| set.overlaps_prefix(p)) || (t.exit && spans_internet) {

@@ -110,7 +110,29 @@ impl IpSet {
 
     pub(crate) fn add_prefix(&mut self, p: &IpPrefix) {
         let (a, b) = prefix_bounds(p);
-        self.add_range(a, b);
+        // A short IPv6 prefix (e.g. `::/0`) spans the IPv4-mapped block in
+        // this shared space; it must not take IPv4 with it.
+        if p.addr().is_ipv6() && a < V4_BASE && b > V4_LAST {
+            self.add_range(a, V4_BASE - 1);
+            self.add_range(V4_LAST + 1, b);
+        } else {
+            self.add_range(a, b);
+        }
+    }
+
+    /// `0.0.0.0/0`.
+    pub(crate) fn all_v4() -> Self {
+        let mut s = Self::new();
+        s.add_range(V4_BASE, V4_LAST);
+        s
+    }
+
+    /// `::/0` (without the IPv4-mapped block).
+    pub(crate) fn all_v6() -> Self {
+        let mut s = Self::new();
+        s.add_range(0, V4_BASE - 1);
+        s.add_range(V4_LAST + 1, u128::MAX);
+        s
     }
 
     /// Adds `[a, b]` (inclusive; `a <= b` is the caller's duty).
@@ -184,6 +206,10 @@ impl IpSet {
 
     pub(crate) fn remove_prefix(&mut self, p: &IpPrefix) {
         let (ra, rb) = prefix_bounds(p);
+        self.remove_range(ra, rb);
+    }
+
+    fn remove_range(&mut self, ra: u128, rb: u128) {
         let mut out = Vec::with_capacity(self.ranges.len() + 1);
         for &(a, b) in &self.ranges {
             if b < ra || a > rb {
@@ -242,14 +268,33 @@ impl IpSet {
         &self.ranges
     }
 
+    /// The intervals to print: IPv4 first, then IPv6, where IPv6 pieces
+    /// on both sides of the IPv4-mapped block are joined (that block never
+    /// carries tailnet traffic, and `::/0` should read `::/0`).
+    fn render_parts(&self) -> Vec<(u128, u128)> {
+        let mut v4 = Vec::new();
+        let mut v6: Vec<(u128, u128)> = Vec::new();
+        for &(a, b) in &self.ranges {
+            for (a, b) in split_families(a, b) {
+                if (V4_BASE..=V4_LAST).contains(&a) {
+                    v4.push((a, b));
+                } else {
+                    match v6.last_mut() {
+                        Some(last) if last.1 == V4_BASE - 1 && a == V4_LAST + 1 => last.1 = b,
+                        _ => v6.push((a, b)),
+                    }
+                }
+            }
+        }
+        v4.extend(v6);
+        v4
+    }
+
     /// The set as the fewest CIDR prefixes.
     pub(crate) fn prefixes(&self) -> Vec<IpPrefix> {
         let mut out = Vec::new();
-        for &(a, b) in &self.ranges {
-            // Split at the IPv4-mapped block's edges so each piece is one family.
-            for (a, b) in split_families(a, b) {
-                range_to_prefixes(a, b, &mut out);
-            }
+        for (a, b) in self.render_parts() {
+            range_to_prefixes(a, b, &mut out);
         }
         out
     }
@@ -258,18 +303,16 @@ impl IpSet {
     /// prefix when the interval is exactly one, else `first-last`.
     pub(crate) fn strings(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for &(a, b) in &self.ranges {
-            for (a, b) in split_families(a, b) {
-                if a == b {
-                    out.push(from_u128(a).to_string());
-                    continue;
-                }
-                let mut one = Vec::new();
-                range_to_prefixes(a, b, &mut one);
-                match one.as_slice() {
-                    [p] => out.push(p.to_string()),
-                    _ => out.push(format!("{}-{}", from_u128(a), from_u128(b))),
-                }
+        for (a, b) in self.render_parts() {
+            if a == b {
+                out.push(from_u128(a).to_string());
+                continue;
+            }
+            let mut one = Vec::new();
+            range_to_prefixes(a, b, &mut one);
+            match one.as_slice() {
+                [p] => out.push(p.to_string()),
+                _ => out.push(format!("{}-{}", from_u128(a), from_u128(b))),
             }
         }
         out
@@ -368,6 +411,21 @@ mod unit {
         assert!(ps.contains(&"0.0.0.0/0".to_string()));
         assert!(all.contains("1.2.3.4".parse().unwrap()));
         assert!(all.contains("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_default_route_leaves_ipv4_alone() {
+        let v6 = IpSet::from_prefix(&p("::/0"));
+        assert!(!v6.contains("100.64.0.1".parse().unwrap()));
+        assert!(v6.contains("fd7a:115c:a1e0::1".parse().unwrap()));
+        assert_eq!(v6, IpSet::all_v6());
+        assert_eq!(v6.strings(), vec!["::/0".to_string()]);
+        let mut both = IpSet::all_v4();
+        both.union_with(&v6);
+        assert_eq!(
+            both.strings(),
+            vec!["0.0.0.0/0".to_string(), "::/0".to_string()]
+        );
     }
 
     #[test]

@@ -50,7 +50,12 @@ impl Policy {
     /// Reads HuJSON or JSON of at most [`MAX_POLICY_BYTES`], refusing what
     /// Tailscale refuses without needing a tailnet: syntax, unknown keys,
     /// undefined groups/hosts/tags, bad ports and protocols, autogroups where
-    /// they are not allowed, malformed SSH rules.
+    /// they are not allowed, malformed SSH rules. Empty text (or only
+    /// comments) is no policy: [`Policy::allow_all`].
+    ///
+    /// Some refusals need the tailnet (`tests`, `sshTests`, the domain in
+    /// `user:*@domain`): call [`Policy::check`] before putting a policy in
+    /// force.
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         if text.len() > MAX_POLICY_BYTES {
             return Err(PolicyError::TooLarge {
@@ -59,6 +64,10 @@ impl Policy {
             });
         }
         let json = hujson::to_json(text)?;
+        // An empty file (or only comments) is no policy, as in Headscale.
+        if json.trim().is_empty() {
+            return Ok(Policy::allow_all());
+        }
         let mut value: serde_json::Value =
             serde_json::from_str(&json).map_err(|e| PolicyError::Syntax(e.to_string()))?;
         model::canonicalize(&mut value);
@@ -85,9 +94,12 @@ impl Policy {
         }
     }
 
-    /// May `owner` carry `tag` per `tagOwners`? Without a policy no tag is
-    /// ownable: Headscale refuses requested tags when no policy defines
-    /// their owners (only an admin setting tags directly bypasses this).
+    /// May `owner` carry `tag` per `tagOwners`? A user may when an owner
+    /// entry names them (directly, through a group, or `autogroup:member`);
+    /// a node holding tags may when one of its tags owns `tag`
+    /// (transitively) or it already holds `tag`. Without a policy no tag is
+    /// ownable, as in Headscale (there, only an admin setting tags
+    /// directly bypasses tagOwners).
     pub fn may_own_tag(&self, tag: &str, owner: &TagOwner<'_>, tailnet: &Tailnet) -> bool {
         match &self.inner {
             None => false,

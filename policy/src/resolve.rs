@@ -141,7 +141,127 @@ impl Checked {
             });
         }
         c.load_auto_approvers(&file)?;
+        c.check_tests()?;
         Ok(c)
+    }
+
+    /// What `tests` and `sshTests` may contain (their outcome needs a
+    /// tailnet: see `Policy::check`).
+    fn check_tests(&self) -> Result<(), PolicyError> {
+        for (i, t) in self.tests.iter().enumerate() {
+            let at = format!("tests[{i}]");
+            if t.accept.is_empty() && t.deny.is_empty() {
+                return Err(inv(
+                    at,
+                    "test entry must have at least one of \"accept\" or \"deny\"",
+                ));
+            }
+            let src = Alias::parse(&t.src).map_err(|e| inv(format!("{at}.src"), e))?;
+            self.check_defined(&format!("{at}.src"), &src)?;
+            let proto = match &t.proto {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => {
+                    crate::alias::Proto::parse(s)
+                        .map_err(|e| inv(format!("{at}.proto"), e))?
+                        .0
+                }
+                Some(other) => {
+                    return Err(inv(
+                        format!("{at}.proto"),
+                        format!("{other} is not a string"),
+                    ));
+                }
+            };
+            if !matches!(proto, None | Some(6) | Some(17) | Some(132)) {
+                return Err(inv(
+                    format!("{at}.proto"),
+                    "test protocol must be tcp, udp, sctp, or empty",
+                ));
+            }
+            for (field, list) in [("accept", &t.accept), ("deny", &t.deny)] {
+                for (j, dst) in list.iter().enumerate() {
+                    let here = format!("{at}.{field}[{j}]");
+                    let (alias, ports) = split_dst_ports(dst.trim()).map_err(|e| inv(&here, e))?;
+                    let ports = parse_ports(&ports).map_err(|e| inv(&here, e))?;
+                    if ports.len() != 1 || ports[0].first != ports[0].last {
+                        return Err(inv(here, "test destination port must be a single port"));
+                    }
+                    let alias = Alias::parse(&alias).map_err(|e| inv(&here, e))?;
+                    self.check_test_destination(&here, &alias, alias_text_has_slash(dst))?;
+                }
+            }
+        }
+        for (i, t) in self.ssh_tests.iter().enumerate() {
+            let at = format!("sshTests[{i}]");
+            if t.src.trim().is_empty() {
+                return Err(inv(at, "sshTest src must be specified"));
+            }
+            if t.dst.is_empty() {
+                return Err(inv(at, "sshTest dst must be specified"));
+            }
+            if t.accept.is_empty() && t.deny.is_empty() && t.check.is_empty() {
+                return Err(inv(
+                    at,
+                    "sshTest must have at least one of accept, check or deny",
+                ));
+            }
+            let src = Alias::parse(&t.src).map_err(|e| inv(format!("{at}.src"), e))?;
+            self.check_defined(&format!("{at}.src"), &src)?;
+            for (j, dst) in t.dst.iter().enumerate() {
+                let here = format!("{at}.dst[{j}]");
+                let alias = Alias::parse(dst).map_err(|e| inv(&here, e))?;
+                self.check_test_destination(&here, &alias, dst.contains('/'))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Groups, tags and hosts a test names must exist.
+    fn check_defined(&self, at: &str, alias: &Alias) -> Result<(), PolicyError> {
+        match alias {
+            Alias::Group(g) if !self.groups.contains_key(g) => {
+                Err(inv(at, format!("group not defined: {g:?}")))
+            }
+            Alias::Tag(t) if !self.tag_owners.contains_key(t) => {
+                Err(inv(at, format!("tag not found: {t:?}")))
+            }
+            Alias::Host(h) if !self.hosts.contains_key(h) => {
+                Err(inv(at, format!("host not defined: {h:?}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A test destination is one host: no CIDR (even `/32`), no host alias
+    /// naming a network, no `autogroup:internet`.
+    fn check_test_destination(
+        &self,
+        at: &str,
+        alias: &Alias,
+        cidr: bool,
+    ) -> Result<(), PolicyError> {
+        self.check_defined(at, alias)?;
+        let single =
+            |set: &IpSet| set.ranges().len() == 1 && set.ranges()[0].0 == set.ranges()[0].1;
+        match alias {
+            Alias::AutoGroup(AutoGroup::Internet) => Err(inv(
+                at,
+                "autogroup:internet not valid as a test destination",
+            )),
+            Alias::Addr { .. } if cidr => Err(inv(
+                at,
+                "test destination must be a single host, not a CIDR range",
+            )),
+            Alias::Addr { set, .. } if !single(set) => Err(inv(
+                at,
+                "test destination must be a single host, not a CIDR range",
+            )),
+            Alias::Host(h) if self.hosts.get(h).is_some_and(|s| !single(s)) => Err(inv(
+                at,
+                "test destination must be a single host, not a CIDR range",
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn load_groups(&mut self, file: &PolicyFile) -> Result<(), PolicyError> {
@@ -249,6 +369,20 @@ impl Checked {
                 Err(inv(at, format!("host not defined: {h:?}")))
             }
             Alias::Host(h) if side == Side::SshDst => Err(inv(at, format!("invalid dst {h:?}"))),
+            Alias::Wildcard if side == Side::SshDst => Err(inv(
+                at,
+                "wildcard (*) is not supported as SSH destination; use 'autogroup:member' for user-owned devices, 'autogroup:tagged' for tagged devices, or specific tags/users",
+            )),
+            Alias::Wildcard | Alias::Host(_) | Alias::Addr { .. } if side == Side::SshSrc => {
+                Err(inv(
+                    at,
+                    "alias not supported for SSH source (use users, groups, tags or autogroups)",
+                ))
+            }
+            Alias::Addr { .. } if side == Side::SshDst => Err(inv(
+                at,
+                "alias not supported for SSH destination (use users, tags or autogroups)",
+            )),
             Alias::UserDomain(d) => {
                 self.domains.push((at.to_string(), d.clone()));
                 Ok(())
@@ -473,6 +607,12 @@ impl Checked {
     }
 
     pub(crate) fn may_own_tag(&self, tag: &str, owner: &TagOwner<'_>, tailnet: &Tailnet) -> bool {
+        // A node may keep a tag it already holds (Headscale's rule).
+        if let TagOwner::Tags(held) = owner
+            && held.iter().any(|t| t == tag)
+        {
+            return true;
+        }
         let Some(owners) = self.tag_owners.get(tag) else {
             return false;
         };
@@ -492,6 +632,11 @@ impl Checked {
             route_set.is_subset_of(&IpSet::from_prefix(prefix)) && ctx.node_in_any(node, approvers)
         })
     }
+}
+
+/// Does the destination part of `alias:port` contain a `/`?
+fn alias_text_has_slash(dst: &str) -> bool {
+    split_dst_ports(dst.trim()).is_ok_and(|(alias, _)| alias.contains('/'))
 }
 
 fn check_autogroup(at: &str, ag: AutoGroup, side: Side) -> Result<(), PolicyError> {

@@ -330,3 +330,58 @@ fn compile_report_names_nodes_and_peers_by_hostname() {
     assert!(report["w"]["ssh_policy"].is_null());
     assert!(Topology::parse(r#"{"nodes": {"x": {"user": "ghost"}}}"#).is_err());
 }
+
+#[test]
+fn empty_text_is_no_policy() {
+    for text in ["", "  \n", "// nothing yet\n"] {
+        let compiled = Policy::parse(text).unwrap().compile(&tailnet());
+        assert_eq!(compiled.nodes[&1].peers, vec![2, 3, 4], "{text:?}");
+    }
+}
+
+#[test]
+fn a_node_may_keep_a_tag_it_holds() {
+    let policy = Policy::parse(r#"{"tagOwners": {"tag:web": ["alice@"]}}"#).unwrap();
+    let held = vec!["tag:web".to_string()];
+    assert!(policy.may_own_tag("tag:web", &TagOwner::Tags(&held), &tailnet()));
+}
+
+#[test]
+fn malformed_tests_and_ssh_aliases_are_refused() {
+    let base = r#""tagOwners": {"tag:web": ["alice@"]}, "hosts": {"net": "10.0.0.0/8"}"#;
+    for (extra, at) in [
+        (r#""tests": [{"src": "alice@"}]"#, "tests[0]"),
+        (
+            r#""tests": [{"src": "alice@", "proto": "icmp", "accept": ["tag:web:80"]}]"#,
+            "tests[0].proto",
+        ),
+        (
+            r#""tests": [{"src": "alice@", "accept": ["tag:web:80-90"]}]"#,
+            "tests[0].accept[0]",
+        ),
+        (
+            r#""tests": [{"src": "alice@", "accept": ["100.64.0.3/32:80"]}]"#,
+            "tests[0].accept[0]",
+        ),
+        (
+            r#""tests": [{"src": "alice@", "deny": ["net:80"]}]"#,
+            "tests[0].deny[0]",
+        ),
+        (
+            r#""sshTests": [{"src": "alice@", "dst": [], "accept": ["root"]}]"#,
+            "sshTests[0]",
+        ),
+        (
+            r#""ssh": [{"action": "accept", "src": ["*"], "dst": ["tag:web"], "users": ["root"]}]"#,
+            "ssh[0].src[0]",
+        ),
+        (
+            r#""ssh": [{"action": "accept", "src": ["alice@"], "dst": ["*"], "users": ["root"]}]"#,
+            "ssh[0].dst[0]",
+        ),
+    ] {
+        let text = format!("{{{base}, {extra}}}");
+        let err = Policy::parse(&text).expect_err(&text).to_string();
+        assert!(err.starts_with(at), "{err:?} should start with {at}");
+    }
+}
