@@ -71,6 +71,15 @@ pub fn parse_and_check(text: &str, hub: &Hub) -> Result<Policy, PolicyError> {
     Ok(policy)
 }
 
+/// What the hub enforces: an empty text is no policy at all (allow-all,
+/// and tags have no owners to check against), as in Headscale.
+fn in_force(text: Option<&str>, policy: Option<Policy>) -> Option<Arc<Policy>> {
+    match text {
+        Some(t) if !t.trim().is_empty() => policy.map(Arc::new),
+        _ => None,
+    }
+}
+
 fn read_file(path: &Path) -> Result<String, AclError> {
     let read = |source| AclError::Read {
         path: path.to_path_buf(),
@@ -114,7 +123,7 @@ impl Acl {
             .as_deref()
             .map(|t| parse_and_check(t, hub))
             .transpose()?;
-        hub.set_policy(policy.map(Arc::new));
+        hub.set_policy(in_force(text.as_deref(), policy));
         {
             let mut cur = acl.lock();
             cur.last_read = text.clone();
@@ -155,7 +164,7 @@ impl Acl {
         let policy = parse_and_check(text, hub)?;
         let stored = store.set_policy(text).await?;
         let db_id = store.policy_version().await?.map(|v| v.0);
-        hub.set_policy(Some(Arc::new(policy)));
+        hub.set_policy(in_force(Some(text), Some(policy)));
         let mut cur = self.lock();
         cur.text = Some(stored.data.clone());
         cur.last_read = cur.text.clone();
@@ -195,7 +204,7 @@ impl Acl {
             }
         }
         let policy = parse_and_check(&text, hub)?;
-        hub.set_policy(Some(Arc::new(policy)));
+        hub.set_policy(in_force(Some(&text), Some(policy)));
         let mut cur = self.lock();
         cur.text = Some(text);
         cur.updated_at = Some(updated_at);
