@@ -264,6 +264,9 @@ pub async fn watch(state: crate::state::SharedState, stop: impl std::future::Fut
 /// neither the user (per `tagOwners`) nor, when given, the tags in
 /// `held` own them. Without a policy no tag is owned by anyone.
 pub fn unowned_tags(hub: &Hub, tags: &[String], owner: &User, held: &[String]) -> Vec<String> {
+    if tags.is_empty() {
+        return Vec::new();
+    }
     let (policy, tailnet) = hub.policy_view(&[owner]);
     let Some(policy) = policy else {
         return tags.to_vec();

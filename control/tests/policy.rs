@@ -344,6 +344,39 @@ async fn tags_are_checked_against_tag_owners() {
         let an = TestNode::join(&s, "alice-laptop", &alice_key).await;
         let aid = node_id(&s, &an).await.to_string();
         s.ok(&["nodes", "tag", "-i", &aid, "-t", "tag:web"]).await;
+
+        // An interactive login asking for tags: checked against the user the
+        // admin registers it to.
+        for (user, admitted) in [("bob", false), ("alice", true)] {
+            let n = TestNode::new(&s, &format!("login-{user}")).await;
+            let mut hi = n.hostinfo();
+            hi.request_tags = vec!["tag:web".into()];
+            let r = n
+                .client
+                .register(requests::register_plain(n.node.public(), hi))
+                .await
+                .expect("register");
+            let id = r
+                .auth_url
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            assert!(!id.is_empty(), "{ctx}: {r:?}");
+            let args = ["nodes", "register", "--key", id.as_str(), "--user", user];
+            if admitted {
+                s.ok(&args).await;
+                let listed = node_by_key(&s, &n.node).await.expect("listed");
+                assert_eq!(listed["tags"], serde_json::json!(["tag:web"]), "{ctx}");
+            } else {
+                let why = s.fails(&args).await;
+                assert!(
+                    why.contains("tag:web") && why.contains("bob"),
+                    "{ctx}: {why}"
+                );
+                assert!(node_by_key(&s, &n.node).await.is_none(), "{ctx}");
+            }
+        }
     }
 }
 
