@@ -161,11 +161,21 @@ struct State {
     policy: Option<Arc<Policy>>,
     /// The policy or its inputs changed since the last compilation.
     policy_dirty: bool,
+    /// Bumped by every such change: a compilation that ran outside the lock
+    /// knows whether its inputs are still current.
+    policy_gen: u64,
+    /// A compilation is running outside the lock.
+    compiling: bool,
     /// The hub's tailnet settings, for a node's view of itself.
     tailnet: Option<Arc<Tailnet>>,
 }
 
 impl State {
+    fn policy_inputs_changed(&mut self) {
+        self.policy_dirty = true;
+        self.policy_gen += 1;
+    }
+
     /// What a node joining now gets until the next compilation.
     fn initial_access(&self) -> Arc<Access> {
         if self.policy.is_some() {
@@ -244,6 +254,7 @@ impl Hub {
     pub fn set_policy(&self, policy: Option<Arc<Policy>>) {
         let mut st = self.lock();
         st.policy = policy;
+        st.policy_gen += 1;
         apply_policy(&mut st);
     }
 
@@ -299,32 +310,13 @@ impl Hub {
 
     /// Makes sure a flush is coming.
     fn schedule(&self, st: &mut State) {
-        if st.flush_scheduled {
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                st.flush_scheduled = true;
-                let state = self.state.clone();
-                let window = next_window(
-                    batch_window(st.sessions),
-                    st.window,
-                    st.last_flush.map(|t| t.elapsed()),
-                );
-                st.window = window;
-                rt.spawn(async move {
-                    tokio::time::sleep(window).await;
-                    flush(&mut lock(&state));
-                });
-            }
-            // No runtime (a plain thread): nothing can wait, send now.
-            Err(_) => flush(st),
-        }
+        schedule(&self.state, st);
     }
 
-    /// Sends what is pending now instead of at the end of the window.
+    /// Sends what is pending now instead of at the end of the window
+    /// (compiling the policy first, under the lock, if it is due).
     pub fn flush(&self) {
-        flush(&mut self.lock());
+        flush(&mut self.lock(), true);
     }
 
     /// A node was admitted or its record changed (rename, expiry, owner, tags, keys).
@@ -348,7 +340,9 @@ impl Hub {
                 || r.ipv6 != record.ipv6
                 || r.hostname != record.hostname
         });
-        st.policy_dirty |= policy_mode && inputs_changed;
+        if policy_mode && inputs_changed {
+            st.policy_inputs_changed();
+        }
         let access = st.initial_access();
         match st.members.get_mut(&id) {
             Some(member) => {
@@ -380,7 +374,9 @@ impl Hub {
         let Some(mut member) = st.members.remove(&node_id) else {
             return;
         };
-        st.policy_dirty |= st.policy.is_some();
+        if st.policy.is_some() {
+            st.policy_inputs_changed();
+        }
         st.sessions = st.sessions.saturating_sub(member.sessions.len());
         let now = Utc::now();
         let mut record = member.record.clone();
@@ -690,10 +686,81 @@ struct Entry {
 /// batch gets a copy without that node (a node is not its own peer) and
 /// without what its full map already had; in a join storm these are the
 /// sessions opened during the window.
-fn flush(st: &mut State) {
+/// Makes sure a flush is coming: at the end of the batch window, the policy
+/// is compiled if it is due (outside the lock: at thousands of nodes a
+/// compilation takes a while, and sessions keep opening and reporting
+/// meanwhile), then the batch goes out.
+fn schedule(state: &Arc<Mutex<State>>, st: &mut State) {
+    if st.flush_scheduled {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            st.flush_scheduled = true;
+            let state = state.clone();
+            let window = next_window(
+                batch_window(st.sessions),
+                st.window,
+                st.last_flush.map(|t| t.elapsed()),
+            );
+            st.window = window;
+            rt.spawn(async move {
+                tokio::time::sleep(window).await;
+                compile_outside_lock(&state).await;
+                let mut st = lock(&state);
+                flush(&mut st, false);
+                // Inputs changed during the compilation: compile again.
+                if st.policy_dirty {
+                    schedule(&state, &mut st);
+                }
+            });
+        }
+        // No runtime (a plain thread): nothing can wait, send now.
+        Err(_) => flush(st, true),
+    }
+}
+
+/// Compiles the policy in force, if due, without holding the lock, and puts
+/// the result in force. When nodes changed meanwhile the result is applied
+/// all the same (it is closer than what is in force) and the policy stays
+/// due; when the policy itself changed, the result is dropped.
+async fn compile_outside_lock(state: &Arc<Mutex<State>>) {
+    let (policy, tailnet, generation) = {
+        let mut st = lock(state);
+        let Some(policy) = st.policy.clone() else {
+            return;
+        };
+        if !st.policy_dirty || st.compiling {
+            return;
+        }
+        st.compiling = true;
+        let tailnet = access::policy_tailnet(st.members.values().map(|m| &m.record), &[]);
+        (policy, tailnet, st.policy_gen)
+    };
+    let started = std::time::Instant::now();
+    let job = policy.clone();
+    let fresh = tokio::task::spawn_blocking(move || access::compile(&job, &tailnet)).await;
+    let compiled_in = started.elapsed();
+    let mut st = lock(state);
+    st.compiling = false;
+    let Ok(fresh) = fresh else {
+        tracing::error!("policy compilation failed; the previous one stays in force");
+        return;
+    };
+    if !st.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, &policy)) {
+        return;
+    }
+    apply_access(&mut st, fresh, compiled_in);
+    st.policy_dirty = st.policy_gen != generation;
+}
+
+/// `compile_now`: compile a due policy here, under the lock (a flush that
+/// must be complete: tests, no runtime). Otherwise only the policy-free
+/// case, which costs nothing, is brought up to date here.
+fn flush(st: &mut State, compile_now: bool) {
     st.flush_scheduled = false;
     st.last_flush = Some(std::time::Instant::now());
-    if st.policy_dirty {
+    if st.policy_dirty && (compile_now || st.policy.is_none()) {
         apply_policy(st);
     }
     if st.pending.is_empty() {
@@ -768,7 +835,7 @@ fn flush(st: &mut State) {
 fn apply_policy(st: &mut State) {
     st.policy_dirty = false;
     let started = std::time::Instant::now();
-    let mut fresh: HashMap<i64, Arc<Access>> = match &st.policy {
+    let fresh: HashMap<i64, Arc<Access>> = match &st.policy {
         None => st
             .members
             .keys()
@@ -779,7 +846,12 @@ fn apply_policy(st: &mut State) {
             access::compile(policy, &tailnet)
         }
     };
-    let compiled_in = started.elapsed();
+    apply_access(st, fresh, started.elapsed());
+}
+
+/// Puts each node's new share in force and tells those whose share changed.
+fn apply_access(st: &mut State, mut fresh: HashMap<i64, Arc<Access>>, compiled_in: Duration) {
+    let started = std::time::Instant::now();
     let all: Vec<i64> = st.members.keys().copied().collect();
     // (old set, new set) → (added, removed), computed once per pair.
     type Diff = Arc<(Vec<i64>, Vec<i64>)>;
@@ -867,7 +939,7 @@ fn apply_policy(st: &mut State) {
         changed,
         frames = frames.len(),
         compile_ms = compiled_in.as_secs_f64() * 1e3,
-        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        apply_ms = started.elapsed().as_secs_f64() * 1e3,
         "policy applied"
     );
 }
@@ -1269,6 +1341,30 @@ mod tests {
             seen_by_1.contains(&2) && !seen_by_1.contains(&3),
             "{seen_by_1:?}"
         );
+    }
+
+    /// The batch task compiles outside the lock; its result reaches sessions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_batch_task_compiles_the_policy_and_sends_the_result() {
+        let hub = Arc::new(Hub::new(tailnet()));
+        hub.set_policy(Some(Arc::new(
+            Policy::parse(r#"{"acls": [{"action": "accept", "src": ["u1@"], "dst": ["u1@:*"]}]}"#)
+                .unwrap(),
+        )));
+        hub.upsert(owned(1, 1));
+        let mut s1 = hub.subscribe(1).unwrap();
+        hub.upsert(owned(2, 1));
+        hub.upsert(owned(3, 2));
+        let mut seen = Vec::new();
+        while !seen.contains(&2) {
+            let f = tokio::time::timeout(Duration::from_secs(10), s1.frames.recv())
+                .await
+                .expect("a frame within the deadline")
+                .expect("session open");
+            seen.extend(decode(&f).peers_changed.iter().map(|n| n.id));
+        }
+        assert!(!seen.contains(&3), "{seen:?}");
+        assert!(!lock(&hub.state).policy_dirty, "compiled and applied");
     }
 
     #[tokio::test]
