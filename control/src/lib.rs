@@ -6,6 +6,7 @@
 //! use are private, and `unreachable_pub` keeps their items `pub(crate)`.
 #![warn(unreachable_pub)]
 
+pub mod acl;
 mod admin;
 mod capture;
 pub mod cli;
