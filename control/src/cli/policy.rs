@@ -17,7 +17,7 @@ use super::output::OutputFormat;
 use super::times::table_time;
 
 #[derive(Subcommand, Debug)]
-pub enum PolicyCommand {
+pub(crate) enum PolicyCommand {
     /// Print the policy in force
     Get,
     /// Replace the policy (policy.mode: database); a refused policy changes nothing
@@ -29,14 +29,14 @@ pub enum PolicyCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct FileArgs {
+pub(crate) struct FileArgs {
     /// The policy file (HuJSON or JSON)
     #[arg(short, long, value_name = "FILE")]
     file: PathBuf,
 }
 
 #[derive(Args, Debug)]
-pub struct CompileArgs {
+pub(crate) struct CompileArgs {
     /// The policy file (HuJSON or JSON)
     #[arg(short, long, value_name = "FILE")]
     policy: PathBuf,
@@ -83,7 +83,11 @@ fn view(policy: String, updated_at: Option<&prost_types::Timestamp>) -> PolicyVi
     }
 }
 
-pub async fn run(client: &mut Client, ctx: &Context, command: PolicyCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    client: &mut Client,
+    ctx: &Context,
+    command: PolicyCommand,
+) -> anyhow::Result<()> {
     match command {
         PolicyCommand::Get => {
             let r = call(client.get_policy(v1::GetPolicyRequest {})).await?;
@@ -108,7 +112,7 @@ pub async fn run(client: &mut Client, ctx: &Context, command: PolicyCommand) -> 
 }
 
 /// `policy compile`: pure, the same compiler the server runs.
-pub fn compile(ctx: &Context, args: &CompileArgs) -> anyhow::Result<()> {
+pub(crate) fn compile(ctx: &Context, args: &CompileArgs) -> anyhow::Result<()> {
     let text = read_bounded(&args.policy, MAX_POLICY_BYTES)?;
     let topology = read_bounded(&args.topology, 4 * MAX_POLICY_BYTES)?;
     let policy = Policy::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;

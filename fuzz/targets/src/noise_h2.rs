@@ -11,7 +11,7 @@
 //!            after the records (broken framing/records mid-session)
 //!   rest     the client's cleartext: HTTP/2 preface and frames
 //! Seeds are recorded tailscaled sessions (fuzz/capture.sh).
-use meshscale_control::config::Config;
+use meshscale_control::config::{Config, PolicySource};
 use meshscale_control::mapper::Hub;
 use meshscale_control::mapper::view::{Tailnet, dns_config};
 use meshscale_control::metrics::Metrics;
@@ -76,12 +76,17 @@ async fn state() -> SharedState {
         derp_map: derpmap::build(&config).expect("fuzz DERP map"),
         dns: dns_config(true, &config.dns.base_domain, &[]),
     };
+    let hub = Arc::new(Hub::new(tailnet));
+    let acl = meshscale_control::acl::Acl::load(PolicySource::None, &store, &hub)
+        .await
+        .expect("fuzz: no policy loads");
     Arc::new(AppState {
         config,
         store,
-        hub: Arc::new(Hub::new(tailnet)),
+        hub,
         pending: PendingRegistrations::default(),
         metrics,
+        acl,
     })
 }
 
