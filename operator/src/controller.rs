@@ -219,7 +219,7 @@ async fn watch_pods<A: Admin, C: Kube>(
                     return;
                 }
                 let ns = pod.namespace().unwrap_or_default();
-                let cache_key = match key_for(&pod, &keys) {
+                let cache_key = match key_for(&pod, &ns, &keys) {
                     Ok(k) => format!("{ns}/{}", k.name),
                     Err(_) => return,
                 };

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use meshscale_operator::admin::Admin;
 use meshscale_operator::admin::GrpcAdmin;
-use meshscale_operator::injectkey::KeyDefaults;
+use meshscale_operator::injectkey::{self, KeyDefaults};
 use meshscale_operator::kubeops::Kube;
 use meshscale_operator::kubeops::KubeClient;
 use meshscale_operator::lease::Elector;
@@ -71,6 +71,10 @@ struct InjectArgs {
     /// Tags of injected pods without `meshscale.dev/tags` (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "tag:k8s")]
     inject_tags: Vec<String>,
+    /// Injected pods also get `<prefix><namespace>`, a tag the policy can
+    /// name (the operator declares its tagOwners); empty: none.
+    #[arg(long, default_value = "tag:k8s-ns-")]
+    namespace_tag_prefix: String,
     /// Lifetime of an injection key.
     #[arg(long, default_value = "30d")]
     inject_key_expiration: String,
@@ -350,7 +354,12 @@ fn key_defaults(args: &InjectArgs) -> anyhow::Result<KeyDefaults> {
     if rotate >= lifetime {
         bail!("--inject-key-rotate-before must be shorter than --inject-key-expiration");
     }
+    let prefix = args.namespace_tag_prefix.trim();
+    if !prefix.is_empty() && !injectkey::is_namespace_tag_prefix(prefix) {
+        bail!("--namespace-tag-prefix {prefix:?}: must be \"tag:\", a letter, then lowercase letters, digits or '-' (at most 40 characters)");
+    }
     Ok(KeyDefaults {
+        namespace_tag_prefix: prefix.to_string(),
         secret_prefix: args.inject_secret.clone(),
         user: args.inject_user.clone(),
         tags: args

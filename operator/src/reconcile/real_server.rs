@@ -438,6 +438,7 @@ async fn real_server_injection_key_is_reusable_ephemeral_tagged_and_rotated_befo
         secret_prefix: "meshscale-authkey".into(),
         user: "k8s".into(),
         tags: vec!["tag:k8s".into()],
+        namespace_tag_prefix: "tag:k8s-ns-".into(),
         expiration: "1h".into(),
         rotate_before: "59m59s".into(),
     };
@@ -464,7 +465,10 @@ async fn real_server_injection_key_is_reusable_ephemeral_tagged_and_rotated_befo
     let keys = c.admin.list_pre_auth_keys(user_id).await.expect("list");
     assert_eq!(keys.len(), 1);
     assert!(keys[0].reusable && keys[0].ephemeral);
-    assert_eq!(keys[0].acl_tags, vec!["tag:k8s".to_string()]);
+    assert_eq!(
+        keys[0].acl_tags,
+        vec!["tag:k8s".to_string(), "tag:k8s-ns-apps".to_string()]
+    );
 
     tokio::time::sleep(Duration::from_millis(1200)).await;
     pak::reconcile(&p, &c).await.expect("rotate");

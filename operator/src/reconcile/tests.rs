@@ -695,6 +695,10 @@ async fn an_injected_pod_gets_its_namespace_key_once_and_user_pods_their_own() {
     assert!(spec.reusable && spec.ephemeral);
     assert_eq!(spec.user, "k8s");
     assert_eq!(spec.secret_name, "meshscale-authkey");
-    assert_eq!(spec.tags, vec![Tag("tag:k8s".into())]);
+    // Every pod of the namespace carries its namespace tag too.
+    assert_eq!(
+        spec.tags,
+        vec![Tag("tag:k8s".into()), Tag("tag:k8s-ns-apps".into())]
+    );
     assert_eq!(s.paks[&format!("apps/{team}")].user, "team-a");
 }
