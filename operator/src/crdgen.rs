@@ -23,7 +23,10 @@ pub fn render() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
         ),
         (
             "clustermeshpolicies.yaml",
-            format!("{header}{}", serde_yaml::to_string(&ClusterMeshPolicy::crd())?),
+            format!(
+                "{header}{}",
+                serde_yaml::to_string(&ClusterMeshPolicy::crd())?
+            ),
         ),
         (
             "meshpolicies.yaml",
@@ -124,11 +127,23 @@ mod tests {
             assert!(v["subresources"]["status"].is_mapping());
             assert_eq!(v["additionalPrinterColumns"][0]["name"], "Accepted");
             let props = &v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
-            for field in ["groups", "hosts", "tagOwners", "acls", "grants", "ssh", "tests", "hujson"] {
+            for field in [
+                "groups",
+                "hosts",
+                "tagOwners",
+                "acls",
+                "grants",
+                "ssh",
+                "tests",
+                "hujson",
+            ] {
                 assert!(props[field].is_mapping(), "{field}");
             }
             // Free-form entries need this, or the API server prunes them to `{}`.
-            assert_eq!(props["acls"]["items"]["x-kubernetes-preserve-unknown-fields"], true);
+            assert_eq!(
+                props["acls"]["items"]["x-kubernetes-preserve-unknown-fields"],
+                true
+            );
         }
     }
 }

@@ -82,7 +82,9 @@ fn fnv1a(s: &str) -> u64 {
 
 /// Whether `prefix` makes valid tags when a namespace name is appended.
 pub fn is_namespace_tag_prefix(prefix: &str) -> bool {
-    prefix.len() <= 40 && is_tag(&format!("{prefix}x")) && prefix[4..].starts_with(|c: char| c.is_ascii_lowercase())
+    prefix.len() <= 40
+        && is_tag(&format!("{prefix}x"))
+        && prefix[4..].starts_with(|c: char| c.is_ascii_lowercase())
 }
 
 /// The tag of `namespace`'s pods: `<prefix><namespace>`, or, when that is
@@ -249,14 +251,21 @@ mod tests {
         }
         // Another namespace's tag cannot be claimed by annotation.
         assert!(matches!(
-            key_for(&pod(json!({ANN_TAGS: "tag:web,tag:k8s-ns-payments"})), "apps", &d),
+            key_for(
+                &pod(json!({ANN_TAGS: "tag:web,tag:k8s-ns-payments"})),
+                "apps",
+                &d
+            ),
             Err(AnnotationError::ReservedTag(_))
         ));
     }
 
     #[test]
     fn namespace_tags_are_valid_tags_even_for_long_namespaces() {
-        assert_eq!(namespace_tag("tag:k8s-ns-", "payments"), "tag:k8s-ns-payments");
+        assert_eq!(
+            namespace_tag("tag:k8s-ns-", "payments"),
+            "tag:k8s-ns-payments"
+        );
         let long = "a".repeat(63);
         let other = format!("{}b", "a".repeat(62));
         let t = namespace_tag("tag:k8s-ns-", &long);

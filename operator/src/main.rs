@@ -159,6 +159,11 @@ struct RunArgs {
     /// Creates the MeshUser --inject-user when it does not exist.
     #[arg(long)]
     create_inject_user: bool,
+    /// Sets the control server's policy (it must run `policy.mode: database`)
+    /// from the ClusterMeshPolicy and MeshPolicy objects, with tagOwners for
+    /// the injection and namespace tags.
+    #[arg(long)]
+    manage_policy: bool,
     /// The operator's namespace: never injected, home of the Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "meshscale")]
     namespace: String,
@@ -356,7 +361,9 @@ fn key_defaults(args: &InjectArgs) -> anyhow::Result<KeyDefaults> {
     }
     let prefix = args.namespace_tag_prefix.trim();
     if !prefix.is_empty() && !injectkey::is_namespace_tag_prefix(prefix) {
-        bail!("--namespace-tag-prefix {prefix:?}: must be \"tag:\", a letter, then lowercase letters, digits or '-' (at most 40 characters)");
+        bail!(
+            "--namespace-tag-prefix {prefix:?}: must be \"tag:\", a letter, then lowercase letters, digits or '-' (at most 40 characters)"
+        );
     }
     Ok(KeyDefaults {
         namespace_tag_prefix: prefix.to_string(),
@@ -550,7 +557,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(renew_webhook_cert(target, Arc::clone(&ctx)));
     }
     let result = tokio::select! {
-        _ = controller::run(client, ctx, Duration::from_secs(args.node_sync_seconds.max(1)), Arc::new(keys)) => {
+        _ = controller::run(client, ctx, Duration::from_secs(args.node_sync_seconds.max(1)), Arc::new(keys), args.manage_policy) => {
             info!("controllers stopped");
             Ok(())
         }

@@ -104,8 +104,7 @@ pub fn document(id: &str, body: &PolicyBody) -> Result<Map<String, Value>, Strin
     if let Some(text) = body.hujson.as_deref().filter(|t| !t.trim().is_empty()) {
         let json = meshscale_policy::hujson_to_json(text).map_err(|e| format!("hujson: {e}"))?;
         if !json.trim().is_empty() {
-            let v: Value =
-                serde_json::from_str(&json).map_err(|e| format!("hujson: {e}"))?;
+            let v: Value = serde_json::from_str(&json).map_err(|e| format!("hujson: {e}"))?;
             let Value::Object(m) = v else {
                 return Err("hujson: the policy must be a JSON object".into());
             };
@@ -125,9 +124,7 @@ pub fn merge(sources: &[Source<'_>], operator: &OperatorTags) -> Result<Merged, 
     let mut sorted: Vec<&Source<'_>> = sources.iter().collect();
     // Cluster-wide first, then namespaced, each by id: the text only
     // changes when a policy does.
-    sorted.sort_by(|a, b| {
-        (a.confined_to.is_some(), &a.id).cmp(&(b.confined_to.is_some(), &b.id))
-    });
+    sorted.sort_by(|a, b| (a.confined_to.is_some(), &a.id).cmp(&(b.confined_to.is_some(), &b.id)));
     let mut merged = Map::new();
     let mut origins = Origins::default();
     let mut accepted = Vec::new();

@@ -26,7 +26,11 @@ fn namespaced<'a>(ns: &str, name: &str, b: &'a PolicyBody) -> Source<'a> {
 fn op() -> OperatorTags {
     OperatorTags {
         owners: vec!["k8s@".into()],
-        tags: vec!["tag:k8s".into(), "tag:k8s-ns-a".into(), "tag:k8s-ns-b".into()],
+        tags: vec![
+            "tag:k8s".into(),
+            "tag:k8s-ns-a".into(),
+            "tag:k8s-ns-b".into(),
+        ],
     }
 }
 
@@ -46,16 +50,26 @@ fn lists_concatenate_maps_merge_and_operator_tags_are_owned() {
         "acls": [{"action": "accept", "src": ["tag:k8s-ns-b"], "dst": ["tag:k8s-ns-a:80"]}],
         "grants": [{"src": ["*"], "dst": ["tag:k8s-ns-a"], "ip": ["443"]}],
     }));
-    let b = body(json!({"hujson": "{\n // comment\n \"acls\": [{\"action\": \"accept\", \"src\": [\"group:ops\"], \"dst\": [\"tag:k8s-ns-b:5432\"]},],\n}"}));
+    let b = body(
+        json!({"hujson": "{\n // comment\n \"acls\": [{\"action\": \"accept\", \"src\": [\"group:ops\"], \"dst\": [\"tag:k8s-ns-b:5432\"]},],\n}"}),
+    );
     let m = merge(
-        &[namespaced("b", "db", &b), namespaced("a", "web", &a), cluster("base", &base)],
+        &[
+            namespaced("b", "db", &b),
+            namespaced("a", "web", &a),
+            cluster("base", &base),
+        ],
         &op(),
     )
     .unwrap();
     assert!(m.refused.is_empty(), "{:?}", m.refused);
     assert_eq!(
         m.accepted,
-        ["ClusterMeshPolicy/base", "MeshPolicy/a/web", "MeshPolicy/b/db"]
+        [
+            "ClusterMeshPolicy/base",
+            "MeshPolicy/a/web",
+            "MeshPolicy/b/db"
+        ]
     );
     let p = parsed(&m);
     let dsts: Vec<&str> = p["acls"]
@@ -75,7 +89,11 @@ fn lists_concatenate_maps_merge_and_operator_tags_are_owned() {
     meshscale_policy::Policy::parse(&m.text).unwrap();
     // Order of the inputs does not change the text.
     let again = merge(
-        &[cluster("base", &base), namespaced("a", "web", &a), namespaced("b", "db", &b)],
+        &[
+            cluster("base", &base),
+            namespaced("a", "web", &a),
+            namespaced("b", "db", &b),
+        ],
         &op(),
     )
     .unwrap();
@@ -131,11 +149,15 @@ fn a_namespaced_policy_may_only_open_its_own_namespace() {
         json!({"hujson": "{\"autoApprovers\": {\"exitNode\": [\"eve@\"]}}"}),
         json!({"hujson": "{\"acls\": [{\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"tag:k8s-ns-b:80\"]}]}"}),
     ];
-    let ok = body(json!({"acls": [{"action": "accept", "src": ["*"], "dst": ["tag:k8s-ns-b:443"]}]}));
+    let ok =
+        body(json!({"acls": [{"action": "accept", "src": ["*"], "dst": ["tag:k8s-ns-b:443"]}]}));
     for case in cases {
         let bad = body(case.clone());
-        let m = merge(&[namespaced("a", "bad", &bad), namespaced("b", "ok", &ok)], &op())
-            .unwrap();
+        let m = merge(
+            &[namespaced("a", "bad", &bad), namespaced("b", "ok", &ok)],
+            &op(),
+        )
+        .unwrap();
         let why = m
             .refused
             .get("MeshPolicy/a/bad")
@@ -146,12 +168,21 @@ fn a_namespaced_policy_may_only_open_its_own_namespace() {
         assert!(!m.text.contains("eve@"), "{case}");
     }
     let m = merge(
-        &[namespaced("a", "bad", &body(json!({"acls": [{"action": "accept", "src": ["*"], "dst": ["tag:k8s-ns-b:80"]}]})))],
+        &[namespaced(
+            "a",
+            "bad",
+            &body(
+                json!({"acls": [{"action": "accept", "src": ["*"], "dst": ["tag:k8s-ns-b:80"]}]}),
+            ),
+        )],
         &op(),
     )
     .unwrap();
     let why = &m.refused["MeshPolicy/a/bad"];
-    assert!(why.contains("\"tag:k8s-ns-b:80\" is outside the namespace"), "{why}");
+    assert!(
+        why.contains("\"tag:k8s-ns-b:80\" is outside the namespace"),
+        "{why}"
+    );
     assert!(why.contains("tag:k8s-ns-a"), "{why}");
 }
 
@@ -176,7 +207,11 @@ fn bad_hujson_refuses_only_its_object() {
     let arr = body(json!({"hujson": "[1, 2]"}));
     let good = body(json!({"groups": {"group:x": ["x@"]}}));
     let m = merge(
-        &[cluster("bad", &bad), cluster("arr", &arr), cluster("good", &good)],
+        &[
+            cluster("bad", &bad),
+            cluster("arr", &arr),
+            cluster("good", &good),
+        ],
         &op(),
     )
     .unwrap();

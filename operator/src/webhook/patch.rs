@@ -422,7 +422,10 @@ pub mod tests {
         // written onto the pod so the pod watch picks the same key.
         c.pod_security.set_tags("payments", Some("tag:pci"));
         for (p, want) in [
-            (annotated(), vec!["tag:k8s", "tag:k8s-ns-payments", "tag:pci"]),
+            (
+                annotated(),
+                vec!["tag:k8s", "tag:k8s-ns-payments", "tag:pci"],
+            ),
             (
                 pod(json!({
                     "metadata": {"name": "w", "annotations": {"meshscale.dev/inject": "true", ANN_TAGS: "tag:web"}},
