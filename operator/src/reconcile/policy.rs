@@ -154,23 +154,23 @@ pub async fn sync<A: Admin, K: Kube>(
     }
     for p in &cluster {
         let id = format!("ClusterMeshPolicy/{}", p.name_any());
-        if let Some(v) = verdicts.get(&id) {
-            if let Some(s) = status_for(p.status.as_ref(), p.meta().generation, v) {
-                ctx.kube
-                    .cluster_mesh_policy_status(&p.name_any(), &s)
-                    .await?;
-                emit(ctx, p, note(v)).await;
-            }
+        if let Some(v) = verdicts.get(&id)
+            && let Some(s) = status_for(p.status.as_ref(), p.meta().generation, v)
+        {
+            ctx.kube
+                .cluster_mesh_policy_status(&p.name_any(), &s)
+                .await?;
+            emit(ctx, p, note(v)).await;
         }
     }
     for p in &namespaced {
         let ns = p.namespace().unwrap_or_default();
         let id = format!("MeshPolicy/{ns}/{}", p.name_any());
-        if let Some(v) = verdicts.get(&id) {
-            if let Some(s) = status_for(p.status.as_ref(), p.meta().generation, v) {
-                ctx.kube.mesh_policy_status(&ns, &p.name_any(), &s).await?;
-                emit(ctx, p, note(v)).await;
-            }
+        if let Some(v) = verdicts.get(&id)
+            && let Some(s) = status_for(p.status.as_ref(), p.meta().generation, v)
+        {
+            ctx.kube.mesh_policy_status(&ns, &p.name_any(), &s).await?;
+            emit(ctx, p, note(v)).await;
         }
     }
     report.accepted = verdicts.values().filter(|v| v.ok).count();
@@ -432,14 +432,21 @@ mod tests {
         }
         sync(&c, &keys()).await.unwrap();
         assert_eq!(c.admin.state.lock().unwrap().policy, good);
-        let s = c.kube.state.lock().unwrap();
-        let (st, reason, msg, _) = accepted(&s.cluster_policies["c"].status);
-        assert_eq!((st.as_str(), reason.as_str()), ("False", "ServerRefused"));
-        assert!(msg.contains("tag:nobody"), "{msg}");
-        drop(s);
+        let before = {
+            let s = c.kube.state.lock().unwrap();
+            let (st, reason, msg, _) = accepted(&s.cluster_policies["c"].status);
+            assert_eq!((st.as_str(), reason.as_str()), ("False", "ServerRefused"));
+            assert!(msg.contains("tag:nobody"), "{msg}");
+            (s.cluster_policies["c"].status.clone(), s.events.len())
+        };
 
-        // The server down: an error to retry, statuses untouched.
+        // The server down: an error to retry, statuses and events untouched.
         c.admin.set_down(true);
         assert!(sync(&c, &keys()).await.is_err());
+        let s = c.kube.state.lock().unwrap();
+        assert_eq!(
+            (s.cluster_policies["c"].status.clone(), s.events.len()),
+            before
+        );
     }
 }
