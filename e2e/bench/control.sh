@@ -4,10 +4,11 @@
 #
 #   e2e/bench/control.sh OUT_DIR [N...]      (default N: 1000 5000 10000)
 #
-# MESHSCALE_BENCH_POLICIES picks the access policies each (database, N) runs under:
-# "allow-all" (no policy, the default) and/or "acl-20" (a 20-rule policy set with
-# `meshscale policy set` before the join storm; adds the policy-change propagation and
-# CPU per policy change). E.g. MESHSCALE_BENCH_POLICIES="allow-all acl-20".
+# MESHSCALE_BENCH_POLICIES picks the access policies the runs use: "allow-all" (no policy)
+# and/or "acl-20" (a 20-rule policy set with `meshscale policy set` before the join storm;
+# adds the policy-change propagation and CPU per policy change); default both.
+# MESHSCALE_BENCH_POLICY_N lists the N at which policy runs happen (default 5000; "all" for
+# every N); allow-all runs at every N.
 #
 # Writes OUT_DIR/control.json (see docs/benchmarks.d/control.md for what each figure means).
 # Binaries: MESHSCALE_BIN and MESHSCALE_LOADGEN_BIN if set, else built here with --release.
@@ -23,7 +24,8 @@ REPEATS=${MESHSCALE_BENCH_REPEATS:-10}
 # Seconds each run may spend registering (keeps the whole script under 10 minutes).
 BUDGET=${MESHSCALE_BENCH_REGISTER_BUDGET:-50}
 DBS=${MESHSCALE_BENCH_DBS:-"sqlite postgres"}
-POLICIES=${MESHSCALE_BENCH_POLICIES:-"allow-all"}
+POLICIES=${MESHSCALE_BENCH_POLICIES:-"allow-all acl-20"}
+POLICY_NS=${MESHSCALE_BENCH_POLICY_N:-5000}
 for p in $POLICIES; do
   [[ $p == allow-all || $p =~ ^acl-[0-9]+$ ]] || { printf 'control.sh: unknown policy %s (allow-all | acl-N)\n' "$p" >&2; exit 2; }
 done
@@ -166,6 +168,9 @@ FAILED=()
 for db in $DBS; do
   for n in "${NS[@]}"; do
     for policy in $POLICIES; do
+      if [[ $policy != allow-all && $POLICY_NS != all && " $POLICY_NS " != *" $n "* ]]; then
+        continue
+      fi
       if ! run_one "$db" "$n" "$policy"; then
         FAILED+=("$db N=$n $policy (server did not start)")
         printf '{"db":"%s","n":%s,"policy":"%s","held":false,"register_per_s":null,"all_mapped_s":null,"propagation":null,"server_rss_kib":null,"server_rss_peak_kib":null,"server_cpu_s_per_change":null,"bytes_per_change":null,"nodes_list_ms":null,"notes":"server did not start"}\n' \

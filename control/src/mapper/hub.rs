@@ -686,10 +686,10 @@ struct Entry {
 /// batch gets a copy without that node (a node is not its own peer) and
 /// without what its full map already had; in a join storm these are the
 /// sessions opened during the window.
-/// Makes sure a flush is coming: at the end of the batch window, the policy
-/// is compiled if it is due (outside the lock: at thousands of nodes a
-/// compilation takes a while, and sessions keep opening and reporting
-/// meanwhile), then the batch goes out.
+/// Makes sure a flush is coming: at the end of the batch window the batch
+/// goes out, and a compilation of the policy starts if one is due (it runs
+/// outside the lock and beside later batches: at thousands of nodes it takes
+/// a while, and other changes must not wait for it).
 fn schedule(state: &Arc<Mutex<State>>, st: &mut State) {
     if st.flush_scheduled {
         return;
@@ -706,13 +706,9 @@ fn schedule(state: &Arc<Mutex<State>>, st: &mut State) {
             st.window = window;
             rt.spawn(async move {
                 tokio::time::sleep(window).await;
-                compile_outside_lock(&state).await;
                 let mut st = lock(&state);
+                start_compile(&state, &mut st);
                 flush(&mut st, false);
-                // Inputs changed during the compilation: compile again.
-                if st.policy_dirty {
-                    schedule(&state, &mut st);
-                }
             });
         }
         // No runtime (a plain thread): nothing can wait, send now.
@@ -720,38 +716,44 @@ fn schedule(state: &Arc<Mutex<State>>, st: &mut State) {
     }
 }
 
-/// Compiles the policy in force, if due, without holding the lock, and puts
-/// the result in force. When nodes changed meanwhile the result is applied
-/// all the same (it is closer than what is in force) and the policy stays
-/// due; when the policy itself changed, the result is dropped.
-async fn compile_outside_lock(state: &Arc<Mutex<State>>) {
-    let (policy, tailnet, generation) = {
-        let mut st = lock(state);
-        let Some(policy) = st.policy.clone() else {
-            return;
-        };
-        if !st.policy_dirty || st.compiling {
-            return;
-        }
-        st.compiling = true;
-        let tailnet = access::policy_tailnet(st.members.values().map(|m| &m.record), &[]);
-        (policy, tailnet, st.policy_gen)
-    };
-    let started = std::time::Instant::now();
-    let job = policy.clone();
-    let fresh = tokio::task::spawn_blocking(move || access::compile(&job, &tailnet)).await;
-    let compiled_in = started.elapsed();
-    let mut st = lock(state);
-    st.compiling = false;
-    let Ok(fresh) = fresh else {
-        tracing::error!("policy compilation failed; the previous one stays in force");
+/// Starts compiling the policy in force, if due and none is running, on a
+/// blocking thread without the lock; the result is put in force when it is
+/// ready. When nodes changed meanwhile it is applied all the same (it is
+/// closer than what is in force) and another compilation follows; when the
+/// policy itself was replaced meanwhile, the result is dropped.
+fn start_compile(state: &Arc<Mutex<State>>, st: &mut State) {
+    let Some(policy) = st.policy.clone() else {
         return;
     };
-    if !st.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, &policy)) {
+    if !st.policy_dirty || st.compiling {
         return;
     }
-    apply_access(&mut st, fresh, compiled_in);
-    st.policy_dirty = st.policy_gen != generation;
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    st.compiling = true;
+    let tailnet = access::policy_tailnet(st.members.values().map(|m| &m.record), &[]);
+    let generation = st.policy_gen;
+    let state = state.clone();
+    rt.spawn(async move {
+        let started = std::time::Instant::now();
+        let job = policy.clone();
+        let fresh = tokio::task::spawn_blocking(move || access::compile(&job, &tailnet)).await;
+        let compiled_in = started.elapsed();
+        let mut st = lock(&state);
+        st.compiling = false;
+        let Ok(fresh) = fresh else {
+            // Stays due: the next change tries again.
+            tracing::error!("policy compilation failed; the previous one stays in force");
+            return;
+        };
+        if !st.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, &policy)) {
+            return;
+        }
+        apply_access(&mut st, fresh, compiled_in);
+        st.policy_dirty = st.policy_gen != generation;
+        start_compile(&state, &mut st);
+    });
 }
 
 /// `compile_now`: compile a due policy here, under the lock (a flush that
