@@ -425,7 +425,9 @@ impl Kube for FakeKube {
     ) -> Result<bool, KubeError> {
         let mut s = self.state.lock().unwrap();
         let key = format!("{ns}/{name}");
-        if s.paks.contains_key(&key) {
+        if let Some(have) = s.paks.get_mut(&key) {
+            // As the real one: only the tags of an injection key are brought up to date.
+            have.tags = spec.tags;
             return Ok(false);
         }
         s.paks.insert(key, spec);

@@ -6,9 +6,9 @@ use std::future::Future;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret};
-use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::crd::{
@@ -370,7 +370,22 @@ impl Kube for KubeClient {
         spec: PreAuthKeySpec,
     ) -> Result<bool, KubeError> {
         let api: Api<PreAuthKey> = Api::namespaced(self.client.clone(), ns);
-        if api.get_opt(name).await?.is_some() {
+        if let Some(have) = api.get_opt(name).await? {
+            // An injection key made before the tags changed (an upgrade that
+            // added namespace tags, a new --inject-tags): the PreAuthKey
+            // reconciler reissues the key once its spec says so.
+            let ours = have
+                .labels()
+                .get(LABEL_INJECTION)
+                .is_some_and(|v| v == "true");
+            if ours && have.spec.tags != spec.tags {
+                api.patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "spec": { "tags": spec.tags } })),
+                )
+                .await?;
+            }
             return Ok(false);
         }
         let mut pak = PreAuthKey::new(name, spec);

@@ -689,6 +689,18 @@ async fn an_injected_pod_gets_its_namespace_key_once_and_user_pods_their_own() {
         .await
         .unwrap();
     assert_eq!(bad, None);
+    // A key made before namespace tags existed gets them (and is then reissued).
+    c.kube
+        .state
+        .lock()
+        .unwrap()
+        .paks
+        .get_mut("apps/meshscale-authkey")
+        .unwrap()
+        .tags = vec![Tag("tag:k8s".into())];
+    pods::ensure_injection_key(&pod("e", json!({})), &d, &c)
+        .await
+        .unwrap();
     let s = c.kube.state.lock().unwrap();
     assert_eq!(s.paks.len(), 2);
     let spec = &s.paks["apps/meshscale-authkey"];
