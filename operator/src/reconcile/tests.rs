@@ -491,6 +491,14 @@ async fn meshnodes_mirror_the_node_table_both_ways() {
     with_user(&c, "alice").await;
     let a = c.admin.add_node("alice", "web-7f9c-abcde-apps");
     let b = c.admin.add_node("alice", "laptop");
+    c.admin
+        .state
+        .lock()
+        .unwrap()
+        .nodes
+        .get_mut(&a)
+        .unwrap()
+        .tags = vec!["tag:k8s".into(), "tag:k8s-ns-apps".into()];
     // Keyed by the sidecar's hostname, `<pod>-<namespace>`.
     let pods = std::collections::HashMap::from([(
         "web-7f9c-abcde-apps".to_string(),
@@ -505,6 +513,8 @@ async fn meshnodes_mirror_the_node_table_both_ways() {
         assert_eq!(st.hostname, "web-7f9c-abcde-apps");
         assert_eq!(st.user, "alice");
         assert_eq!(st.pod.as_deref(), Some("apps/web-7f9c-abcde"));
+        // The node's identity in the policy, shown by `kubectl get meshnodes`.
+        assert_eq!(st.tags, ["tag:k8s", "tag:k8s-ns-apps"]);
     }
     // Unchanged: nothing to write.
     assert_eq!(
