@@ -6,8 +6,9 @@
 //! Merge rules: lists (`acls`, `grants`, `ssh`, `tests`, ...) are
 //! concatenated in a stable order (cluster policies by name, then namespaced
 //! ones by namespace/name); maps (`groups`, `hosts`, `tagOwners`, ...) are
-//! merged, and one key defined differently by two objects refuses the whole
-//! merge, naming both. The operator's own tags are the exception: their
+//! merged, and one key defined differently by two cluster policies refuses
+//! the whole merge, naming both (a namespaced policy that clashes is refused
+//! alone, naming the object it clashes with). The operator's own tags are the exception: their
 //! owners are the union of the operator's and anyone else's.
 //!
 //! A namespaced `MeshPolicy` may only open its own namespace: every
@@ -137,7 +138,25 @@ pub fn merge(sources: &[Source<'_>], operator: &OperatorTags) -> Result<Merged, 
                 continue;
             }
         };
-        merge_into(&mut merged, &mut origins, &s.id, doc, &operator.tags)?;
+        if s.confined_to.is_some() {
+            // A namespace's conflict is refused on its own, so one team can
+            // never hold back every other policy (cluster policies come
+            // first, so a clash with one is the namespace's to fix).
+            let mut trial = merged.clone();
+            let mut trial_origins = origins.clone();
+            match merge_into(&mut trial, &mut trial_origins, &s.id, doc, &operator.tags) {
+                Ok(()) => {
+                    merged = trial;
+                    origins = trial_origins;
+                }
+                Err(e) => {
+                    refused.insert(s.id.clone(), e.to_string());
+                    continue;
+                }
+            }
+        } else {
+            merge_into(&mut merged, &mut origins, &s.id, doc, &operator.tags)?;
+        }
         accepted.push(s.id.clone());
     }
     let owners = merged
@@ -166,7 +185,7 @@ pub fn merge(sources: &[Source<'_>], operator: &OperatorTags) -> Result<Merged, 
 }
 
 /// Which object defined each map key, to name both sides of a conflict.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Origins(BTreeMap<String, String>);
 
 fn canonical(key: &str) -> String {
@@ -304,6 +323,12 @@ fn confine(s: &Source<'_>, doc: &Map<String, Value>) -> Result<(), String> {
     let (Some(tag), Some(ns)) = (&s.confined_to, &s.namespace) else {
         return Ok(());
     };
+    if tag.is_empty() {
+        return Err(
+            "namespace tags are off (empty --namespace-tag-prefix), so a namespaced MeshPolicy has nothing it may open"
+                .into(),
+        );
+    }
     for (key, value) in doc {
         let key = canonical(key);
         if !NAMESPACED_KEYS.contains(&key.as_str()) {

@@ -228,3 +228,43 @@ fn no_policies_is_ownership_only() {
     assert!(p.get("acls").is_none());
     meshscale_policy::Policy::parse(&m.text).unwrap();
 }
+
+#[test]
+fn a_clashing_namespaced_policy_is_refused_alone() {
+    let base = body(json!({"groups": {"group:a-devs": ["alice@"]}}));
+    let a = body(json!({
+        "groups": {"group:a-devs": ["mallory@"]},
+        "acls": [{"action": "accept", "src": ["group:a-devs"], "dst": ["tag:k8s-ns-a:22"]}],
+    }));
+    let b = body(json!({"acls": [{"action": "accept", "src": ["*"], "dst": ["tag:k8s-ns-b:80"]}]}));
+    let m = merge(
+        &[
+            cluster("base", &base),
+            namespaced("a", "x", &a),
+            namespaced("b", "y", &b),
+        ],
+        &op(),
+    )
+    .unwrap();
+    let why = &m.refused["MeshPolicy/a/x"];
+    assert!(
+        why.contains("ClusterMeshPolicy/base") && why.contains("group:a-devs"),
+        "{why}"
+    );
+    assert_eq!(m.accepted, ["ClusterMeshPolicy/base", "MeshPolicy/b/y"]);
+    // Nothing of the refused object leaked into the result.
+    assert!(
+        !m.text.contains("mallory@") && !m.text.contains(":22"),
+        "{}",
+        m.text
+    );
+}
+
+#[test]
+fn without_namespace_tags_namespaced_policies_are_refused() {
+    let a = body(json!({"acls": [{"action": "accept", "src": ["*"], "dst": [":80"]}]}));
+    let mut s = namespaced("a", "x", &a);
+    s.confined_to = Some(String::new());
+    let m = merge(&[s], &op()).unwrap();
+    assert!(m.refused["MeshPolicy/a/x"].contains("namespace tags are off"));
+}
