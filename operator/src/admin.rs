@@ -86,6 +86,10 @@ pub trait Admin: Send + Sync + 'static {
     /// Every node when `user` is empty.
     fn list_nodes(&self, user: &str) -> impl Future<Output = Result<Vec<Node>, AdminError>> + Send;
     fn delete_node(&self, id: u64) -> impl Future<Output = Result<(), AdminError>> + Send;
+    /// The policy text in force; `NotFound` when there is none.
+    fn get_policy(&self) -> impl Future<Output = Result<String, AdminError>> + Send;
+    /// Replaces the policy (database mode); a refused one is `Rejected` with the reason.
+    fn set_policy(&self, text: &str) -> impl Future<Output = Result<(), AdminError>> + Send;
 }
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -293,6 +297,26 @@ impl Admin for GrpcAdmin {
         self.client
             .clone()
             .delete_node(api::DeleteNodeRequest { node_id: id })
+            .await?;
+        Ok(())
+    }
+
+    async fn get_policy(&self) -> Result<String, AdminError> {
+        Ok(self
+            .client
+            .clone()
+            .get_policy(api::GetPolicyRequest {})
+            .await?
+            .into_inner()
+            .policy)
+    }
+
+    async fn set_policy(&self, text: &str) -> Result<(), AdminError> {
+        self.client
+            .clone()
+            .set_policy(api::SetPolicyRequest {
+                policy: text.to_string(),
+            })
             .await?;
         Ok(())
     }

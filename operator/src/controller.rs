@@ -6,18 +6,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::admin::Admin;
-use crate::crd::{MeshNode, MeshUser, PreAuthKey};
+use crate::crd::{ClusterMeshPolicy, MeshNode, MeshPolicy, MeshUser, PreAuthKey};
 use crate::injectkey::{KeyDefaults, key_for};
 use crate::kubeops::Kube;
 use crate::reconcile::pods::LivePod;
-use crate::reconcile::{Ctx, ReconcileError, nodes, pak, pods, user};
+use crate::reconcile::{Ctx, ReconcileError, nodes, pak, pods, policy, user};
 
 /// Hostname (`<pod>-<namespace>`) → the injected pods currently alive.
 pub type PodIndex = Arc<Mutex<HashMap<String, LivePod>>>;
@@ -50,6 +51,7 @@ pub async fn run<A: Admin, C: Kube>(
     ctx: Arc<Ctx<A, C>>,
     node_sync: Duration,
     inject_keys: Arc<KeyDefaults>,
+    manage_policy: bool,
 ) {
     let users = Controller::new(
         Api::<MeshUser>::all(client.clone()),
@@ -105,6 +107,15 @@ pub async fn run<A: Admin, C: Kube>(
         Arc::clone(&ctx),
     )
     .for_each(|_| async {});
+    let (policy_client, policy_ctx, policy_keys) =
+        (client.clone(), Arc::clone(&ctx), Arc::clone(&inject_keys));
+    let policies = async move {
+        if manage_policy {
+            policy_loop(policy_client, policy_ctx, policy_keys).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     let index: PodIndex = Arc::default();
     let pod_watch = watch_pods(client, Arc::clone(&ctx), Arc::clone(&index), inject_keys);
     let sync = sync_loop(Arc::clone(&ctx), index, node_sync);
@@ -114,6 +125,69 @@ pub async fn run<A: Admin, C: Kube>(
         _ = mesh_nodes => info!("MeshNode controller ended"),
         _ = pod_watch => info!("pod watch ended"),
         _ = sync => info!("node sync ended"),
+        _ = policies => info!("policy sync ended"),
+    }
+}
+
+/// Runs a policy pass whenever a ClusterMeshPolicy, MeshPolicy or Namespace
+/// changes, and every `RESYNC` anyway (to put back a policy someone replaced
+/// on the server). A pass that fails is retried with back-off.
+async fn policy_loop<A: Admin, C: Kube>(
+    client: Client,
+    ctx: Arc<Ctx<A, C>>,
+    keys: Arc<KeyDefaults>,
+) {
+    let changed = Arc::new(Notify::new());
+    let cfg = watcher::Config::default;
+    let events = futures_util::stream::select(
+        futures_util::stream::select(
+            watcher(Api::<ClusterMeshPolicy>::all(client.clone()), cfg())
+                .default_backoff()
+                .map(|_| ()),
+            watcher(Api::<MeshPolicy>::all(client.clone()), cfg())
+                .default_backoff()
+                .map(|_| ()),
+        ),
+        watcher(Api::<Namespace>::all(client), cfg())
+            .default_backoff()
+            .map(|_| ()),
+    );
+    let n = Arc::clone(&changed);
+    let watch = events.for_each(move |()| {
+        n.notify_one();
+        async {}
+    });
+    let passes = async {
+        loop {
+            let wait = match policy::sync(&ctx, &keys).await {
+                Ok(r) => {
+                    ctx.backoff.reset("policy");
+                    ctx.metrics.reconciled("MeshPolicy", true);
+                    if r.set {
+                        info!(
+                            accepted = r.accepted,
+                            refused = r.refused,
+                            "policy set on the control server"
+                        );
+                    }
+                    crate::reconcile::RESYNC
+                }
+                Err(e) => {
+                    ctx.metrics.reconciled("MeshPolicy", false);
+                    let d = ctx.backoff.fail("policy");
+                    warn!(error = %e, retry_in = ?d, "policy sync failed");
+                    d
+                }
+            };
+            tokio::select! {
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = watch => info!("policy watches ended"),
+        _ = passes => {}
     }
 }
 
@@ -219,7 +293,7 @@ async fn watch_pods<A: Admin, C: Kube>(
                     return;
                 }
                 let ns = pod.namespace().unwrap_or_default();
-                let cache_key = match key_for(&pod, &keys) {
+                let cache_key = match key_for(&pod, &ns, &keys) {
                     Ok(k) => format!("{ns}/{}", k.name),
                     Err(_) => return,
                 };

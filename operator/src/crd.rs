@@ -4,6 +4,8 @@
 // Several `printcolumn(type_ = "string", ...)` read as duplicates to clippy.
 #![allow(clippy::duplicated_attributes)]
 
+use std::collections::BTreeMap;
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -170,6 +172,7 @@ pub struct PreAuthKeyStatus {
     printcolumn(name = "Hostname", type_ = "string", json_path = ".status.hostname"),
     printcolumn(name = "User", type_ = "string", json_path = ".status.user"),
     printcolumn(name = "Addresses", type_ = "string", json_path = ".status.addresses"),
+    printcolumn(name = "Tags", type_ = "string", json_path = ".status.tags"),
     printcolumn(name = "Online", type_ = "boolean", json_path = ".status.online"),
     printcolumn(name = "Last Seen", type_ = "date", json_path = ".status.lastSeen"),
     printcolumn(
@@ -196,6 +199,9 @@ pub struct MeshNodeStatus {
     pub user: String,
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// The node's ACL tags: its identity in the access policy.
+    #[serde(default)]
+    pub tags: Vec<String>,
     #[serde(default)]
     pub online: bool,
     #[serde(default)]
@@ -214,4 +220,115 @@ pub struct MeshNodeStatus {
 /// The resource name of the mirror of node `id`.
 pub fn mesh_node_name(id: u64) -> String {
     format!("node-{id}")
+}
+
+/// Policy in Tailscale's language, as structured fields, as one `hujson`
+/// text, or both (merged by the same rules as between objects).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyBody {
+    /// `group:<name>` → members (`user@`, other groups).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Host alias → IP or CIDR.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, String>,
+    /// `tag:<name>` → who may give nodes that tag.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tag_owners: BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "policy_entries")]
+    pub acls: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "policy_entries")]
+    pub grants: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "policy_entries")]
+    pub ssh: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "policy_entries")]
+    pub tests: Vec<serde_json::Value>,
+    /// A whole policy document (HuJSON: JSON with comments and trailing commas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 262144))]
+    pub hujson: Option<String>,
+}
+
+/// Entries of a policy list, checked by the control server, not the schema:
+/// its one-line refusal is more precise than a schema error would be.
+fn policy_entries(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshPolicyStatus {
+    /// The generation the conditions describe.
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// Cluster-wide access policy; every one is merged into the server's policy.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "meshscale.dev",
+    version = "v1alpha1",
+    kind = "ClusterMeshPolicy",
+    shortname = "cmp",
+    status = "MeshPolicyStatus",
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct ClusterMeshPolicySpec {
+    #[serde(flatten)]
+    pub policy: PolicyBody,
+}
+
+/// A namespace's access policy: it may only grant access to its own
+/// namespace's pods (`tag:k8s-ns-<namespace>`); sources are free.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "meshscale.dev",
+    version = "v1alpha1",
+    kind = "MeshPolicy",
+    namespaced,
+    shortname = "mp",
+    status = "MeshPolicyStatus",
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct MeshPolicySpec {
+    #[serde(flatten)]
+    pub policy: PolicyBody,
 }

@@ -3,7 +3,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::crd::{MeshNode, MeshUser, PreAuthKey};
+use crate::crd::{ClusterMeshPolicy, MeshNode, MeshPolicy, MeshUser, PreAuthKey};
 
 /// `(file name, YAML)` of every CRD, in a fixed order.
 pub fn render() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
@@ -20,6 +20,17 @@ pub fn render() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
         (
             "meshnodes.yaml",
             format!("{header}{}", serde_yaml::to_string(&MeshNode::crd())?),
+        ),
+        (
+            "clustermeshpolicies.yaml",
+            format!(
+                "{header}{}",
+                serde_yaml::to_string(&ClusterMeshPolicy::crd())?
+            ),
+        ),
+        (
+            "meshpolicies.yaml",
+            format!("{header}{}", serde_yaml::to_string(&MeshPolicy::crd())?),
         ),
     ])
 }
@@ -101,10 +112,38 @@ mod tests {
                 "HOSTNAME",
                 "USER",
                 "ADDRESSES",
+                "TAGS",
                 "ONLINE",
                 "LAST SEEN",
                 "AGE"
             ]
         );
+        let cmp = get("clustermeshpolicies.yaml");
+        assert_eq!(cmp["spec"]["scope"], "Cluster");
+        let mp = get("meshpolicies.yaml");
+        assert_eq!(mp["spec"]["scope"], "Namespaced");
+        for crd in [&cmp, &mp] {
+            let v = &crd["spec"]["versions"][0];
+            assert!(v["subresources"]["status"].is_mapping());
+            assert_eq!(v["additionalPrinterColumns"][0]["name"], "Accepted");
+            let props = &v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+            for field in [
+                "groups",
+                "hosts",
+                "tagOwners",
+                "acls",
+                "grants",
+                "ssh",
+                "tests",
+                "hujson",
+            ] {
+                assert!(props[field].is_mapping(), "{field}");
+            }
+            // Free-form entries need this, or the API server prunes them to `{}`.
+            assert_eq!(
+                props["acls"]["items"]["x-kubernetes-preserve-unknown-fields"],
+                true
+            );
+        }
     }
 }

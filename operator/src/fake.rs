@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::Secret;
 
 use crate::admin::{Admin, AdminError, ApiPreAuthKey, NewKey, Node, User, timestamp};
 use crate::crd::{
-    MeshNode, MeshNodeSpec, MeshNodeStatus, MeshUser, MeshUserStatus, PreAuthKeySpec,
-    PreAuthKeyStatus,
+    ClusterMeshPolicy, MeshNode, MeshNodeSpec, MeshNodeStatus, MeshPolicy, MeshPolicyStatus,
+    MeshUser, MeshUserStatus, PreAuthKeySpec, PreAuthKeyStatus,
 };
 use crate::kubeops::{FINALIZER, Kube, KubeError, Note};
 
@@ -29,6 +29,9 @@ pub struct AdminState {
     pub expired_keys: Vec<u64>,
     pub nodes: BTreeMap<u64, Node>,
     pub create_user_calls: usize,
+    /// The policy in force (database mode), as set.
+    pub policy: Option<String>,
+    pub set_policy_calls: usize,
 }
 
 impl FakeAdmin {
@@ -66,6 +69,23 @@ impl FakeAdmin {
 }
 
 impl Admin for FakeAdmin {
+    async fn get_policy(&self) -> Result<String, AdminError> {
+        self.check()?
+            .policy
+            .clone()
+            .ok_or_else(|| AdminError::NotFound("no policy".into()))
+    }
+
+    async fn set_policy(&self, text: &str) -> Result<(), AdminError> {
+        let mut s = self.check()?;
+        // Refused as the server refuses it: parse errors, undefined tags, ...
+        meshscale_policy::Policy::parse(text)
+            .map_err(|e| AdminError::Rejected(format!("InvalidArgument: {e}")))?;
+        s.set_policy_calls += 1;
+        s.policy = Some(text.to_string());
+        Ok(())
+    }
+
     async fn find_user(&self, name: &str) -> Result<Option<User>, AdminError> {
         Ok(self
             .check()?
@@ -193,6 +213,11 @@ pub struct KubeState {
     pub events: Vec<(String, Note)>,
     /// MutatingWebhookConfiguration name → the caBundle set on its webhooks.
     pub webhook_ca: BTreeMap<String, Vec<u8>>,
+    /// ClusterMeshPolicies by name; status writes update them.
+    pub cluster_policies: BTreeMap<String, ClusterMeshPolicy>,
+    /// MeshPolicies by `ns/name`; status writes update them.
+    pub mesh_policies: BTreeMap<String, MeshPolicy>,
+    pub namespaces: Vec<String>,
 }
 
 impl FakeKube {
@@ -208,6 +233,52 @@ impl FakeKube {
 }
 
 impl Kube for FakeKube {
+    async fn list_cluster_mesh_policies(&self) -> Result<Vec<ClusterMeshPolicy>, KubeError> {
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .cluster_policies
+            .values()
+            .cloned()
+            .collect())
+    }
+    async fn list_mesh_policies(&self) -> Result<Vec<MeshPolicy>, KubeError> {
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .mesh_policies
+            .values()
+            .cloned()
+            .collect())
+    }
+    async fn list_namespaces(&self) -> Result<Vec<String>, KubeError> {
+        Ok(self.state.lock().unwrap().namespaces.clone())
+    }
+    async fn cluster_mesh_policy_status(
+        &self,
+        name: &str,
+        st: &MeshPolicyStatus,
+    ) -> Result<(), KubeError> {
+        if let Some(p) = self.state.lock().unwrap().cluster_policies.get_mut(name) {
+            p.status = Some(st.clone());
+        }
+        Ok(())
+    }
+    async fn mesh_policy_status(
+        &self,
+        ns: &str,
+        name: &str,
+        st: &MeshPolicyStatus,
+    ) -> Result<(), KubeError> {
+        let key = format!("{ns}/{name}");
+        if let Some(p) = self.state.lock().unwrap().mesh_policies.get_mut(&key) {
+            p.status = Some(st.clone());
+        }
+        Ok(())
+    }
+
     async fn event(
         &self,
         r: k8s_openapi::api::core::v1::ObjectReference,
@@ -354,7 +425,9 @@ impl Kube for FakeKube {
     ) -> Result<bool, KubeError> {
         let mut s = self.state.lock().unwrap();
         let key = format!("{ns}/{name}");
-        if s.paks.contains_key(&key) {
+        if let Some(have) = s.paks.get_mut(&key) {
+            // As the real one: only the tags of an injection key are brought up to date.
+            have.tags = spec.tags;
             return Ok(false);
         }
         s.paks.insert(key, spec);

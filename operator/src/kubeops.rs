@@ -5,15 +5,15 @@ use std::future::Future;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
-use kube::Client;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::crd::{
-    MeshNode, MeshNodeSpec, MeshNodeStatus, MeshUser, MeshUserStatus, PreAuthKey, PreAuthKeySpec,
-    PreAuthKeyStatus,
+    ClusterMeshPolicy, MeshNode, MeshNodeSpec, MeshNodeStatus, MeshPolicy, MeshPolicyStatus,
+    MeshUser, MeshUserStatus, PreAuthKey, PreAuthKeySpec, PreAuthKeyStatus,
 };
 use crate::injectkey::LABEL_INJECTION;
 
@@ -113,6 +113,25 @@ pub trait Kube: Send + Sync + 'static {
         &self,
         config: &str,
         pem: &[u8],
+    ) -> impl Future<Output = Result<(), KubeError>> + Send;
+    fn list_cluster_mesh_policies(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ClusterMeshPolicy>, KubeError>> + Send;
+    /// In every namespace.
+    fn list_mesh_policies(&self)
+    -> impl Future<Output = Result<Vec<MeshPolicy>, KubeError>> + Send;
+    /// The names of every namespace.
+    fn list_namespaces(&self) -> impl Future<Output = Result<Vec<String>, KubeError>> + Send;
+    fn cluster_mesh_policy_status(
+        &self,
+        name: &str,
+        s: &MeshPolicyStatus,
+    ) -> impl Future<Output = Result<(), KubeError>> + Send;
+    fn mesh_policy_status(
+        &self,
+        ns: &str,
+        name: &str,
+        s: &MeshPolicyStatus,
     ) -> impl Future<Output = Result<(), KubeError>> + Send;
     /// Creates the PreAuthKey unless one of that name exists; `true` when created.
     fn ensure_pre_auth_key(
@@ -303,6 +322,47 @@ impl Kube for KubeClient {
         }
         Ok(())
     }
+    async fn list_cluster_mesh_policies(&self) -> Result<Vec<ClusterMeshPolicy>, KubeError> {
+        let api: Api<ClusterMeshPolicy> = Api::all(self.client.clone());
+        Ok(api.list(&ListParams::default()).await?.items)
+    }
+    async fn list_mesh_policies(&self) -> Result<Vec<MeshPolicy>, KubeError> {
+        let api: Api<MeshPolicy> = Api::all(self.client.clone());
+        Ok(api.list(&ListParams::default()).await?.items)
+    }
+    async fn list_namespaces(&self) -> Result<Vec<String>, KubeError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        Ok(api
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect())
+    }
+    async fn cluster_mesh_policy_status(
+        &self,
+        name: &str,
+        s: &MeshPolicyStatus,
+    ) -> Result<(), KubeError> {
+        let api: Api<ClusterMeshPolicy> = Api::all(self.client.clone());
+        ignore_not_found(
+            api.patch_status(name, &PatchParams::default(), &status_patch(s))
+                .await,
+        )
+    }
+    async fn mesh_policy_status(
+        &self,
+        ns: &str,
+        name: &str,
+        s: &MeshPolicyStatus,
+    ) -> Result<(), KubeError> {
+        let api: Api<MeshPolicy> = Api::namespaced(self.client.clone(), ns);
+        ignore_not_found(
+            api.patch_status(name, &PatchParams::default(), &status_patch(s))
+                .await,
+        )
+    }
     async fn ensure_pre_auth_key(
         &self,
         ns: &str,
@@ -310,7 +370,22 @@ impl Kube for KubeClient {
         spec: PreAuthKeySpec,
     ) -> Result<bool, KubeError> {
         let api: Api<PreAuthKey> = Api::namespaced(self.client.clone(), ns);
-        if api.get_opt(name).await?.is_some() {
+        if let Some(have) = api.get_opt(name).await? {
+            // An injection key made before the tags changed (an upgrade that
+            // added namespace tags, a new --inject-tags): the PreAuthKey
+            // reconciler reissues the key once its spec says so.
+            let ours = have
+                .labels()
+                .get(LABEL_INJECTION)
+                .is_some_and(|v| v == "true");
+            if ours && have.spec.tags != spec.tags {
+                api.patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "spec": { "tags": spec.tags } })),
+                )
+                .await?;
+            }
             return Ok(false);
         }
         let mut pak = PreAuthKey::new(name, spec);

@@ -14,6 +14,7 @@ pub mod injectkey;
 pub mod kubeops;
 pub mod lease;
 pub mod metrics;
+pub mod policy;
 pub mod reconcile;
 pub mod webhook;
 

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use meshscale_operator::admin::Admin;
 use meshscale_operator::admin::GrpcAdmin;
-use meshscale_operator::injectkey::KeyDefaults;
+use meshscale_operator::injectkey::{self, KeyDefaults};
 use meshscale_operator::kubeops::Kube;
 use meshscale_operator::kubeops::KubeClient;
 use meshscale_operator::lease::Elector;
@@ -72,6 +72,10 @@ struct InjectArgs {
     /// Tags of injected pods without `meshscale.dev/tags` (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "tag:k8s")]
     inject_tags: Vec<String>,
+    /// Injected pods also get `<prefix><namespace>`, a tag the policy can
+    /// name (the operator declares its tagOwners); empty: none.
+    #[arg(long, default_value = "tag:k8s-ns-")]
+    namespace_tag_prefix: String,
     /// Lifetime of an injection key.
     #[arg(long, default_value = "30d")]
     inject_key_expiration: String,
@@ -156,6 +160,11 @@ struct RunArgs {
     /// Creates the MeshUser --inject-user when it does not exist.
     #[arg(long)]
     create_inject_user: bool,
+    /// Sets the control server's policy (it must run `policy.mode: database`)
+    /// from the ClusterMeshPolicy and MeshPolicy objects, with tagOwners for
+    /// the injection and namespace tags.
+    #[arg(long)]
+    manage_policy: bool,
     /// The operator's namespace: never injected, home of the Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "meshscale")]
     namespace: String,
@@ -351,7 +360,14 @@ fn key_defaults(args: &InjectArgs) -> anyhow::Result<KeyDefaults> {
     if rotate >= lifetime {
         bail!("--inject-key-rotate-before must be shorter than --inject-key-expiration");
     }
+    let prefix = args.namespace_tag_prefix.trim();
+    if !prefix.is_empty() && !injectkey::is_namespace_tag_prefix(prefix) {
+        bail!(
+            "--namespace-tag-prefix {prefix:?}: must be \"tag:\", a letter, then lowercase letters, digits or '-' (at most 40 characters)"
+        );
+    }
     Ok(KeyDefaults {
+        namespace_tag_prefix: prefix.to_string(),
         secret_prefix: args.inject_secret.clone(),
         user: args.inject_user.clone(),
         tags: args
@@ -542,7 +558,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(renew_webhook_cert(target, Arc::clone(&ctx)));
     }
     let result = tokio::select! {
-        _ = controller::run(client, ctx, Duration::from_secs(args.node_sync_seconds.max(1)), Arc::new(keys)) => {
+        _ = controller::run(client, ctx, Duration::from_secs(args.node_sync_seconds.max(1)), Arc::new(keys), args.manage_policy) => {
             info!("controllers stopped");
             Ok(())
         }

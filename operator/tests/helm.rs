@@ -259,7 +259,73 @@ fn cluster_role_covers_owner_finalizers_and_namespaces() {
     }
     for verb in ["get", "list", "watch"] {
         assert!(allows("namespaces", verb), "namespaces {verb}");
+        assert!(
+            allows("clustermeshpolicies", verb),
+            "clustermeshpolicies {verb}"
+        );
+        assert!(allows("meshpolicies", verb), "meshpolicies {verb}");
     }
+    for status in ["clustermeshpolicies/status", "meshpolicies/status"] {
+        assert!(allows(status, "patch"), "{status}");
+    }
+    // Policies are the users' to write; the operator only reads them.
+    assert!(!allows("meshpolicies", "update"));
+}
+
+#[test]
+fn managed_policy_means_database_mode_and_file_mode_stays_possible() {
+    let control_config = |docs: &[Value]| -> Value {
+        let cm = find(docs, "ConfigMap", "rel-control");
+        serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap()
+    };
+    let operator_args = |docs: &[Value]| {
+        serde_yaml::to_string(
+            &find(docs, "Deployment", "rel-operator")["spec"]["template"]["spec"]["containers"][0]
+                ["args"],
+        )
+        .unwrap()
+    };
+    let docs = render(&[]);
+    assert_eq!(control_config(&docs)["policy"]["mode"], "database");
+    let args = operator_args(&docs);
+    assert!(args.contains("--manage-policy"), "{args}");
+    assert!(
+        args.contains("--namespace-tag-prefix=tag:k8s-ns-"),
+        "{args}"
+    );
+    for crd in [
+        "clustermeshpolicies.meshscale.dev",
+        "meshpolicies.meshscale.dev",
+    ] {
+        find(&docs, "CustomResourceDefinition", crd);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "policy:\n  managed: false\n  file: |\n    // web only\n    {\"acls\": [{\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:80\"]}]}\n",
+    )
+    .unwrap();
+    let docs = render(&["-f", values.to_str().unwrap()]);
+    let config = control_config(&docs);
+    assert_eq!(config["policy"]["mode"], "file");
+    assert_eq!(
+        config["policy"]["path"],
+        "/etc/meshscale/config/policy.hujson"
+    );
+    let cm = find(&docs, "ConfigMap", "rel-control");
+    assert!(
+        cm["data"]["policy.hujson"]
+            .as_str()
+            .unwrap()
+            .contains("*:80")
+    );
+    assert!(!operator_args(&docs).contains("--manage-policy"));
+
+    // Not managed and no file: no policy (allow-all), as before.
+    let docs = render(&["--set", "policy.managed=false"]);
+    assert_eq!(control_config(&docs)["policy"]["path"], "");
 }
 
 /// Bug: the Ingress pointed at the port named `http`, which serves only TLS.

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use fake_apiserver::FakeApiServer;
 use meshscale_operator::admin::{Admin, GrpcAdmin};
+use serde_json::json;
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_meshscale-operator");
 
@@ -126,6 +127,7 @@ async fn helm_install_alone_gives_a_reconciling_operator_and_an_injection_user()
                 "--api-key-secret=rel-admin-apikey",
                 "--create-inject-user",
                 "--inject-user=k8s",
+                "--manage-policy",
                 "--sidecar-image=registry.example/meshscale-sidecar:1",
                 "--login-server=https://mesh.example",
                 "--webhook-addr=127.0.0.1:0",
@@ -162,7 +164,8 @@ async fn helm_install_alone_gives_a_reconciling_operator_and_an_injection_user()
              grpc_listen_addr: {grpc}\ntls_cert_path: {d}/tls.crt\ntls_key_path: {d}/tls.key\n\
              admin:\n  bootstrap_api_key_path: {d}/apikey\n\
              data_dir: {d}/data\nunix_socket: {d}/run/meshscale.sock\n\
-             derp:\n  server:\n    enabled: false\ndatabase:\n  type: sqlite\n",
+             derp:\n  server:\n    enabled: false\ndatabase:\n  type: sqlite\n\
+             policy:\n  mode: database\n",
             metrics = free_port(),
             d = d.display(),
         ),
@@ -225,6 +228,76 @@ async fn helm_install_alone_gives_a_reconciling_operator_and_an_injection_user()
         .expect("find")
         .expect("user k8s");
     assert_eq!(user.id, id);
+    // Policy as Kubernetes objects, merged by the operator into the server's
+    // policy (database mode, as the chart runs both).
+    let group = "meshscale.dev/v1alpha1";
+    for ns in ["web", "db"] {
+        fake.put(
+            "v1",
+            "namespaces",
+            "",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        );
+    }
+    fake.put(
+        group,
+        "clustermeshpolicies",
+        "",
+        json!({
+            "apiVersion": group, "kind": "ClusterMeshPolicy", "metadata": {"name": "base"},
+            "spec": {"groups": {"group:ops": ["ops@"]},
+                     "acls": [{"action": "accept", "src": ["group:ops"], "dst": ["*:*"]}]}
+        }),
+    );
+    fake.put(group, "meshpolicies", "db", json!({
+        "apiVersion": group, "kind": "MeshPolicy", "metadata": {"name": "db", "namespace": "db"},
+        "spec": {"hujson": "{\"acls\": [{\"action\": \"accept\", \"src\": [\"tag:k8s-ns-web\"], \"dst\": [\"tag:k8s-ns-db:5432\"]},],}"}
+    }));
+    fake.put(group, "meshpolicies", "web", json!({
+        "apiVersion": group, "kind": "MeshPolicy", "metadata": {"name": "grab", "namespace": "web"},
+        "spec": {"acls": [{"action": "accept", "src": ["*"], "dst": ["tag:k8s-ns-db:22"]}]}
+    }));
+    let condition = |resource: &str, ns: &str, name: &str| {
+        let obj = fake.get(group, resource, ns, name)?;
+        let c = obj["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Accepted")?
+            .clone();
+        Some((
+            c["status"].as_str()?.to_string(),
+            c["reason"].as_str()?.to_string(),
+            c["message"].as_str()?.to_string(),
+        ))
+    };
+    let (st, reason, msg) = wait_for("MeshPolicy web/grab refused", &[&operator, &server], || {
+        condition("meshpolicies", "web", "grab")
+    })
+    .await;
+    assert_eq!((st.as_str(), reason.as_str()), ("False", "Refused"));
+    assert!(
+        msg.contains("tag:k8s-ns-db:22") && msg.contains("tag:k8s-ns-web"),
+        "{msg}"
+    );
+    let accepted = wait_for("MeshPolicy db/db accepted", &[&operator, &server], || {
+        condition("meshpolicies", "db", "db").filter(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(accepted.1, "Accepted");
+    let text = admin.get_policy().await.expect("GetPolicy");
+    assert!(
+        text.contains("tag:k8s-ns-db:5432") && text.contains("group:ops"),
+        "{text}"
+    );
+    assert!(!text.contains("tag:k8s-ns-db:22"), "{text}");
+    let merged: serde_json::Value =
+        serde_json::from_str(&meshscale_policy::hujson_to_json(&text).expect("hujson"))
+            .expect("json");
+    // The operator owns the injection and namespace tags.
+    for tag in ["tag:k8s", "tag:k8s-ns-web", "tag:k8s-ns-db"] {
+        assert_eq!(merged["tagOwners"][tag], json!(["k8s@"]), "{tag}: {text}");
+    }
+
     // The key never shows up in a log.
     assert!(
         !operator.log().contains(&key_text),

@@ -39,6 +39,19 @@ pub use topology::{Topology, compile_report};
 /// The largest policy text accepted (1 MiB).
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
 
+/// HuJSON as plain JSON (comments and trailing commas removed, byte offsets
+/// kept), for tools that assemble a policy from several HuJSON documents,
+/// e.g. the Kubernetes operator merging MeshPolicy objects.
+pub fn hujson_to_json(text: &str) -> Result<String, PolicyError> {
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(PolicyError::TooLarge {
+            size: text.len(),
+            max: MAX_POLICY_BYTES,
+        });
+    }
+    hujson::to_json(text)
+}
+
 /// A parsed, structurally validated policy.
 #[derive(Debug, Clone)]
 pub struct Policy {

@@ -65,6 +65,10 @@ const PER_SESSION: Duration = Duration::from_micros(10);
 /// for; a quarter of a second keeps one change's propagation well under the
 /// 1 s a node may wait for it.
 const MAX_BURST_WINDOW: Duration = Duration::from_millis(250);
+/// The shortest time between two compilations of the policy outside the
+/// lock while its inputs keep changing (a join storm).
+const COMPILE_GAP: Duration = Duration::from_millis(500);
+
 /// A change arriving this soon after the previous batch went out means
 /// changes are coming in a burst.
 const BURST_GAP: Duration = Duration::from_millis(200);
@@ -165,8 +169,10 @@ struct State {
     /// Bumped by every such change: a compilation that ran outside the lock
     /// knows whether its inputs are still current.
     policy_gen: u64,
-    /// A compilation is running outside the lock.
+    /// A compilation is running outside the lock (or waiting to start).
     compiling: bool,
+    /// When the last compilation outside the lock finished.
+    last_compiled: Option<std::time::Instant>,
     /// The hub's tailnet settings, for a node's view of itself.
     tailnet: Option<Arc<Tailnet>>,
 }
@@ -760,26 +766,39 @@ fn schedule(state: &Arc<Mutex<State>>, st: &mut State) {
 /// closer than what is in force) and another compilation follows; when the
 /// policy itself was replaced meanwhile, the result is dropped.
 fn start_compile(state: &Arc<Mutex<State>>, st: &mut State) {
-    let Some(policy) = st.policy.clone() else {
-        return;
-    };
-    if !st.policy_dirty || st.compiling {
+    if st.policy.is_none() || !st.policy_dirty || st.compiling {
         return;
     }
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
     st.compiling = true;
-    let tailnet = access::policy_tailnet(st.members.values().map(|m| &m.record), &[]);
-    let generation = st.policy_gen;
+    // In a storm of joins every compilation sends every node a new filter;
+    // spacing them bounds that cost, a lone change never waits.
+    let wait = st
+        .last_compiled
+        .map_or(Duration::ZERO, |t| COMPILE_GAP.saturating_sub(t.elapsed()));
     let state = state.clone();
     rt.spawn(async move {
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let (policy, tailnet, generation) = {
+            let mut st = lock(&state);
+            let Some(policy) = st.policy.clone() else {
+                st.compiling = false;
+                return;
+            };
+            let tailnet = access::policy_tailnet(st.members.values().map(|m| &m.record), &[]);
+            (policy, tailnet, st.policy_gen)
+        };
         let started = std::time::Instant::now();
         let job = policy.clone();
         let fresh = tokio::task::spawn_blocking(move || access::compile(&job, &tailnet)).await;
         let compiled_in = started.elapsed();
         let mut st = lock(&state);
         st.compiling = false;
+        st.last_compiled = Some(std::time::Instant::now());
         let Ok(fresh) = fresh else {
             // Stays due: the next change tries again.
             tracing::error!("policy compilation failed; the previous one stays in force");

@@ -12,6 +12,7 @@ static CFG: LazyLock<InjectConfig> = LazyLock::new(|| InjectConfig {
         secret_prefix: "meshscale-authkey".into(),
         user: "k8s".into(),
         tags: vec!["tag:k8s".into()],
+        namespace_tag_prefix: "tag:k8s-ns-".into(),
         expiration: "30d".into(),
         rotate_before: "7d".into(),
     },

@@ -42,6 +42,7 @@ pub(super) fn keys() -> KeyDefaults {
         secret_prefix: "meshscale-authkey".into(),
         user: "k8s".into(),
         tags: vec!["tag:k8s".into()],
+        namespace_tag_prefix: "tag:k8s-ns-".into(),
         expiration: "30d".into(),
         rotate_before: "7d".into(),
     }
@@ -86,6 +87,7 @@ async fn controller_run_reconciles_through_tls_watches_bookmarks_and_a_410_relis
         Arc::clone(&ctx),
         Duration::from_secs(1),
         Arc::new(keys()),
+        false,
     ));
     let users: Api<MeshUser> = Api::all(client.clone());
     users
@@ -317,6 +319,7 @@ async fn deleting_a_key_secret_under_the_running_controller_replaces_and_expires
         Arc::clone(&ctx),
         Duration::from_secs(1),
         Arc::new(keys()),
+        false,
     ));
     let paks: Api<crate::crd::PreAuthKey> = Api::namespaced(client.clone(), "apps");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "apps");

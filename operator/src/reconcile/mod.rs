@@ -4,6 +4,7 @@
 pub mod nodes;
 pub mod pak;
 pub mod pods;
+pub mod policy;
 pub mod user;
 
 use std::time::Duration;

@@ -56,6 +56,7 @@ pub fn status_of(node: &Node, pods: &HashMap<String, String>) -> MeshNodeStatus 
             .map(|u| u.name.clone())
             .unwrap_or_default(),
         addresses: node.ip_addresses.clone(),
+        tags: node.tags.clone(),
         online: node.online,
         last_seen: ts(&node.last_seen),
         expiry: ts(&node.expiry),

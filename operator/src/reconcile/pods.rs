@@ -156,10 +156,10 @@ pub async fn ensure_injection_key<A: Admin, K: Kube>(
     defaults: &KeyDefaults,
     ctx: &Ctx<A, K>,
 ) -> Result<Option<String>, ReconcileError> {
-    let Ok(key) = key_for(pod, defaults) else {
+    let ns = pod.namespace().unwrap_or_default();
+    let Ok(key) = key_for(pod, &ns, defaults) else {
         return Ok(None);
     };
-    let ns = pod.namespace().unwrap_or_default();
     if ctx
         .kube
         .ensure_pre_auth_key(&ns, &key.name, spec_for(&key, defaults))

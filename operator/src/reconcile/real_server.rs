@@ -89,7 +89,8 @@ impl RealServer {
             "server_url: https://{http}\nlisten_addr: {http}\nmetrics_listen_addr: 127.0.0.1:{metrics}\n\
              grpc_listen_addr: {grpc}\ntls_cert_path: {d}/tls.crt\ntls_key_path: {d}/tls.key\n\
              data_dir: {d}/data\nunix_socket: {d}/run/meshscale.sock\n\
-             derp:\n  server:\n    enabled: false\ndatabase:\n  type: sqlite\n",
+             derp:\n  server:\n    enabled: false\ndatabase:\n  type: sqlite\n\
+             policy:\n  mode: database\n",
             metrics = free_port(),
             d = dir.path().display(),
         );
@@ -438,6 +439,7 @@ async fn real_server_injection_key_is_reusable_ephemeral_tagged_and_rotated_befo
         secret_prefix: "meshscale-authkey".into(),
         user: "k8s".into(),
         tags: vec!["tag:k8s".into()],
+        namespace_tag_prefix: "tag:k8s-ns-".into(),
         expiration: "1h".into(),
         rotate_before: "59m59s".into(),
     };
@@ -464,7 +466,10 @@ async fn real_server_injection_key_is_reusable_ephemeral_tagged_and_rotated_befo
     let keys = c.admin.list_pre_auth_keys(user_id).await.expect("list");
     assert_eq!(keys.len(), 1);
     assert!(keys[0].reusable && keys[0].ephemeral);
-    assert_eq!(keys[0].acl_tags, vec!["tag:k8s".to_string()]);
+    assert_eq!(
+        keys[0].acl_tags,
+        vec!["tag:k8s".to_string(), "tag:k8s-ns-apps".to_string()]
+    );
 
     tokio::time::sleep(Duration::from_millis(1200)).await;
     pak::reconcile(&p, &c).await.expect("rotate");
@@ -473,4 +478,156 @@ async fn real_server_injection_key_is_reusable_ephemeral_tagged_and_rotated_befo
     assert_eq!(c.kube.reasons(), vec!["KeyIssued", "KeyRotated"]);
     let keys = c.admin.list_pre_auth_keys(user_id).await.expect("list");
     assert_eq!(keys.len(), 2);
+}
+
+/// The operator's policy pass against a real server in database mode: the
+/// merge is what GetPolicy returns, the tags it declares owners for pass the
+/// server's own ownership check, and refusals leave the policy in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_server_policy_merges_meshpolicies_and_owns_the_namespace_tags() {
+    use crate::crd::{ClusterMeshPolicy, MeshPolicy};
+    use crate::reconcile::policy::{self, ACCEPTED};
+
+    let s = RealServer::start().await;
+    let c = Ctx::new(s.admin().await, FakeKube::default());
+    let d = crate::injectkey::KeyDefaults {
+        secret_prefix: "meshscale-authkey".into(),
+        user: "k8s".into(),
+        tags: vec!["tag:k8s".into()],
+        namespace_tag_prefix: "tag:k8s-ns-".into(),
+        expiration: "1h".into(),
+        rotate_before: "30m".into(),
+    };
+    let obj = |v: Value| v;
+    {
+        let mut st = c.kube.state.lock().unwrap();
+        st.namespaces = vec!["web".into(), "db".into()];
+        let cmp: ClusterMeshPolicy = serde_json::from_value(obj(json!({
+            "apiVersion": "meshscale.dev/v1alpha1", "kind": "ClusterMeshPolicy",
+            "metadata": {"name": "base", "generation": 1},
+            "spec": {"groups": {"group:ops": ["ops@"]},
+                     "acls": [{"action": "accept", "src": ["group:ops"], "dst": ["*:*"]}]}
+        })))
+        .unwrap();
+        st.cluster_policies.insert("base".into(), cmp);
+        for (ns, name, dst) in [
+            ("db", "db", "tag:k8s-ns-db:5432"),
+            ("web", "web", "tag:k8s-ns-web:80"),
+            ("web", "grab", "tag:k8s-ns-db:22"),
+        ] {
+            let mp: MeshPolicy = serde_json::from_value(json!({
+                "apiVersion": "meshscale.dev/v1alpha1", "kind": "MeshPolicy",
+                "metadata": {"name": name, "namespace": ns, "generation": 2},
+                "spec": {"acls": [{"action": "accept", "src": ["tag:k8s-ns-web"], "dst": [dst]}]}
+            }))
+            .unwrap();
+            st.mesh_policies.insert(format!("{ns}/{name}"), mp);
+        }
+    }
+    let r = policy::sync(&c, &d).await.expect("sync");
+    assert!(
+        r.set,
+        "{:?}\n{}",
+        c.kube.state.lock().unwrap().cluster_policies["base"].status,
+        s.log()
+    );
+    assert_eq!((r.accepted, r.refused), (3, 1));
+
+    // What the server holds is the merge.
+    let text = c.admin.get_policy().await.expect("get");
+    let got: Value =
+        serde_json::from_str(&meshscale_policy::hujson_to_json(&text).unwrap()).unwrap();
+    let dsts: Vec<&str> = got["acls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["dst"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(dsts, ["*:*", "tag:k8s-ns-db:5432", "tag:k8s-ns-web:80"]);
+    assert_eq!(got["tagOwners"]["tag:k8s-ns-db"], json!(["k8s@"]));
+    {
+        let st = c.kube.state.lock().unwrap();
+        let cond = |p: &Option<crate::crd::MeshPolicyStatus>| {
+            let c = p
+                .as_ref()
+                .unwrap()
+                .conditions
+                .iter()
+                .find(|c| c.type_ == ACCEPTED)
+                .unwrap();
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        assert_eq!(cond(&st.mesh_policies["db/db"].status).0, "True");
+        let (status, reason, msg) = cond(&st.mesh_policies["web/grab"].status);
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "Refused"));
+        assert!(
+            msg.contains("tag:k8s-ns-db:22") && msg.contains("outside"),
+            "{msg}"
+        );
+    }
+
+    // The server's tag check passes for the injection user and no one else.
+    s.ok(&["users", "create", "k8s"]).await;
+    s.ok(&["users", "create", "eve"]).await;
+    s.add_node("k8s", "pod-a-web").await;
+    s.add_node("eve", "laptop").await;
+    let nodes = s.json(&["nodes", "list"]).await;
+    let id_of = |host: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == host || n["given_name"] == host || n["givenName"] == host)
+            .and_then(|n| n["id"].as_u64().or_else(|| n["id"].as_str()?.parse().ok()))
+            .unwrap_or_else(|| panic!("{host} in {nodes}"))
+            .to_string()
+    };
+    s.ok(&[
+        "nodes",
+        "tag",
+        "-i",
+        &id_of("pod-a-web"),
+        "-t",
+        "tag:k8s,tag:k8s-ns-web",
+    ])
+    .await;
+    let out = s
+        .cli(&[
+            "nodes",
+            "tag",
+            "-i",
+            &id_of("laptop"),
+            "-t",
+            "tag:k8s-ns-web",
+        ])
+        .await;
+    assert!(!out.status.success(), "eve may not take a namespace tag");
+
+    // A policy the server refuses (its own test fails): nothing changes.
+    {
+        let mut st = c.kube.state.lock().unwrap();
+        let mp: MeshPolicy = serde_json::from_value(json!({
+            "apiVersion": "meshscale.dev/v1alpha1", "kind": "MeshPolicy",
+            "metadata": {"name": "web", "namespace": "web", "generation": 3},
+            "spec": {"acls": [{"action": "accept", "src": ["tag:k8s-ns-web"], "dst": ["tag:k8s-ns-web:80"]}],
+                     "tests": [{"src": "tag:k8s-ns-db", "accept": ["tag:k8s-ns-web:80"]}]}
+        }))
+        .unwrap();
+        st.mesh_policies.insert("web/web".into(), mp);
+    }
+    policy::sync(&c, &d).await.expect("sync");
+    assert_eq!(c.admin.get_policy().await.expect("get"), text);
+    let st = c.kube.state.lock().unwrap();
+    let status = st.mesh_policies["web/web"].status.as_ref().unwrap();
+    let cond = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ACCEPTED)
+        .unwrap();
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("False", "ServerRefused")
+    );
+    assert_eq!(status.observed_generation, Some(3));
+    assert!(cond.message.contains("test"), "{}", cond.message);
 }

@@ -491,6 +491,14 @@ async fn meshnodes_mirror_the_node_table_both_ways() {
     with_user(&c, "alice").await;
     let a = c.admin.add_node("alice", "web-7f9c-abcde-apps");
     let b = c.admin.add_node("alice", "laptop");
+    c.admin
+        .state
+        .lock()
+        .unwrap()
+        .nodes
+        .get_mut(&a)
+        .unwrap()
+        .tags = vec!["tag:k8s".into(), "tag:k8s-ns-apps".into()];
     // Keyed by the sidecar's hostname, `<pod>-<namespace>`.
     let pods = std::collections::HashMap::from([(
         "web-7f9c-abcde-apps".to_string(),
@@ -505,6 +513,8 @@ async fn meshnodes_mirror_the_node_table_both_ways() {
         assert_eq!(st.hostname, "web-7f9c-abcde-apps");
         assert_eq!(st.user, "alice");
         assert_eq!(st.pod.as_deref(), Some("apps/web-7f9c-abcde"));
+        // The node's identity in the policy, shown by `kubectl get meshnodes`.
+        assert_eq!(st.tags, ["tag:k8s", "tag:k8s-ns-apps"]);
     }
     // Unchanged: nothing to write.
     assert_eq!(
@@ -689,12 +699,28 @@ async fn an_injected_pod_gets_its_namespace_key_once_and_user_pods_their_own() {
         .await
         .unwrap();
     assert_eq!(bad, None);
+    // A key made before namespace tags existed gets them (and is then reissued).
+    c.kube
+        .state
+        .lock()
+        .unwrap()
+        .paks
+        .get_mut("apps/meshscale-authkey")
+        .unwrap()
+        .tags = vec![Tag("tag:k8s".into())];
+    pods::ensure_injection_key(&pod("e", json!({})), &d, &c)
+        .await
+        .unwrap();
     let s = c.kube.state.lock().unwrap();
     assert_eq!(s.paks.len(), 2);
     let spec = &s.paks["apps/meshscale-authkey"];
     assert!(spec.reusable && spec.ephemeral);
     assert_eq!(spec.user, "k8s");
     assert_eq!(spec.secret_name, "meshscale-authkey");
-    assert_eq!(spec.tags, vec![Tag("tag:k8s".into())]);
+    // Every pod of the namespace carries its namespace tag too.
+    assert_eq!(
+        spec.tags,
+        vec![Tag("tag:k8s".into()), Tag("tag:k8s-ns-apps".into())]
+    );
     assert_eq!(s.paks[&format!("apps/{team}")].user, "team-a");
 }

@@ -4,7 +4,7 @@ use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
-use crate::injectkey::{AnnotationError, KeyDefaults, key_for};
+use crate::injectkey::{ANN_TAGS, AnnotationError, KeyDefaults, key_for};
 
 pub const SIDECAR_NAME: &str = "meshscale-sidecar";
 pub const ANN_INJECT: &str = "meshscale.dev/inject";
@@ -233,8 +233,37 @@ fn ca_volume(ca: &CaSource) -> Value {
 
 /// The patch for a pod `verdict` said yes to.
 /// Fails only on bad `meshscale.dev/user`/`meshscale.dev/tags` annotations.
-pub fn patch(pod: &Pod, cfg: &InjectConfig) -> Result<Patch, AnnotationError> {
-    let key = key_for(pod, &cfg.keys)?;
+pub fn patch(pod: &Pod, namespace: &str, cfg: &InjectConfig) -> Result<Patch, AnnotationError> {
+    // The namespace's `meshscale.dev/tags` are written onto the pod, so the
+    // operator's pod watch, which sees only the pod, picks the same key.
+    let annotations_before = pod.metadata.annotations.is_some();
+    let ns_tags = cfg.pod_security.namespace_tags(namespace);
+    let pod_tags = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANN_TAGS))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    let merged_tags = match (&ns_tags, &pod_tags) {
+        (Some(n), Some(p)) => Some(format!("{p},{n}")),
+        (Some(n), None) => Some(n.clone()),
+        _ => None,
+    };
+    let tagged;
+    let pod = match &merged_tags {
+        Some(t) => {
+            let mut p = pod.clone();
+            p.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(ANN_TAGS.to_string(), t.clone());
+            tagged = p;
+            &tagged
+        }
+        None => pod,
+    };
+    let key = key_for(pod, namespace, &cfg.keys)?;
     let resources = resources(pod, cfg)?;
     let spec = pod.spec.as_ref();
     let mut ops = Vec::new();
@@ -265,16 +294,21 @@ pub fn patch(pod: &Pod, cfg: &InjectConfig) -> Result<Patch, AnnotationError> {
             json!([sidecar(cfg, &key.name, resources)]),
         ));
     }
-    if pod.metadata.annotations.is_some() {
+    if annotations_before {
         ops.push(add(
             &["metadata", "annotations", ANN_INJECTED],
             json!("true"),
         ));
+        if let Some(t) = merged_tags {
+            ops.push(add(&["metadata", "annotations", ANN_TAGS], json!(t)));
+        }
     } else {
-        ops.push(add(
-            &["metadata", "annotations"],
-            json!({ ANN_INJECTED: "true" }),
-        ));
+        let mut a = serde_json::Map::new();
+        a.insert(ANN_INJECTED.to_string(), json!("true"));
+        if let Some(t) = merged_tags {
+            a.insert(ANN_TAGS.to_string(), json!(t));
+        }
+        ops.push(add(&["metadata", "annotations"], Value::Object(a)));
     }
     Ok(Patch(ops))
 }
@@ -291,6 +325,7 @@ pub mod tests {
                 secret_prefix: "meshscale-authkey".into(),
                 user: "k8s".into(),
                 tags: vec!["tag:k8s".into()],
+                namespace_tag_prefix: "tag:k8s-ns-".into(),
                 expiration: "30d".into(),
                 rotate_before: "7d".into(),
             },
@@ -326,7 +361,7 @@ pub mod tests {
     fn annotated_pod_gets_a_native_sidecar_with_everything() {
         let p = annotated();
         assert_eq!(verdict(&p, "apps", false, &cfg()), Verdict::Inject);
-        let doc = apply(&p, &patch(&p, &cfg()).unwrap());
+        let doc = apply(&p, &patch(&p, "apps", &cfg()).unwrap());
         let init = &doc["spec"]["initContainers"][0];
         assert_eq!(init["name"], SIDECAR_NAME);
         assert_eq!(init["restartPolicy"], "Always");
@@ -367,6 +402,58 @@ pub mod tests {
     }
 
     #[test]
+    fn injected_pods_carry_their_namespace_tag_and_the_namespace_tags_annotation() {
+        let c = cfg();
+        let secret_of = |doc: &Value| {
+            doc["spec"]["initContainers"][0]["env"][2]["valueFrom"]["secretKeyRef"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        // A plain pod: the namespace's default key, which carries tag:k8s-ns-<ns>.
+        let p = annotated();
+        let doc = apply(&p, &patch(&p, "payments", &c).unwrap());
+        assert_eq!(secret_of(&doc), "meshscale-authkey");
+        let key = key_for(&pod(doc.clone()), "payments", &c.keys).unwrap();
+        assert_eq!(key.tags, ["tag:k8s", "tag:k8s-ns-payments"]);
+        assert!(doc["metadata"]["annotations"].get(ANN_TAGS).is_none());
+
+        // The namespace's `meshscale.dev/tags` is added to the pod's own, and
+        // written onto the pod so the pod watch picks the same key.
+        c.pod_security.set_tags("payments", Some("tag:pci"));
+        for (p, want) in [
+            (
+                annotated(),
+                vec!["tag:k8s", "tag:k8s-ns-payments", "tag:pci"],
+            ),
+            (
+                pod(json!({
+                    "metadata": {"name": "w", "annotations": {"meshscale.dev/inject": "true", ANN_TAGS: "tag:web"}},
+                    "spec": {"containers": [{"name": "app", "image": "nginx"}]}
+                })),
+                vec!["tag:k8s", "tag:k8s-ns-payments", "tag:pci", "tag:web"],
+            ),
+            (
+                pod(json!({
+                    "metadata": {"name": "n", "labels": {"app": "x"}},
+                    "spec": {"containers": [{"name": "app", "image": "nginx"}]}
+                })),
+                vec!["tag:k8s", "tag:k8s-ns-payments", "tag:pci"],
+            ),
+        ] {
+            let doc = apply(&p, &patch(&p, "payments", &c).unwrap());
+            let seen_by_watch = key_for(&pod(doc.clone()), "payments", &c.keys).unwrap();
+            assert_eq!(seen_by_watch.tags, want);
+            assert_eq!(secret_of(&doc), seen_by_watch.name);
+            assert_ne!(seen_by_watch.name, "meshscale-authkey");
+            assert_eq!(doc["metadata"]["annotations"][ANN_INJECTED], "true");
+        }
+        // Other namespaces are unaffected.
+        let doc = apply(&p, &patch(&p, "apps", &c).unwrap());
+        assert_eq!(secret_of(&doc), "meshscale-authkey");
+    }
+
+    #[test]
     fn existing_volumes_and_init_containers_are_kept() {
         let p = pod(json!({
             "metadata": {"name": "x", "annotations": {"meshscale.dev/inject": "true"}},
@@ -376,7 +463,7 @@ pub mod tests {
                 "containers": [{"name": "app", "image": "a"}]
             }
         }));
-        let doc = apply(&p, &patch(&p, &cfg()).unwrap());
+        let doc = apply(&p, &patch(&p, "apps", &cfg()).unwrap());
         let init = doc["spec"]["initContainers"].as_array().unwrap();
         assert_eq!(init.len(), 2);
         assert_eq!(init[0]["name"], SIDECAR_NAME);
@@ -424,7 +511,7 @@ pub mod tests {
         let c = cfg();
         let plain = pod(json!({"spec": {"containers": [{"name": "a"}]}}));
         assert_eq!(verdict(&plain, "apps", true, &c), Verdict::Inject);
-        let doc = apply(&plain, &patch(&plain, &c).unwrap());
+        let doc = apply(&plain, &patch(&plain, "apps", &c).unwrap());
         let injected: Pod = serde_json::from_value(doc).unwrap();
         assert_eq!(
             verdict(&injected, "apps", true, &c),
@@ -444,7 +531,7 @@ pub mod tests {
                 "meshscale.dev/inject": "true", "meshscale.dev/user": "team-a"}},
             "spec": {"containers": [{"name": "app", "image": "a"}]}
         }));
-        let doc = apply(&p, &patch(&p, &c).unwrap());
+        let doc = apply(&p, &patch(&p, "apps", &c).unwrap());
         let init = &doc["spec"]["initContainers"][0];
         let secret = init["env"][2]["valueFrom"]["secretKeyRef"]["name"]
             .as_str()
@@ -470,7 +557,7 @@ pub mod tests {
         // Still a valid Pod.
         let _: Pod = serde_json::from_value(doc).unwrap();
         // Without a CA source nothing CA-related is added.
-        let doc = apply(&p, &patch(&p, &cfg()).unwrap());
+        let doc = apply(&p, &patch(&p, "apps", &cfg()).unwrap());
         assert!(!doc.to_string().contains("--ca-file"));
     }
 
@@ -478,7 +565,7 @@ pub mod tests {
     fn sidecar_resources_come_from_config_and_annotations() {
         // Defaults: requests only.
         let p = annotated();
-        let doc = apply(&p, &patch(&p, &cfg()).unwrap());
+        let doc = apply(&p, &patch(&p, "apps", &cfg()).unwrap());
         let res = &doc["spec"]["initContainers"][0]["resources"];
         assert_eq!(res, &json!({"requests": {"cpu": "10m", "memory": "32Mi"}}));
 
@@ -493,7 +580,7 @@ pub mod tests {
                 "meshscale.dev/memory": "1.5Gi"}},
             "spec": {"containers": [{"name": "app", "image": "a"}]}
         }));
-        let doc = apply(&p, &patch(&p, &c).unwrap());
+        let doc = apply(&p, &patch(&p, "apps", &c).unwrap());
         let res = &doc["spec"]["initContainers"][0]["resources"];
         assert_eq!(
             res,
@@ -515,7 +602,7 @@ pub mod tests {
                     "meshscale.dev/inject": "true", "meshscale.dev/memory": bad}},
                 "spec": {"containers": [{"name": "app", "image": "a"}]}
             }));
-            let err = patch(&p, &cfg()).unwrap_err().to_string();
+            let err = patch(&p, "apps", &cfg()).unwrap_err().to_string();
             assert!(err.contains("meshscale.dev/memory"), "{bad}: {err}");
         }
         for good in ["1", "100m", "0.5", ".5", "64Mi", "1G", "2e3", "1E6"] {
@@ -530,6 +617,6 @@ pub mod tests {
                 "meshscale.dev/inject": "true", "meshscale.dev/user": "Not/A/User"}},
             "spec": {"containers": [{"name": "app", "image": "a"}]}
         }));
-        assert!(patch(&p, &cfg()).is_err());
+        assert!(patch(&p, "apps", &cfg()).is_err());
     }
 }

@@ -16,6 +16,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::injectkey::ANN_TAGS;
 use crate::kubeops::{Kube, Note};
 
 pub const LABEL_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
@@ -37,6 +38,9 @@ pub struct Skipped {
 #[derive(Debug, Clone, Default)]
 pub struct PodSecurity {
     levels: Arc<RwLock<HashMap<String, String>>>,
+    /// Namespace → its `meshscale.dev/tags` annotation, given to every pod
+    /// injected there (kept here because the same watch sees it).
+    tags: Arc<RwLock<HashMap<String, String>>>,
     report: Option<mpsc::Sender<Skipped>>,
 }
 
@@ -44,6 +48,7 @@ impl PodSecurity {
     pub fn with_reports(report: mpsc::Sender<Skipped>) -> Self {
         Self {
             levels: Arc::default(),
+            tags: Arc::default(),
             report: Some(report),
         }
     }
@@ -61,8 +66,24 @@ impl PodSecurity {
         }
     }
 
+    pub fn namespace_tags(&self, namespace: &str) -> Option<String> {
+        self.tags.read().ok()?.get(namespace).cloned()
+    }
+
+    pub fn set_tags(&self, namespace: &str, tags: Option<&str>) {
+        if let Ok(mut m) = self.tags.write() {
+            match tags.map(str::trim).filter(|t| !t.is_empty()) {
+                Some(t) => m.insert(namespace.to_string(), t.to_string()),
+                None => m.remove(namespace),
+            };
+        }
+    }
+
     fn clear(&self) {
         if let Ok(mut m) = self.levels.write() {
+            m.clear();
+        }
+        if let Ok(mut m) = self.tags.write() {
             m.clear();
         }
     }
@@ -88,11 +109,18 @@ pub async fn watch_namespaces(client: Client, ps: PodSecurity) {
                         &ns.name_any(),
                         ns.labels().get(LABEL_ENFORCE).map(String::as_str),
                     );
+                    ps.set_tags(
+                        &ns.name_any(),
+                        ns.annotations().get(ANN_TAGS).map(String::as_str),
+                    );
                 };
                 match ev {
                     Ok(watcher::Event::Init) => ps.clear(),
                     Ok(watcher::Event::InitApply(ns) | watcher::Event::Apply(ns)) => set(&ns),
-                    Ok(watcher::Event::Delete(ns)) => ps.set(&ns.name_any(), None),
+                    Ok(watcher::Event::Delete(ns)) => {
+                        ps.set(&ns.name_any(), None);
+                        ps.set_tags(&ns.name_any(), None);
+                    }
                     Ok(watcher::Event::InitDone) => {}
                     Err(e) => warn!(error = %e, "namespace watch error"),
                 }

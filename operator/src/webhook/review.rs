@@ -96,7 +96,7 @@ fn respond(
             r.warnings = Some(vec![podsecurity::warning(&level)]);
             r.into_review()
         }
-        Verdict::Inject => match patch(pod, cfg) {
+        Verdict::Inject => match patch(pod, ns, cfg) {
             // The pod asked for the mesh with annotations we cannot honour:
             // refusing says why, where admitting it silently would not.
             Err(e) => {
