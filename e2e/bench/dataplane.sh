@@ -21,6 +21,10 @@
 #   BENCH_SECONDS         seconds per iperf3 TCP run (default 10)
 #   BENCH_RUNS            runs per TCP figure, median taken (default 3)
 #   BENCH_SYSTEMS         subset, e.g. "wireguard-go meshscale-sidecar"
+#   BENCH_STARTS          fresh starts of node B measured for `up` to first
+#                         packet, median reported (default 5)
+#   BENCH_START_ONLY=1    measure only `up` to first packet (no iperf3, ping,
+#                         CPU or RSS figures: those stay null)
 #   KEEP=1                keep the work directory (logs, raw iperf3 JSON)
 set -euo pipefail
 
@@ -28,6 +32,8 @@ OUT=${1:-/var/tmp/meshscale-bench/latest}
 SECS=${BENCH_SECONDS:-10}
 RUNS=${BENCH_RUNS:-3}
 SYSTEMS=${BENCH_SYSTEMS:-veth wireguard-go tailscaled meshscale-sidecar}
+STARTS=${BENCH_STARTS:-5}
+START_ONLY=${BENCH_START_ONLY:-0}
 UDP_SECS=5
 LOAD_SECS=6
 # 300 pings 10 ms apart: enough samples for a p99 in 3 s.
@@ -51,6 +57,7 @@ log() { printf '[dataplane %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 [[ $(id -u) -eq 0 ]] || die "needs root (network namespaces, TUN devices)"
 [[ $SECS =~ ^[0-9]+$ && $SECS -ge 1 ]] || die "BENCH_SECONDS must be a positive integer"
 [[ $RUNS =~ ^[0-9]+$ && $RUNS -ge 1 ]] || die "BENCH_RUNS must be a positive integer"
+[[ $STARTS =~ ^[0-9]+$ && $STARTS -ge 1 ]] || die "BENCH_STARTS must be a positive integer"
 for s in $SYSTEMS; do
   case $s in veth | wireguard-go | tailscaled | meshscale-sidecar) ;; *) die "unknown system in BENCH_SYSTEMS: $s" ;; esac
 done
@@ -236,6 +243,17 @@ measure() {
   local sys=$1 target=$2 up_ms=$3
   local dir=$WORK/$sys
   mkdir -p "$dir"
+  local up_runs=null
+  ((${#START_MS[@]})) && up_runs=$(printf '%s\n' "${START_MS[@]}" | jq -s -c .)
+  if [[ $START_ONLY == 1 ]]; then
+    jq -n --argjson up "$up_ms" --argjson runs "$up_runs" \
+      '{tcp1_fwd_mbps: null, tcp1_rev_mbps: null, tcp4_fwd_mbps: null, tcp4_rev_mbps: null,
+        tcp_runs: {}, udp_pps: null, udp_mbps: null, udp_loss_pct: null,
+        lat_idle_p50_ms: null, lat_idle_p99_ms: null, lat_load_p50_ms: null, lat_load_p99_ms: null,
+        cpu_s_per_gb: null, rss_idle_kib: null, rss_load_kib: null,
+        up_to_first_packet_ms: $up, up_to_first_packet_runs_ms: $runs}' >"$WORK/$sys.json"
+    return
+  fi
   ip netns exec "$NS_A" iperf3 -s -p 5201 >"$dir/iperf3-server.log" 2>&1 &
   PIDS[iperf3]=$!
   wait_for 10 "iperf3 -s" B bash -c "exec 3<>/dev/tcp/$target/5201"
@@ -323,9 +341,11 @@ measure() {
     --argjson udp_pps "$udp_pps" --argjson udp_mbps "$udp_mbps" --argjson udp_loss "$udp_loss" \
     --argjson i50 "$idle50" --argjson i99 "$idle99" --argjson l50 "$load50" --argjson l99 "$load99" \
     --argjson cpu "$cpu_per_gb" --argjson ri "$rss_idle" --argjson rl "$rss_load" --argjson up "$up_ms" \
+    --argjson up_runs "$up_runs" \
     '$med + {tcp_runs: $runs, udp_pps: $udp_pps, udp_mbps: $udp_mbps, udp_loss_pct: $udp_loss,
       lat_idle_p50_ms: $i50, lat_idle_p99_ms: $i99, lat_load_p50_ms: $l50, lat_load_p99_ms: $l99,
-      cpu_s_per_gb: $cpu, rss_idle_kib: $ri, rss_load_kib: $rl, up_to_first_packet_ms: $up}' \
+      cpu_s_per_gb: $cpu, rss_idle_kib: $ri, rss_load_kib: $rl, up_to_first_packet_ms: $up,
+      up_to_first_packet_runs_ms: $up_runs}' \
     >"$WORK/$sys.json"
 }
 
@@ -344,6 +364,7 @@ first_packet() {
 # -------------------------------------------------------------- systems
 run_veth() {
   AGENTS=()
+  START_MS=()
   measure veth "$IP_A" null
   stop_all_agents
 }
@@ -358,6 +379,7 @@ run_wireguard_go() {
     chmod 600 "$WORK/wg-$side.key"
   done
   AGENTS=()
+  START_MS=()
   # One interface name per side: wireguard-go's control socket lives in
   # /var/run/wireguard/<name>.sock, which both namespaces share.
   for side in a b; do
@@ -416,17 +438,27 @@ run_tailscaled() {
   ts_up a "$NS_A"
   local ip_a
   ip_a=$(ts_cli "$NS_A" "$WORK/ts-a" ip -4)
-  ts_start b "$NS_B"
-  local t0 up_ms
-  t0=$(now_ms)
-  ts_up b "$NS_B"
-  first_packet "$NS_B" "$ip_a" 30 || die "tailscaled: no packet across within 30 s of up"
-  up_ms=$(($(now_ms) - t0))
-  log "tailscaled: first packet ${up_ms} ms after up"
-  wait_for 30 "tailscaled's direct path" bash -c \
-    "$(declare -f ts_cli ts_env); WORK=$WORK CA=$CA PATH=$PATH TAILSCALE=$TAILSCALE; \
-     ts_cli $NS_B $WORK/ts-b ping -c 1 --timeout=1s $ip_a | grep -q 'via $IP_A'"
-  measure tailscaled "$ip_a" "$up_ms"
+  # Each start a new node B (fresh state), as a new pod is; the last one
+  # stays for the other figures.
+  local t0 i side=
+  START_MS=()
+  for ((i = 1; i <= STARTS; i++)); do
+    [[ -n $side ]] && stop_bg "ts-$side"
+    side=b$i
+    ts_start "$side" "$NS_B"
+    t0=$(now_ms)
+    ts_up "$side" "$NS_B"
+    first_packet "$NS_B" "$ip_a" 30 || die "tailscaled: no packet across within 30 s of up"
+    START_MS+=($(($(now_ms) - t0)))
+    log "tailscaled: first packet ${START_MS[-1]} ms after up (start $i/$STARTS)"
+  done
+  AGENTS=("${PIDS[ts-a]}" "${PIDS[ts-$side]}")
+  if [[ $START_ONLY != 1 ]]; then
+    wait_for 30 "tailscaled's direct path" bash -c \
+      "$(declare -f ts_cli ts_env); WORK=$WORK CA=$CA PATH=$PATH TAILSCALE=$TAILSCALE; \
+       ts_cli $NS_B $WORK/ts-$side ping -c 1 --timeout=1s $ip_a | grep -q 'via $IP_A'"
+  fi
+  measure tailscaled "$ip_a" "$(printf '%s\n' "${START_MS[@]}" | median)"
   stop_all_agents
 }
 
@@ -447,17 +479,27 @@ run_sidecar() {
   sc_start a "$NS_A"
   wait_for 30 "sidecar a's tunnel (see $WORK/sc-a/sidecar.log)" \
     bash -c "ip netns exec $NS_A $SIDECAR --state-dir $WORK/sc-a ip -4 | grep -q '^100\.'"
-  local ip_a t0 up_ms
+  local ip_a t0 i side=
   ip_a=$(sc_cli "$NS_A" "$WORK/sc-a" ip -4)
-  t0=$(now_ms)
-  sc_start b "$NS_B"
-  first_packet "$NS_B" "$ip_a" 30 || die "sidecar: no packet across within 30 s of up (see $WORK/sc-b/sidecar.log)"
-  up_ms=$(($(now_ms) - t0))
-  log "meshscale-sidecar: first packet ${up_ms} ms after up"
-  wait_for 30 "the sidecar's direct path" bash -c \
-    "ip netns exec $NS_B ping -c 1 -W 1 $ip_a >/dev/null; \
-     ip netns exec $NS_B $SIDECAR --state-dir $WORK/sc-b status --json | jq -e '.peers[] | select(.name == \"sc-a\") | .path | startswith(\"direct\")'"
-  measure meshscale-sidecar "$ip_a" "$up_ms"
+  # As for tailscaled: each start a new node B, the last one kept.
+  START_MS=()
+  for ((i = 1; i <= STARTS; i++)); do
+    [[ -n $side ]] && stop_bg "sc-$side"
+    side=b$i
+    t0=$(now_ms)
+    sc_start "$side" "$NS_B"
+    first_packet "$NS_B" "$ip_a" 30 ||
+      die "sidecar: no packet across within 30 s of up (see $WORK/sc-$side/sidecar.log)"
+    START_MS+=($(($(now_ms) - t0)))
+    log "meshscale-sidecar: first packet ${START_MS[-1]} ms after up (start $i/$STARTS)"
+  done
+  AGENTS=("${PIDS[sc-a]}" "${PIDS[sc-$side]}")
+  if [[ $START_ONLY != 1 ]]; then
+    wait_for 30 "the sidecar's direct path" bash -c \
+      "ip netns exec $NS_B ping -c 1 -W 1 $ip_a >/dev/null; \
+       ip netns exec $NS_B $SIDECAR --state-dir $WORK/sc-$side status --json | jq -e '.peers[] | select(.name == \"sc-a\") | .path | startswith(\"direct\")'"
+  fi
+  measure meshscale-sidecar "$ip_a" "$(printf '%s\n' "${START_MS[@]}" | median)"
   stop_all_agents
 }
 
@@ -501,7 +543,8 @@ for sys in $SYSTEMS; do
     jq -n '{tcp1_fwd_mbps: null, tcp1_rev_mbps: null, tcp4_fwd_mbps: null, tcp4_rev_mbps: null,
       tcp_runs: {}, udp_pps: null, udp_mbps: null, udp_loss_pct: null,
       lat_idle_p50_ms: null, lat_idle_p99_ms: null, lat_load_p50_ms: null, lat_load_p99_ms: null,
-      cpu_s_per_gb: null, rss_idle_kib: null, rss_load_kib: null, up_to_first_packet_ms: null}' >"$WORK/$sys.json"
+      cpu_s_per_gb: null, rss_idle_kib: null, rss_load_kib: null, up_to_first_packet_ms: null,
+      up_to_first_packet_runs_ms: null}' >"$WORK/$sys.json"
   fi
 done
 stop_bg server
@@ -525,7 +568,7 @@ notes=(
   "Latency: ping -i 0.01, ${PINGS} samples, nearest-rank p50/p99; under load = while one iperf3 TCP stream runs; lost pings are not counted."
   "cpu_s_per_gb: utime+stime of both agents over all TCP runs, per GB received by iperf3 (null for veth: kernel only)."
   "rss_*_kib: the larger of the two agents' VmRSS; idle after the path is up, load = peak sampled every 0.5 s during the load run."
-  "up_to_first_packet_ms: from starting node B (tailscale up, with its tailscaled already running; meshscale-sidecar up) to the first ping reply from node A's mesh address."
+  "up_to_first_packet_ms: from starting node B (tailscale up, with its tailscaled already running; meshscale-sidecar up) to the first ping reply from node A's mesh address; median of ${STARTS} starts, each a new node B with fresh state (up_to_first_packet_runs_ms: every start, in order)."
 )
 notes_json=$(printf '%s\n' "${notes[@]}" "${FAILED_NOTES[@]}" | jq -R 'select(length > 0)' | jq -s -c .)
 jq -n \

@@ -30,6 +30,8 @@ pub enum ControlError {
     LoggedOut(String),
     #[error("map stream ended")]
     StreamEnded,
+    #[error("control task failed: {0}")]
+    Task(String),
 }
 
 impl ControlError {
@@ -132,6 +134,8 @@ pub async fn run(
 ) -> Result<(), ControlError> {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut registered = false;
+    // Keys made by this start, not yet sent to any server.
+    let mut unsent = id.fresh;
     loop {
         match session(
             &cfg,
@@ -139,7 +143,7 @@ pub async fn run(
             &disco,
             &netmap_tx,
             &mut local,
-            &mut registered,
+            (&mut registered, &mut unsent),
             &mut backoff,
         )
         .await
@@ -155,29 +159,38 @@ pub async fn run(
     }
 }
 
+/// `unsent`: the keys were made by this start and never sent to a server.
 async fn register(
     client: &ControlClient,
     cfg: &ControlConfig,
     id: &Identity,
     hi: Hostinfo,
+    unsent: bool,
 ) -> Result<(), ControlError> {
     // "I'm back" first: a restart must not spend a single-use key, and the
-    // server already knows a node key it registered.
-    let mut req = requests::register_plain(id.node.public(), hi.clone());
-    req.ephemeral = cfg.ephemeral;
-    let resp = client.register(req).await?;
-    if resp.machine_authorized && !resp.node_key_expired && resp.error.is_empty() {
-        info!(user = %resp.user.display_name, "registered (known node)");
-        return Ok(());
-    }
-    let Some(key) = &cfg.auth_key else {
-        if !resp.auth_url.is_empty() {
-            return interactive(client, id, hi, resp.auth_url).await;
+    // server already knows a node key it registered. Keys no server has
+    // seen cannot be known: a new pod goes straight to its auth key, one
+    // round trip sooner. (After a failed attempt the server may have
+    // admitted the key with an answer that got lost: ask first again.)
+    let key = match &cfg.auth_key {
+        Some(key) if unsent => key,
+        auth_key => {
+            let mut req = requests::register_plain(id.node.public(), hi.clone());
+            req.ephemeral = cfg.ephemeral;
+            let resp = client.register(req).await?;
+            if resp.machine_authorized && !resp.node_key_expired && resp.error.is_empty() {
+                info!(user = %resp.user.display_name, "registered (known node)");
+                return Ok(());
+            }
+            match auth_key {
+                Some(key) => key,
+                None if !resp.auth_url.is_empty() => {
+                    return interactive(client, id, hi, resp.auth_url).await;
+                }
+                None if resp.node_key_expired => return Err(ControlError::Expired),
+                None => return Err(ControlError::Refused(resp.error)),
+            }
         }
-        if resp.node_key_expired {
-            return Err(ControlError::Expired);
-        }
-        return Err(ControlError::Refused(resp.error));
     };
     let mut req = requests::register_with_auth_key(id.node.public(), key, hi);
     req.ephemeral = cfg.ephemeral;
@@ -237,7 +250,7 @@ async fn session(
     disco: &DiscoKey,
     netmap_tx: &watch::Sender<Arc<NetMap>>,
     local: &mut watch::Receiver<LocalInfo>,
-    registered: &mut bool,
+    (registered, unsent): (&mut bool, &mut bool),
     backoff: &mut Backoff,
 ) -> Result<(), ControlError> {
     let opts = ConnectOptions {
@@ -247,7 +260,8 @@ async fn session(
     let client = ControlClient::connect(&cfg.server_url, &id.machine, opts).await?;
     let info = local.borrow_and_update().clone();
     if !*registered {
-        register(&client, cfg, id, hostinfo(cfg, &info)).await?;
+        let fresh = std::mem::replace(unsent, false);
+        register(&client, cfg, id, hostinfo(cfg, &info), fresh).await?;
         *registered = true;
     }
     let mut req = requests::map_stream(id.node.public(), disco.public(), hostinfo(cfg, &info));

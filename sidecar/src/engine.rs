@@ -6,7 +6,6 @@
 //! from one of its endpoints recently, else through DERP. WireGuard and
 //! disco share the UDP socket, told apart by the disco magic.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,15 +24,20 @@ use tracing::{debug, info, trace, warn};
 
 use crate::control::LocalInfo;
 use crate::derp::client::DerpTls;
-use crate::derp::{self, DerpEvent, DerpHandle, DerpTarget};
+use crate::derp::{DerpEvent, DerpHandle};
 use crate::disco::{self, Message, Ping, Pong};
+use crate::endpoints::{Endpoints, STUN_ROUND, StunOutcome};
+use crate::handshake::Handshakes;
 use crate::netmap::{self, NetMap};
 use crate::offload::{self, Coalescer, VNET_HDR_LEN};
-use crate::paths::{PeerPath, Via};
+use crate::paths::Via;
+use crate::peers::PeerTable;
+use crate::pings::{self, Pings};
+use crate::relays::Relays;
 use crate::stun;
 use crate::tun::{self, Tun};
 use crate::udp::{self, RecvBatch, SendBatch, Udp};
-use crate::wg::WgPeers;
+use crate::wg::{self, WgPeers};
 
 /// Room for a packet of the TUN MTU plus WireGuard overhead, and for any
 /// datagram the network hands us.
@@ -52,16 +56,8 @@ const ACTIVE_FOR: Duration = Duration::from_secs(45);
 /// Traffic to a peer without a direct path starts discovery at once, but
 /// at most this often.
 const PROBE_MIN_INTERVAL: Duration = Duration::from_secs(1);
-const MAX_PENDING_PINGS: usize = 4096;
-const PENDING_TTL: Duration = Duration::from_secs(10);
 /// magicsock's fake address for "via DERP" (`127.3.3.40:<region>`).
 const DERP_MAGIC_IP: Ipv4Addr = Ipv4Addr::new(127, 3, 3, 40);
-/// How often the STUN servers are asked for our reflexive address (a NAT
-/// mapping can change; Tailscale's netcheck runs every 20–26 s).
-const STUN_ROUND: Duration = Duration::from_secs(20);
-const MAX_STUN_PENDING: usize = 64;
-/// Relay sessions to peers' home regions beyond our own, at most.
-const MAX_EXTRA_DERP: usize = 8;
 /// Interface addresses reported as endpoints, at most (a host with many
 /// addresses would otherwise make every peer probe them all).
 const MAX_IFACE_ADDRS: usize = 8;
@@ -113,24 +109,6 @@ pub struct PingResult {
     pub latency_ms: f64,
 }
 
-struct PeerState {
-    node: Node,
-    /// The node's addresses: the only sources its packets may carry.
-    addrs: Vec<IpAddr>,
-    path: PeerPath,
-    tx_bytes: u64,
-    rx_bytes: u64,
-    last_activity: Option<Instant>,
-    last_probe: Option<Instant>,
-}
-
-struct PendingPing {
-    peer: NodePublic,
-    via: Via,
-    sent: Instant,
-    waiter: Option<u64>,
-}
-
 pub struct EngineConfig {
     pub tun_name: String,
     pub udp_port: u16,
@@ -149,42 +127,31 @@ pub struct Engine {
     /// WireGuard datagrams for direct paths, sent with one `sendmmsg`
     /// after each event.
     udp_out: SendBatch<NodePublic>,
-    udp_port: u16,
-    derp: Option<DerpHandle>,
-    derp_up: bool,
-    derp_tx: mpsc::Sender<DerpEvent>,
+    /// Our endpoint candidates and the STUN transactions in flight.
+    endpoints: Endpoints,
+    /// DERP sessions: home region and peers' regions.
+    relays: Relays,
     derp_rx: mpsc::Receiver<DerpEvent>,
-    tls: DerpTls,
     wg: WgPeers,
-    peers: HashMap<NodePublic, PeerState>,
-    by_ip: HashMap<IpAddr, NodePublic>,
-    by_disco: HashMap<[u8; 32], NodePublic>,
+    /// Peers with a handshake under way: fast resends of the initiation.
+    handshakes: Handshakes,
+    peers: PeerTable,
     netmap: watch::Receiver<Arc<NetMap>>,
     current: Arc<NetMap>,
     self_addrs: Vec<IpAddr>,
     local_tx: watch::Sender<LocalInfo>,
-    local_ip: Option<IpAddr>,
     control_host: String,
-    pending: HashMap<[u8; 12], PendingPing>,
-    waiters: HashMap<u64, (oneshot::Sender<Result<PingResult, String>>, Instant)>,
-    next_waiter: u64,
+    /// Disco pings in flight, and `ping` requests waiting for a pong.
+    pings: Pings<oneshot::Sender<Result<PingResult, String>>>,
     ready: Arc<AtomicBool>,
     out: Vec<u8>,
     /// TCP segments decrypted while handling one event, merged for the
     /// TUN (with offloads).
     to_tun: Coalescer,
-    /// Where to send STUN binding requests (the DERP map's STUN nodes).
-    stun_targets: Vec<SocketAddr>,
+    /// The DERP map's STUN servers, resolved off the engine task.
     stun_targets_tx: mpsc::Sender<Vec<SocketAddr>>,
     stun_targets_rx: mpsc::Receiver<Vec<SocketAddr>>,
-    stun_pending: HashMap<stun::TxId, Instant>,
-    /// Our reflexive addresses, with when they were last confirmed.
-    reflexive: Vec<(SocketAddr, Instant)>,
-    /// Sessions to the home regions of peers that live elsewhere.
-    extra_derp: HashMap<i64, DerpHandle>,
     logged_out: Option<String>,
-    /// Addresses of our interfaces (LAN endpoint candidates).
-    iface_addrs: Vec<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,48 +188,42 @@ impl Engine {
         let tls = TlsConfigs::new(cfg.extra_ca_pem.as_deref())
             .map_err(|e| EngineError::Tls(e.to_string()))?;
         let (derp_tx, derp_rx) = mpsc::channel(1024);
+        let relays = Relays::new(
+            node.clone(),
+            DerpTls {
+                verified: tls.strict,
+                insecure: tls.log_only,
+            },
+            derp_tx,
+        );
         let (stun_targets_tx, stun_targets_rx) = mpsc::channel(4);
         info!(tun = %cfg.tun_name, udp_port, ipv6 = udp.has_ipv6(), "data plane ready");
+        let endpoints = Endpoints::new(udp_port, udp.has_ipv6());
         Ok(Engine {
             wg: WgPeers::new(node.private().as_bytes()),
+            handshakes: Handshakes::default(),
             node,
             disco,
             tun,
             tun_name: cfg.tun_name,
             udp,
             udp_out: SendBatch::new(),
-            udp_port,
-            derp: None,
-            derp_up: false,
-            derp_tx,
+            endpoints,
+            relays,
             derp_rx,
-            tls: DerpTls {
-                verified: tls.strict,
-                insecure: tls.log_only,
-            },
-            peers: HashMap::new(),
-            by_ip: HashMap::new(),
-            by_disco: HashMap::new(),
+            peers: PeerTable::default(),
             netmap,
             current: Arc::new(NetMap::default()),
             self_addrs: Vec::new(),
             local_tx,
-            local_ip: None,
             control_host: cfg.control_host,
-            pending: HashMap::new(),
-            waiters: HashMap::new(),
-            next_waiter: 0,
+            pings: Pings::default(),
             ready,
             out: vec![0u8; BUF],
             to_tun: Coalescer::new(),
-            stun_targets: Vec::new(),
             stun_targets_tx,
             stun_targets_rx,
-            stun_pending: HashMap::new(),
-            reflexive: Vec::new(),
-            extra_derp: HashMap::new(),
             logged_out: None,
-            iface_addrs: Vec::new(),
         })
     }
 
@@ -302,9 +263,10 @@ impl Engine {
                     Err(e) => debug!(error = %e, "UDP read"),
                 },
                 Some(ev) = self.derp_rx.recv() => self.on_derp(ev),
+                _ = sleep_until(self.handshakes.next_due()) => self.resend_initiations(),
                 Some(t) = self.stun_targets_rx.recv() => {
                     debug!(targets = ?t, "STUN servers");
-                    self.stun_targets = t;
+                    self.endpoints.set_stun_targets(t);
                     last_stun = Instant::now();
                     self.stun_round();
                 }
@@ -359,9 +321,9 @@ impl Engine {
         });
         for (key, data) in failed {
             if let Some(d) = self.derp_for(key)
-                && !d.send(key, data)
+                && let Err(e) = d.send(key, &data)
             {
-                debug!(peer = %key, "DERP queue full; packet dropped");
+                debug!(peer = %key, error = %e, "not relayed; packet dropped");
             }
         }
     }
@@ -384,71 +346,31 @@ impl Engine {
             && let Ok(local) = sock.local_addr()
             && !local.ip().is_unspecified()
         {
-            self.local_ip = Some(local.ip());
+            self.endpoints.set_local_ip(local.ip());
         }
         self.publish_local();
     }
 
-    /// The address routing towards control first (the likeliest to work
-    /// for peers on our LAN), then the other interface addresses.
-    fn local_endpoints(&self) -> Vec<SocketAddr> {
-        let mut out: Vec<SocketAddr> = Vec::new();
-        for ip in self.local_ip.iter().chain(self.iface_addrs.iter()) {
-            if ip.is_ipv6() && !self.udp.has_ipv6() {
-                continue;
-            }
-            let ep = SocketAddr::new(*ip, self.udp_port);
-            if !out.contains(&ep) {
-                out.push(ep);
-            }
-        }
-        out
-    }
-
     fn refresh_interfaces(&mut self) {
         let addrs = udp::interface_addrs(MAX_IFACE_ADDRS);
-        if addrs != self.iface_addrs {
+        if self.endpoints.set_interfaces(addrs.clone()) {
             debug!(?addrs, "interface addresses");
-            self.iface_addrs = addrs;
             self.publish_local();
         }
-    }
-
-    /// Every endpoint peers may reach us at: STUN-learned first.
-    fn our_endpoints(&self) -> Vec<SocketAddr> {
-        let mut out: Vec<SocketAddr> = self.reflexive.iter().map(|(a, _)| *a).collect();
-        for e in self.local_endpoints() {
-            if !out.contains(&e) {
-                out.push(e);
-            }
-        }
-        out
     }
 
     /// Sends a binding request to every STUN server from the shared
     /// socket, so the answer names the NAT mapping WireGuard uses too.
     fn stun_round(&mut self) {
         self.refresh_interfaces();
-        let now = Instant::now();
-        // A reflexive address not confirmed for three rounds is stale.
-        let before = self.reflexive.len();
-        self.reflexive
-            .retain(|(_, t)| now.duration_since(*t) < STUN_ROUND * 3);
-        if self.reflexive.len() != before {
+        let (dropped, requests) = self.endpoints.stun_round(Instant::now(), rand::random);
+        if dropped {
             self.publish_local();
         }
-        self.stun_pending
-            .retain(|_, t| now.duration_since(*t) < PENDING_TTL);
-        for target in self.stun_targets.clone() {
-            if self.stun_pending.len() >= MAX_STUN_PENDING {
-                break;
-            }
-            let tx: stun::TxId = rand::random();
-            match self.udp.try_send_to(&stun::request(tx), target) {
-                Ok(_) => {
-                    self.stun_pending.insert(tx, now);
-                }
-                Err(e) => debug!(%target, error = %e, "STUN send"),
+        for (tx, target) in requests {
+            if let Err(e) = self.udp.try_send_to(&stun::request(tx), target) {
+                debug!(%target, error = %e, "STUN send");
+                self.endpoints.stun_not_sent(&tx);
             }
         }
     }
@@ -461,21 +383,11 @@ impl Engine {
                 return;
             }
         };
-        // Only answers to our own requests: anyone could send us a forged
-        // "you are at X" to steer peers' traffic.
-        if self.stun_pending.remove(&tx).is_none() {
-            debug!(%src, "unsolicited STUN response dropped");
-            return;
-        }
-        let now = Instant::now();
-        match self.reflexive.iter_mut().find(|(a, _)| *a == addr) {
-            Some(entry) => entry.1 = now,
-            None => {
+        match self.endpoints.on_stun(tx, addr, Instant::now()) {
+            StunOutcome::Unsolicited => debug!(%src, "unsolicited STUN response dropped"),
+            StunOutcome::Confirmed => {}
+            StunOutcome::New => {
                 info!(%addr, via = %src, "STUN: reflexive endpoint");
-                // One per family: a new mapping replaces the old one.
-                self.reflexive
-                    .retain(|(a, _)| a.is_ipv4() != addr.is_ipv4());
-                self.reflexive.push((addr, now));
                 self.publish_local();
             }
         }
@@ -535,9 +447,9 @@ impl Engine {
 
     fn publish_local(&self) {
         let info = LocalInfo {
-            endpoints: self.local_endpoints(),
-            stun: self.reflexive.iter().map(|(a, _)| *a).collect(),
-            preferred_derp: self.derp.as_ref().map_or(0, |d| d.target.region_id),
+            endpoints: self.endpoints.local(),
+            stun: self.endpoints.reflexive(),
+            preferred_derp: self.relays.home_region(),
         };
         self.local_tx.send_if_modified(|cur| {
             let changed = *cur != info;
@@ -553,14 +465,11 @@ impl Engine {
             self.ready.store(false, Ordering::Relaxed);
             for key in self.wg.keys() {
                 self.wg.remove(&key);
+                self.handshakes.done(&key);
             }
             self.peers.clear();
-            self.by_ip.clear();
-            self.by_disco.clear();
-            self.derp = None;
-            self.extra_derp.clear();
-            self.derp_up = false;
-            self.stun_targets.clear();
+            self.relays.clear();
+            self.endpoints.clear_stun();
             self.current = nm;
             return;
         }
@@ -581,70 +490,22 @@ impl Engine {
             }
         }
         if let Some(map) = &nm.derp_map {
-            let home = DerpTarget::home(map);
-            let current = self.derp.as_ref().map(|d| &d.target);
-            if nm.derp_map != self.current.derp_map {
+            let changed = nm.derp_map != self.current.derp_map;
+            if changed {
                 self.resolve_stun_targets(map);
-                // Regions may have moved: reconnect lazily.
-                self.extra_derp.clear();
             }
-            if home.as_ref() != current {
-                self.derp = home.map(|t| {
-                    info!(region = t.region_id, code = %t.region_code, "home DERP");
-                    derp::spawn(t, self.node.clone(), self.tls.clone(), self.derp_tx.clone())
-                });
-                self.derp_up = false;
+            if self.relays.set_map(map, changed) {
                 self.publish_local();
             }
         }
         // Peers: add, update, and drop what the map no longer has.
-        let mut seen = Vec::with_capacity(nm.peers.len());
-        self.by_ip.clear();
-        self.by_disco.clear();
-        for peer in nm.peers.values() {
-            let key = peer.key;
-            // An expired peer's key is no longer vouched for by control:
-            // no tunnel (the official client drops such peers too).
-            if key.is_zero() || peer.expired {
-                continue;
-            }
-            seen.push(key);
-            self.wg.ensure(key);
-            for ip in netmap::addresses(peer) {
-                self.by_ip.insert(ip, key);
-            }
-            if !peer.disco_key.is_zero() {
-                self.by_disco.insert(*peer.disco_key.as_bytes(), key);
-            }
-            let endpoints: Vec<SocketAddr> = peer
-                .endpoints
-                .iter()
-                .filter_map(|e| e.parse().ok())
-                .collect();
-            let st = self.peers.entry(key).or_insert_with(|| PeerState {
-                node: peer.clone(),
-                addrs: Vec::new(),
-                path: PeerPath::default(),
-                tx_bytes: 0,
-                rx_bytes: 0,
-                last_activity: None,
-                last_probe: None,
-            });
-            if st.node.disco_key != peer.disco_key {
-                // A new disco key means the peer restarted: its old
-                // path proofs mean nothing now.
-                st.path = PeerPath::default();
-            }
-            st.path.set_map_endpoints(endpoints);
-            st.addrs = netmap::addresses(peer);
-            st.node = peer.clone();
+        for key in self.peers.sync(nm.peers.values()) {
+            debug!(peer = %key, "peer removed: tearing its tunnel down");
+            self.wg.remove(&key);
+            self.handshakes.done(&key);
         }
-        for key in self.wg.keys() {
-            if !seen.contains(&key) {
-                debug!(peer = %key, "peer removed: tearing its tunnel down");
-                self.wg.remove(&key);
-                self.peers.remove(&key);
-            }
+        for key in self.peers.keys() {
+            self.wg.ensure(*key);
         }
         self.current = nm;
     }
@@ -665,7 +526,7 @@ impl Engine {
         let Some(dst) = Tunn::dst_address(packet) else {
             return;
         };
-        let Some(key) = self.by_ip.get(&dst).copied() else {
+        let Some(key) = self.peers.by_ip(&dst) else {
             trace!(%dst, "no peer for destination");
             return;
         };
@@ -694,7 +555,14 @@ impl Engine {
         {
             let base = slot.as_ptr();
             let len = match peer.tunn.encapsulate(packet, slot) {
-                TunnResult::WriteToNetwork(p) if p.as_ptr() == base => p.len(),
+                TunnResult::WriteToNetwork(p) if p.as_ptr() == base => {
+                    // No session yet: boringtun queued the packet and
+                    // wrote an initiation instead.
+                    if wg::is_initiation(p) {
+                        self.handshakes.on_initiation(key, now);
+                    }
+                    p.len()
+                }
                 TunnResult::WriteToNetwork(p) => {
                     let p = p.to_vec();
                     self.send_wg(key, &p);
@@ -731,12 +599,15 @@ impl Engine {
         }
     }
 
-    /// Sends a WireGuard datagram on the best path.
+    /// Sends a WireGuard datagram on the best path: direct when one is
+    /// proven, else DERP at once (a relay session still connecting queues
+    /// it), never held back for discovery.
     fn send_wg(&mut self, key: NodePublic, data: &[u8]) {
-        let direct = self
-            .peers
-            .get(&key)
-            .and_then(|p| p.path.direct(Instant::now()));
+        let now = Instant::now();
+        if wg::is_initiation(data) {
+            self.handshakes.on_initiation(key, now);
+        }
+        let direct = self.peers.get(&key).and_then(|p| p.path.direct(now));
         if let Some(addr) = direct {
             if self.udp_out.is_full() {
                 self.flush_udp();
@@ -749,10 +620,11 @@ impl Engine {
                 return;
             }
         }
+        // Framed straight into a pooled buffer: no allocation per packet.
         if let Some(d) = self.derp_for(key)
-            && !d.send(key, data.to_vec())
+            && let Err(e) = d.send(key, data)
         {
-            debug!(peer = %key, "DERP queue full; packet dropped");
+            debug!(peer = %key, error = %e, "not relayed; packet dropped");
         }
     }
 
@@ -760,28 +632,9 @@ impl Engine {
     /// (its `HomeDERP`), since that is where the relay can deliver to it;
     /// ours when the peer has none or its region is unknown.
     fn derp_for(&mut self, key: NodePublic) -> Option<&DerpHandle> {
-        let home_id = self.derp.as_ref().map(|d| d.target.region_id);
         let region = self.peers.get(&key).map_or(0, |p| p.node.home_derp);
-        if region == 0 || Some(region) == home_id {
-            return self.derp.as_ref();
-        }
-        if !self.extra_derp.contains_key(&region) {
-            let target = self
-                .current
-                .derp_map
-                .as_ref()
-                .and_then(|m| DerpTarget::from_map(m, region));
-            match target {
-                Some(t) if self.extra_derp.len() < MAX_EXTRA_DERP => {
-                    info!(region, code = %t.region_code, "DERP session to a peer's home region");
-                    let h =
-                        derp::spawn(t, self.node.clone(), self.tls.clone(), self.derp_tx.clone());
-                    self.extra_derp.insert(region, h);
-                }
-                _ => return self.derp.as_ref(),
-            }
-        }
-        self.extra_derp.get(&region)
+        self.relays
+            .for_region(region, self.current.derp_map.as_ref())
     }
 
     fn on_udp(&mut self, data: &[u8], src: SocketAddr) {
@@ -803,12 +656,12 @@ impl Engine {
         match ev {
             DerpEvent::Connected(region) => {
                 debug!(region, "DERP up");
-                self.derp_up = true;
+                self.relays.on_event(&ev);
                 self.publish_local();
             }
             DerpEvent::Disconnected(region) => {
                 debug!(region, "DERP down");
-                self.derp_up = false;
+                self.relays.on_event(&ev);
             }
             DerpEvent::PeerGone(k) => debug!(peer = %k, "peer gone from DERP"),
             DerpEvent::Packet { src, data } => {
@@ -824,6 +677,43 @@ impl Engine {
     }
 
     fn wg_in(&mut self, key: NodePublic, data: &[u8], src: Option<SocketAddr>) {
+        let answer = wg::is_response(data);
+        self.decapsulate(key, data, src);
+        // The answer to one of our initiations (not a stale one boringtun
+        // refused): no more resends.
+        if answer
+            && self.handshakes.is_pending(&key)
+            && self.wg.get_mut(&key).is_some_and(|p| p.has_session())
+        {
+            debug!(peer = %key, "handshake complete");
+            self.handshakes.done(&key);
+        }
+    }
+
+    /// Resends the initiations whose fast retry is due (see `handshake`).
+    fn resend_initiations(&mut self) {
+        for key in self.handshakes.due(Instant::now()) {
+            let packet = match self.wg.get_mut(&key) {
+                Some(p) if !p.has_session() => {
+                    match p.tunn.format_handshake_initiation(&mut self.out, true) {
+                        TunnResult::WriteToNetwork(p) => Some(p.to_vec()),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            match packet {
+                Some(p) => {
+                    debug!(peer = %key, "handshake initiation resent");
+                    self.send_wg(key, &p);
+                }
+                // Answered meanwhile, gone, or boringtun refused.
+                None => self.handshakes.done(&key),
+            }
+        }
+    }
+
+    fn decapsulate(&mut self, key: NodePublic, data: &[u8], src: Option<SocketAddr>) {
         enum Out {
             Net(Vec<u8>),
             Tun(usize, IpAddr),
@@ -896,6 +786,15 @@ impl Engine {
             let out = match self.wg.get_mut(&key) {
                 Some(p) => match p.tunn.update_timers(&mut self.out) {
                     TunnResult::WriteToNetwork(p) => Some(p.to_vec()),
+                    TunnResult::Err(_) => {
+                        // Expired: boringtun gave the handshake up
+                        // (REKEY_ATTEMPT_TIME) and dropped what it queued;
+                        // the next packet starts a new attempt, fast
+                        // resends included. (Said on every tick while
+                        // expired, so not logged.)
+                        self.handshakes.done(&key);
+                        None
+                    }
                     _ => None,
                 },
                 None => None,
@@ -905,10 +804,7 @@ impl Engine {
             }
         }
         let now = Instant::now();
-        self.pending
-            .retain(|_, p| now.duration_since(p.sent) < PENDING_TTL);
-        self.waiters
-            .retain(|_, (_, t)| now.duration_since(*t) < PENDING_TTL);
+        self.pings.expire(now);
     }
 
     /// Probes the endpoints of every peer we exchanged traffic with lately.
@@ -931,7 +827,7 @@ impl Engine {
     /// Pings the peer's candidate endpoints and, without a direct path,
     /// asks it (via DERP) to ping ours, so NATs on both sides open.
     fn probe(&mut self, key: NodePublic, now: Instant) {
-        let ours = self.our_endpoints();
+        let ours = self.endpoints.all();
         let Some(st) = self.peers.get_mut(&key) else {
             return;
         };
@@ -950,7 +846,7 @@ impl Engine {
     }
 
     fn send_ping(&mut self, key: NodePublic, via: Via, waiter: Option<u64>) {
-        if self.pending.len() >= MAX_PENDING_PINGS {
+        if !self.pings.has_room() {
             return;
         }
         let txid: [u8; 12] = rand::random();
@@ -960,15 +856,7 @@ impl Engine {
             padding: 0,
         });
         if self.send_disco(key, &msg, via) {
-            self.pending.insert(
-                txid,
-                PendingPing {
-                    peer: key,
-                    via,
-                    sent: Instant::now(),
-                    waiter,
-                },
-            );
+            self.pings.sent(txid, key, via, Instant::now(), waiter);
         }
     }
 
@@ -990,7 +878,9 @@ impl Engine {
         };
         match via {
             Via::Udp(addr) => self.udp.try_send_to(&pkt, addr).is_ok(),
-            Via::Derp(_) => self.derp_for(key).is_some_and(|d| d.send(key, pkt)),
+            Via::Derp(_) => self
+                .derp_for(key)
+                .is_some_and(|d| d.send(key, &pkt).is_ok()),
         }
     }
 
@@ -998,7 +888,7 @@ impl Engine {
         let Ok(sender) = disco::sender(data) else {
             return;
         };
-        let Some(key) = self.by_disco.get(&sender).copied() else {
+        let Some(key) = self.peers.by_disco(&sender) else {
             trace!("disco packet from an unknown disco key dropped");
             return;
         };
@@ -1015,10 +905,7 @@ impl Engine {
                     Via::Udp(a) => a,
                     Via::Derp(_) => SocketAddr::new(
                         IpAddr::V4(DERP_MAGIC_IP),
-                        self.derp
-                            .as_ref()
-                            .and_then(|d| u16::try_from(d.target.region_id).ok())
-                            .unwrap_or(0),
+                        u16::try_from(self.relays.home_region()).unwrap_or(0),
                     ),
                 };
                 self.send_disco(key, &Message::Pong(Pong { txid: p.txid, src }), via);
@@ -1034,23 +921,25 @@ impl Engine {
                 }
             }
             Message::Pong(p) => {
-                let Some(pending) = self.pending.remove(&p.txid) else {
-                    return;
-                };
-                if pending.peer != key || pending.via != via {
-                    debug!(peer = %key, "pong does not match its ping; ignored");
-                    return;
-                }
                 let now = Instant::now();
-                let latency = now.duration_since(pending.sent);
+                let (latency, waiter) = match self.pings.on_pong(&p.txid, key, via, now) {
+                    pings::Pong::Answer { latency, waiter } => (latency, waiter),
+                    pings::Pong::Unknown => return,
+                    pings::Pong::Mismatch => {
+                        debug!(peer = %key, "pong does not match its ping; ignored");
+                        return;
+                    }
+                };
                 if let (Via::Udp(addr), Some(st)) = (via, self.peers.get_mut(&key))
                     && st.path.on_pong(addr, latency, now)
                 {
                     info!(peer = %key, %addr, ?latency, "direct path");
+                    // A pong also proves the peer knows us now: an
+                    // unanswered initiation is worth resending at once,
+                    // over the new path.
+                    self.handshakes.hurry(&key, now);
                 }
-                if let Some(id) = pending.waiter
-                    && let Some((tx, _)) = self.waiters.remove(&id)
-                {
+                if let Some(tx) = waiter {
                     let _ = tx.send(Ok(self.ping_result(key, via, latency)));
                 }
             }
@@ -1075,11 +964,7 @@ impl Engine {
                 // The region the ping went through: the peer's home when
                 // we hold a session there, else ours.
                 let region = node.map_or(0, |n| n.home_derp);
-                let code = self
-                    .extra_derp
-                    .get(&region)
-                    .or(self.derp.as_ref())
-                    .map_or("?", |d| d.target.region_code.as_str());
+                let code = self.relays.code_for(region).unwrap_or("?");
                 (format!("DERP({code})"), false)
             }
         };
@@ -1109,9 +994,7 @@ impl Engine {
                     let _ = reply.send(Err(format!("{target} has no disco key; cannot ping")));
                     return;
                 }
-                let id = self.next_waiter;
-                self.next_waiter += 1;
-                self.waiters.insert(id, (reply, Instant::now()));
+                let id = self.pings.add_waiter(reply, Instant::now());
                 let targets = self
                     .peers
                     .get(&key)
@@ -1125,7 +1008,7 @@ impl Engine {
                 // path, ask the peer to ping us too, or a NAT on its side
                 // never lets our pings in.
                 let now = Instant::now();
-                let ours = self.our_endpoints();
+                let ours = self.endpoints.all();
                 if let Some(st) = self.peers.get_mut(&key)
                     && st.path.direct(now).is_none()
                     && !ours.is_empty()
@@ -1141,11 +1024,7 @@ impl Engine {
         let now = Instant::now();
         let me = self.current.self_node.as_ref();
         let user_of = |n: &Node| self.current.users.get(&n.user).cloned().unwrap_or_default();
-        let relay = self
-            .derp
-            .as_ref()
-            .map(|d| d.target.region_code.clone())
-            .unwrap_or_default();
+        let relay = self.relays.home_code().unwrap_or_default();
         let mut peers: Vec<PeerStatus> = self
             .peers
             .values()
@@ -1192,12 +1071,16 @@ impl Engine {
                 .unwrap_or_default(),
             ips: self.self_addrs.clone(),
             user: me.map(user_of).unwrap_or_default(),
-            derp: self
-                .derp
-                .as_ref()
-                .filter(|_| self.derp_up)
-                .map(|d| d.target.region_code.clone()),
+            derp: self.relays.home_code_if_up().map(String::from),
             peers,
         }
+    }
+}
+
+/// Sleeps until `t`; forever without one.
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }

@@ -243,6 +243,30 @@ async fn up(state_dir: &Path, sock: &Path, args: &UpArgs) -> anyhow::Result<()> 
         let ready = Arc::new(AtomicBool::new(false));
         let (netmap_tx, netmap_rx) = watch::channel(Arc::new(netmap::NetMap::default()));
         let (local_tx, local_rx) = watch::channel(control::LocalInfo::default());
+        let cfg = control::ControlConfig {
+            server_url: args.login_server.clone(),
+            auth_key,
+            hostname: hostname.clone(),
+            ephemeral: args.ephemeral,
+            extra_ca_pem: extra_ca_pem.clone(),
+            tags,
+        };
+        let logout_cfg = control::ControlConfig {
+            server_url: cfg.server_url.clone(),
+            auth_key: None,
+            hostname: cfg.hostname.clone(),
+            ephemeral: cfg.ephemeral,
+            extra_ca_pem: cfg.extra_ca_pem.clone(),
+            tags: cfg.tags.clone(),
+        };
+        let logout_id = id.clone();
+        let node_key = id.node.clone();
+        // Registration starts while the data plane is being set up: a new
+        // pod waits for both, not for one after the other. The first netmap
+        // waits in the watch channel until the engine reads it.
+        let mut control = AbortOnDrop(tokio::spawn(
+            control::run(cfg, id, disco.clone(), netmap_tx.clone(), local_rx).in_current_span(),
+        ));
         let engine = engine::Engine::new(
             engine::EngineConfig {
                 tun_name: args.tun.clone(),
@@ -250,8 +274,8 @@ async fn up(state_dir: &Path, sock: &Path, args: &UpArgs) -> anyhow::Result<()> 
                 extra_ca_pem: extra_ca_pem.clone(),
                 control_host: control_url.host().to_string(),
             },
-            id.node.clone(),
-            disco.clone(),
+            node_key,
+            disco,
             netmap_rx,
             local_tx,
             ready.clone(),
@@ -276,29 +300,11 @@ async fn up(state_dir: &Path, sock: &Path, args: &UpArgs) -> anyhow::Result<()> 
             .in_current_span(),
         );
 
-        let cfg = control::ControlConfig {
-            server_url: args.login_server.clone(),
-            auth_key,
-            hostname: hostname.clone(),
-            ephemeral: args.ephemeral,
-            extra_ca_pem,
-            tags,
-        };
-        let logout_cfg = control::ControlConfig {
-            server_url: cfg.server_url.clone(),
-            auth_key: None,
-            hostname: cfg.hostname.clone(),
-            ephemeral: cfg.ephemeral,
-            extra_ca_pem: cfg.extra_ca_pem.clone(),
-            tags: cfg.tags.clone(),
-        };
-        let logout_id = id.clone();
-        let control = control::run(cfg, id, disco, netmap_tx.clone(), local_rx);
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut down = down_rx.clone();
         let result = tokio::select! {
-            r = control => match r {
+            r = &mut control.0 => match r.unwrap_or_else(|e| Err(control::ControlError::Task(e.to_string()))) {
                 Err(e @ (control::ControlError::LoggedOut(_) | control::ControlError::Expired)) => {
                     // Stay up so `status` and /healthz say why; exiting would
                     // make a supervisor restart us into the same refusal.
@@ -342,6 +348,16 @@ async fn up(state_dir: &Path, sock: &Path, args: &UpArgs) -> anyhow::Result<()> 
     }
     .instrument(span)
     .await
+}
+
+/// A spawned task that stops when its handle goes (an early `?` return
+/// must not leave the control session running).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn get_status(sock: &Path) -> anyhow::Result<engine::StatusReport> {

@@ -17,6 +17,35 @@ pub struct WgPeer {
     pub index: u32,
 }
 
+impl WgPeer {
+    /// Whether a session is established (data can be sent without a
+    /// handshake first).
+    pub fn has_session(&self) -> bool {
+        self.tunn.time_since_last_handshake().is_some()
+    }
+}
+
+/// WireGuard message types (the first byte; three reserved zero bytes
+/// follow) and the sizes of the two handshake messages.
+const TYPE_INITIATION: u8 = 1;
+const TYPE_RESPONSE: u8 = 2;
+const INITIATION_LEN: usize = 148;
+const RESPONSE_LEN: usize = 92;
+
+fn has_type(datagram: &[u8], ty: u8, len: usize) -> bool {
+    datagram.len() == len && datagram[..4] == [ty, 0, 0, 0]
+}
+
+/// A handshake initiation (what the fast resends are about).
+pub fn is_initiation(datagram: &[u8]) -> bool {
+    has_type(datagram, TYPE_INITIATION, INITIATION_LEN)
+}
+
+/// A handshake response.
+pub fn is_response(datagram: &[u8]) -> bool {
+    has_type(datagram, TYPE_RESPONSE, RESPONSE_LEN)
+}
+
 pub struct WgPeers {
     private: StaticSecret,
     public: PublicKey,
@@ -143,6 +172,19 @@ mod tests {
             _ => panic!("no response"),
         };
         assert_eq!(a.identify(&resp), Some(b_pub));
+        assert!(is_initiation(&init) && !is_response(&init));
+        assert!(is_response(&resp) && !is_initiation(&resp));
+        assert!(!is_initiation(&init[..100]) && !is_initiation(&[]));
+
+        // The initiator has a session once the response is in, not before.
+        let a_peer = a.get_mut(&b_pub).unwrap();
+        assert!(!a_peer.has_session());
+        let keepalive = match a_peer.tunn.decapsulate(None, &resp, &mut out) {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            _ => panic!("no keepalive"),
+        };
+        assert!(a_peer.has_session());
+        assert!(!is_initiation(&keepalive) && !is_response(&keepalive));
         // Unknown junk identifies nobody.
         assert_eq!(a.identify(&[9; 40]), None);
         b.remove(&a_pub);

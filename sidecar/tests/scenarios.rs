@@ -388,3 +388,99 @@ fn s7_interactive_login() {
     let nodes = w.server.nodes().expect("nodes");
     assert_eq!(nodes.len(), 1, "{nodes:?}");
 }
+
+/// The packet counter of a named nftables counter in `ns`.
+fn nft_counter(ns: &meshscale_e2e::Ns, table: &str, name: &str) -> u64 {
+    let mut c = ns.command("nft");
+    c.args(["list", "counter", "inet", table, name]);
+    let out = meshscale_e2e::cmd::run_ok(&mut c, Duration::from_secs(10)).expect("nft list");
+    out.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet count in {out}"))
+}
+
+/// 8. Pod start: the first WireGuard handshake initiations are lost (the
+///    receiving side drops the first two), as when the peer has not yet
+///    heard of a new node. The sidecar resends on its own fast schedule,
+///    so the handshake completes before boringtun's 5 s retransmission
+///    ever fires, and the very first packet, queued meanwhile, arrives:
+///    one echo request, one reply.
+#[test]
+fn s8_lost_first_initiations_are_resent() {
+    let Some(tools) = tools() else { return };
+    let w = lan("sc-s8", &tools, 2);
+    // n1 drops the first two initiations that come in over UDP (type 1,
+    // 148 bytes: a UDP length of 156); n2 counts those it sends.
+    w.hosts[0]
+        .nft(
+            "table inet hs {\n\
+               set first { type inet_service; flags dynamic; }\n\
+               set second { type inet_service; flags dynamic; }\n\
+               counter dropped { }\n\
+               chain in { type filter hook input priority 0; udp length 156 @th,64,32 0x01000000 jump initiation; }\n\
+               chain initiation {\n\
+                 udp sport != @first add @first { udp sport } counter name \"dropped\" drop\n\
+                 udp sport != @second add @second { udp sport } counter name \"dropped\" drop\n\
+               }\n}\n",
+        )
+        .expect("drop the first initiations in n1");
+    w.hosts[1]
+        .nft(
+            "table inet hs {\n\
+               counter sent { }\n\
+               chain out { type filter hook output priority 0; udp length 156 @th,64,32 0x01000000 counter name \"sent\"; }\n}\n",
+        )
+        .expect("count initiations leaving n2");
+    let key = w.server.create_key("vpn1", &["--reusable"]).expect("key");
+    let a = Sidecar::start(&w.lab, &w.hosts[0], &w.server, &key.key, "side1");
+    let b = Sidecar::start(&w.lab, &w.hosts[1], &w.server, &key.key, "side2");
+    let (a4, _) = a.wait_ips();
+    b.wait_ips();
+    a.wait_peer("side2", CONVERGE);
+    b.wait_peer("side1", CONVERGE);
+    // Initiations go over UDP (where n1 can drop them) only while side2
+    // has a proven direct path to side1: disco pings keep it proven for
+    // the whole check. Nothing of WireGuard has been sent yet.
+    let ping = b.cli(&["ping", "side1"]).expect("disco ping goes direct");
+    assert!(ping.contains("via 10.2.0.11:"), "{ping}");
+    assert_eq!(nft_counter(&w.hosts[1], "hs", "sent"), 0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let reply = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = b.cli(&["ping", "-c", "2", "--until-direct=false", "side1"]);
+            }
+        });
+        // One echo request, waited for long enough for boringtun's own
+        // retries too: what must hold is that it is answered and how.
+        let mut c = w.hosts[1].command("ping");
+        c.args(["-n", "-c", "1", "-W", "30", &a4]);
+        let out = meshscale_e2e::cmd::run(&mut c, Duration::from_secs(40));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        out
+    })
+    .expect("ping runs");
+    let log = b.proc.log_text();
+    assert!(
+        reply.stdout.contains("1 received"),
+        "the first packet got lost:\n{}\n{log}",
+        reply.combined()
+    );
+    let dropped = nft_counter(&w.hosts[0], "hs", "dropped");
+    let sent = nft_counter(&w.hosts[1], "hs", "sent");
+    assert_eq!(dropped, 2, "n1 dropped {dropped} initiations");
+    assert!(sent >= 3, "only {sent} initiations sent");
+    // Answered before boringtun's own retransmission ever fired (it
+    // resends 5 s after an unanswered initiation, and logs it): the
+    // resends were the fast schedule's.
+    assert!(
+        !log.contains("HANDSHAKE(REKEY_TIMEOUT)"),
+        "the handshake waited for boringtun's 5 s retry:\n{log}"
+    );
+    let resent = log.matches("handshake initiation resent").count();
+    assert!(resent >= 2, "{resent} fast resends:\n{log}");
+    assert!(log.contains("handshake complete"), "{log}");
+    eprintln!("initiations: {sent} sent, {dropped} dropped, {resent} fast resends");
+}

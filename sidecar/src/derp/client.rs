@@ -5,7 +5,7 @@
 //! add latency).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshscale_controlclient::NodeKey;
@@ -26,6 +26,10 @@ use crate::nacl;
 
 /// Outbound packets waiting for the relay.
 const OUTBOUND_QUEUE: usize = 512;
+/// Frame buffers kept for reuse, and the largest one worth keeping (a
+/// WireGuard datagram of the TUN MTU, framed, with room to spare).
+const POOL_BUFFERS: usize = 256;
+const POOL_BUF_MAX: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Servers send KeepAlive every 60 s; twice that without any frame is dead.
 const READ_IDLE: Duration = Duration::from_secs(120);
@@ -130,18 +134,81 @@ pub struct DerpTls {
     pub insecure: Arc<ClientConfig>,
 }
 
+/// Frame buffers shared by the data plane (which fills them) and the
+/// session's writer (which hands them back once written): a packet
+/// relayed in steady state allocates nothing.
+#[derive(Debug, Clone, Default)]
+pub struct BufPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl BufPool {
+    /// An empty buffer: a used one when there is one.
+    pub fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Keeps `buf` for reuse, unless the pool is full or the buffer grew
+    /// larger than a relayed packet needs.
+    pub fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() > POOL_BUF_MAX {
+            return;
+        }
+        buf.clear();
+        let mut pool = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if pool.len() < POOL_BUFFERS {
+            pool.push(buf);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a packet was not queued for the relay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("DERP queue full")]
+    QueueFull,
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
 /// The live session; dropping it stops the relay.
 #[derive(Debug)]
 pub struct DerpHandle {
     pub target: DerpTarget,
-    tx: mpsc::Sender<(NodePublic, Vec<u8>)>,
+    /// Complete `SendPacket` frames, in pooled buffers.
+    tx: mpsc::Sender<Vec<u8>>,
+    pool: BufPool,
     task: JoinHandle<()>,
 }
 
 impl DerpHandle {
-    /// Queues a packet for `dst`; false if the queue is full.
-    pub fn send(&self, dst: NodePublic, data: Vec<u8>) -> bool {
-        self.tx.try_send((dst, data)).is_ok()
+    /// Queues `packet` for `dst`, framed into a pooled buffer.
+    pub fn send(&self, dst: NodePublic, packet: &[u8]) -> Result<(), SendError> {
+        let mut buf = self.pool.take();
+        if let Err(e) = frame::write_send_packet(&mut buf, &dst, packet) {
+            self.pool.give(buf);
+            return Err(e.into());
+        }
+        self.tx.try_send(buf).map_err(|e| {
+            self.pool.give(e.into_inner());
+            SendError::QueueFull
+        })
     }
 }
 
@@ -159,9 +226,16 @@ pub fn spawn(
     events: mpsc::Sender<DerpEvent>,
 ) -> DerpHandle {
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let pool = BufPool::default();
     let span = tracing::info_span!("derp", region = target.region_id, host = %target.host_name);
-    let task = tokio::spawn(run(target.clone(), node, tls, events, rx).instrument(span));
-    DerpHandle { target, tx, task }
+    let task =
+        tokio::spawn(run(target.clone(), node, tls, events, rx, pool.clone()).instrument(span));
+    DerpHandle {
+        target,
+        tx,
+        pool,
+        task,
+    }
 }
 
 async fn run(
@@ -169,12 +243,13 @@ async fn run(
     node: NodeKey,
     tls: DerpTls,
     events: mpsc::Sender<DerpEvent>,
-    mut outbound: mpsc::Receiver<(NodePublic, Vec<u8>)>,
+    mut outbound: mpsc::Receiver<Vec<u8>>,
+    pool: BufPool,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let started = tokio::time::Instant::now();
-        match session(&target, &node, &tls, &events, &mut outbound).await {
+        match session(&target, &node, &tls, &events, &mut outbound, &pool).await {
             Ok(()) => return, // the data plane went away
             Err(e) => {
                 // A session that lived a while was a success: retry fast.
@@ -188,7 +263,9 @@ async fn run(
             }
         }
         // Packets queued while down are stale by now.
-        while outbound.try_recv().is_ok() {}
+        while let Ok(buf) = outbound.try_recv() {
+            pool.give(buf);
+        }
         if events.is_closed() {
             return;
         }
@@ -248,7 +325,8 @@ async fn session(
     node: &NodeKey,
     tls: &DerpTls,
     events: &mpsc::Sender<DerpEvent>,
-    outbound: &mut mpsc::Receiver<(NodePublic, Vec<u8>)>,
+    outbound: &mut mpsc::Receiver<Vec<u8>>,
+    pool: &BufPool,
 ) -> Result<(), DerpError> {
     let stream = dial(target, tls).await?;
     let (r, mut w) = tokio::io::split(stream);
@@ -373,11 +451,9 @@ async fn session(
         loop {
             tokio::select! {
                 out = outbound.recv() => {
-                    let Some((dst, data)) = out else { return Ok(()) };
-                    match frame::send_packet(&dst, &data) {
-                        Ok(f) => w.write_all(&f).await?,
-                        Err(e) => debug!(error = %e, "not relaying packet"),
-                    }
+                    let Some(frame) = out else { return Ok(()) };
+                    w.write_all(&frame).await?;
+                    pool.give(frame);
                 }
                 Some(p) = pong_rx.recv() => {
                     w.write_all(&frame::encode(FrameType::Pong, &p)?).await?;
@@ -396,6 +472,61 @@ async fn session(
 mod tests {
     use super::*;
     use meshscale_wire::tailcfg::{DerpNode, DerpRegion};
+
+    #[tokio::test]
+    async fn relayed_packets_reuse_pooled_frame_buffers() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let pool = BufPool::default();
+        let target = DerpTarget {
+            region_id: 1,
+            region_code: "test".into(),
+            host_name: "derp.invalid".into(),
+            port: 443,
+            ip: None,
+            insecure_for_tests: false,
+            preferred: true,
+        };
+        let h = DerpHandle {
+            target,
+            tx,
+            pool: pool.clone(),
+            task: tokio::spawn(async {}),
+        };
+        let dst = NodePublic::from_bytes([9; 32]);
+        h.send(dst, b"first").expect("queued");
+        let f = rx.recv().await.expect("frame");
+        assert_eq!(f, frame::send_packet(&dst, b"first").expect("frame"));
+        // The writer hands the buffer back; the next packet is framed in
+        // the same allocation.
+        let at = f.as_ptr();
+        pool.give(f);
+        assert_eq!(pool.len(), 1);
+        h.send(dst, b"second").expect("queued");
+        assert!(pool.is_empty());
+        let f = rx.recv().await.expect("frame");
+        assert_eq!(f.as_ptr(), at, "a new allocation");
+        assert_eq!(f, frame::send_packet(&dst, b"second").expect("frame"));
+        pool.give(f);
+
+        // Refusals hand the buffer back too.
+        let big = vec![0u8; frame::MAX_PACKET + 1];
+        assert!(matches!(h.send(dst, &big), Err(SendError::Frame(_))));
+        h.send(dst, b"a").expect("queued");
+        h.send(dst, b"b").expect("queued");
+        assert_eq!(h.send(dst, b"c"), Err(SendError::QueueFull));
+        assert_eq!(pool.len(), 1, "refused buffers are kept for reuse");
+
+        // Bounded: oversized buffers are dropped, and at most
+        // POOL_BUFFERS are kept.
+        let pool = BufPool::default();
+        pool.give(Vec::with_capacity(POOL_BUF_MAX + 1));
+        assert!(pool.is_empty());
+        for _ in 0..POOL_BUFFERS + 10 {
+            pool.give(Vec::with_capacity(64));
+        }
+        assert_eq!(pool.len(), POOL_BUFFERS);
+        assert!(pool.take().is_empty(), "handed out cleared");
+    }
 
     fn region(id: DerpRegionId, code: &str, nodes: Vec<DerpNode>) -> (DerpRegionId, DerpRegion) {
         (

@@ -61,16 +61,32 @@ pub fn parse_header(h: &[u8; HEADER_LEN], max: usize) -> Result<(u8, usize), Fra
 
 /// `SendPacket`: destination key then the packet.
 pub fn send_packet(dst: &NodePublic, packet: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::with_capacity(HEADER_LEN + KEY_LEN + packet.len());
+    write_send_packet(&mut out, dst, packet)?;
+    Ok(out)
+}
+
+/// [`send_packet`] into `out` (cleared first), so that a buffer can be
+/// reused from one packet to the next.
+pub fn write_send_packet(
+    out: &mut Vec<u8>,
+    dst: &NodePublic,
+    packet: &[u8],
+) -> Result<(), FrameError> {
     if packet.len() > MAX_PACKET {
         return Err(FrameError::TooLarge {
             len: packet.len(),
             max: MAX_PACKET,
         });
     }
-    let mut p = Vec::with_capacity(KEY_LEN + packet.len());
-    p.extend_from_slice(dst.as_bytes());
-    p.extend_from_slice(packet);
-    encode(FrameType::SendPacket, &p)
+    // At most MAX_PACKET + KEY_LEN: fits the u32 length.
+    let len = (KEY_LEN + packet.len()) as u32;
+    out.clear();
+    out.push(FrameType::SendPacket as u8);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(dst.as_bytes());
+    out.extend_from_slice(packet);
+    Ok(())
 }
 
 /// `RecvPacket` (v2): source key then the packet.
@@ -132,6 +148,13 @@ mod tests {
             Err(FrameError::TooLarge { .. })
         ));
         assert!(send_packet(&NodePublic::zero(), &vec![0; MAX_PACKET + 1]).is_err());
+        // Into a used buffer: the same bytes, nothing of the old content.
+        let key = NodePublic::from_bytes([7; 32]);
+        let mut reused = vec![7u8; 100];
+        write_send_packet(&mut reused, &key, b"wg").unwrap();
+        assert_eq!(reused, send_packet(&key, b"wg").unwrap());
+        let mut refused = b"old".to_vec();
+        assert!(write_send_packet(&mut refused, &key, &vec![0; MAX_PACKET + 1]).is_err());
         assert!(parse_recv_packet(&[1; 31]).is_err());
         assert!(parse_ping(&[1; 7]).is_err());
         let mut sk = MAGIC.to_vec();
