@@ -77,6 +77,39 @@ pub struct Config {
     pub log: LogConfig,
     /// Per-connection deadlines against stalled and hostile clients.
     pub timeouts: TimeoutsConfig,
+    /// The access policy (Headscale's `policy` keys).
+    pub policy: PolicyConfig,
+}
+
+/// Where the access policy comes from, as Headscale's `policy.mode` /
+/// `policy.path`. `file` with an empty path, or `database` with nothing
+/// stored yet, means no policy: every node may reach every other.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `file` (read `path`, reloaded on SIGHUP and when it changes) or
+    /// `database` (set with `meshscale policy set`).
+    pub mode: String,
+    /// The HuJSON policy file, in `file` mode.
+    pub path: String,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            mode: "file".into(),
+            path: String::new(),
+        }
+    }
+}
+
+/// [`PolicyConfig`], validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// No policy file: allow-all.
+    None,
+    File(PathBuf),
+    Database,
 }
 
 /// Durations (`10s`, `1m`) after which the server gives up on a connection
@@ -233,6 +266,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             log: LogConfig::default(),
             timeouts: TimeoutsConfig::default(),
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -419,6 +453,7 @@ impl Config {
         self.database_target()?;
         self.ephemeral_inactivity_timeout()?;
         self.timeouts()?;
+        self.policy_source()?;
         if self.derp.server.enabled {
             parse_addr(
                 "derp.server.stun_listen_addr",
@@ -505,6 +540,22 @@ impl Config {
                     "must be an octal mode such as 0700",
                 )
             })
+    }
+
+    pub fn policy_source(&self) -> Result<PolicySource, ConfigError> {
+        match self.policy.mode.as_str() {
+            "file" if self.policy.path.is_empty() => Ok(PolicySource::None),
+            "file" => Ok(PolicySource::File(PathBuf::from(&self.policy.path))),
+            "database" if self.policy.path.is_empty() => Ok(PolicySource::Database),
+            "database" => Err(ConfigError::key(
+                "policy.path",
+                "must be empty in `database` mode (the policy is set with `meshscale policy set`)",
+            )),
+            _ => Err(ConfigError::key(
+                "policy.mode",
+                "must be `file` or `database`",
+            )),
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -785,6 +836,18 @@ mod tests {
         let t = c.timeouts().unwrap();
         assert_eq!(t.http_header_read, Duration::from_secs(10));
         assert_eq!(t.derp_verify_interval, Duration::from_secs(30));
+        assert_eq!(c.policy_source().unwrap(), PolicySource::None);
+    }
+
+    #[test]
+    fn policy_modes() {
+        let c = load("policy:\n  path: /etc/meshscale/acl.hujson\n", &[]).unwrap();
+        assert_eq!(
+            c.policy_source().unwrap(),
+            PolicySource::File("/etc/meshscale/acl.hujson".into())
+        );
+        let c = load("", &[("MESHSCALE_POLICY_MODE", "database")]).unwrap();
+        assert_eq!(c.policy_source().unwrap(), PolicySource::Database);
     }
 
     #[test]
@@ -844,6 +907,12 @@ mod tests {
                 "timeouts:\n  http_header_read: 0s",
                 &[],
                 "`timeouts.http_header_read`",
+            ),
+            ("policy:\n  mode: git", &[], "`policy.mode`"),
+            (
+                "policy:\n  mode: database\n  path: /etc/acl.hujson",
+                &[],
+                "`policy.path`",
             ),
             (
                 "",

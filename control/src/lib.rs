@@ -2,6 +2,7 @@
 //! with a Headscale-style admin API and CLI. Start reading at [`server::run`]
 //! (what `meshscale serve` does) and [`store`] (the data model).
 
+pub mod acl;
 pub mod admin;
 pub mod capture;
 pub mod cli;

@@ -20,6 +20,9 @@ pub struct PendingNode {
     pub machine_key: String,
     pub node_key: String,
     pub hostname: String,
+    /// Tags the client asked for (`--advertise-tags`), checked against the
+    /// policy when an admin admits the node.
+    pub request_tags: Vec<String>,
     /// Told the new node's id once an admin approves; the client's register call waits on it.
     pub on_approved: Option<oneshot::Sender<i64>>,
 }
@@ -122,6 +125,15 @@ impl PendingRegistrations {
         ))
     }
 
+    /// The tags the waiting node asked for.
+    pub fn request_tags(&self, id: &str) -> Vec<String> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(id)
+            .map(|e| e.node.request_tags.clone())
+            .unwrap_or_default()
+    }
+
     pub fn contains(&self, id: &str) -> bool {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries
@@ -174,6 +186,7 @@ mod tests {
             machine_key: "mkey:00".into(),
             node_key: "nodekey:00".into(),
             hostname: "h".into(),
+            request_tags: Vec::new(),
             on_approved: None,
         }
     }

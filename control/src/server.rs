@@ -124,12 +124,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .collect(),
     );
 
+    let acl = crate::acl::Acl::load(config.policy_source()?, &store, &hub)
+        .await
+        .context("cannot load the access policy (policy.mode / policy.path)")?;
+    if hub.has_policy() {
+        tracing::info!(source = ?acl.source(), "access policy in force");
+    }
+
     let state = Arc::new(AppState {
         config: config.clone(),
         store,
         hub,
         pending: PendingRegistrations::default(),
         metrics,
+        acl,
     });
     protocol::schedule_all_ephemeral(&state).await;
     let relay = if config.derp.server.enabled {
@@ -206,6 +214,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(l) = grpc_listener {
         tracing::info!(addr = %config.grpc_listen_addr, tls = !config.tls_cert_path.is_empty(), "serving remote admin API");
         tasks.spawn(admin::serve_tcp(state.clone(), l, stopped()));
+    }
+
+    {
+        let state = state.clone();
+        let shutdown = stopped();
+        // Returns only once stopped.
+        tasks.spawn(async move {
+            crate::acl::watch(state, shutdown).await;
+            Ok(())
+        });
     }
 
     let outcome = tokio::select! {

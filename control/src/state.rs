@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::acl::Acl;
 use crate::config::Config;
 use crate::mapper::Hub;
 use crate::metrics::Metrics;
@@ -15,6 +16,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub pending: PendingRegistrations,
     pub metrics: Metrics,
+    /// Where the access policy comes from; the hub holds the one in force.
+    pub acl: Acl,
 }
 
 pub type SharedState = Arc<AppState>;

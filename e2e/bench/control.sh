@@ -4,6 +4,11 @@
 #
 #   e2e/bench/control.sh OUT_DIR [N...]      (default N: 1000 5000 10000)
 #
+# MESHSCALE_BENCH_POLICIES picks the access policies each (database, N) runs under:
+# "allow-all" (no policy, the default) and/or "acl-20" (a 20-rule policy set with
+# `meshscale policy set` before the join storm; adds the policy-change propagation and
+# CPU per policy change). E.g. MESHSCALE_BENCH_POLICIES="allow-all acl-20".
+#
 # Writes OUT_DIR/control.json (see docs/benchmarks.d/control.md for what each figure means).
 # Binaries: MESHSCALE_BIN and MESHSCALE_LOADGEN_BIN if set, else built here with --release.
 # PostgreSQL comes from e2e/lib/postgres.sh (a fresh database per run). Loopback only.
@@ -18,6 +23,10 @@ REPEATS=${MESHSCALE_BENCH_REPEATS:-10}
 # Seconds each run may spend registering (keeps the whole script under 10 minutes).
 BUDGET=${MESHSCALE_BENCH_REGISTER_BUDGET:-50}
 DBS=${MESHSCALE_BENCH_DBS:-"sqlite postgres"}
+POLICIES=${MESHSCALE_BENCH_POLICIES:-"allow-all"}
+for p in $POLICIES; do
+  [[ $p == allow-all || $p =~ ^acl-[0-9]+$ ]] || { printf 'control.sh: unknown policy %s (allow-all | acl-N)\n' "$p" >&2; exit 2; }
+done
 
 log() { printf 'control.sh: %s\n' "$*" >&2; }
 
@@ -82,8 +91,13 @@ wait_ready() {
 }
 
 run_one() {
-  local db=$1 n=$2 dir cfg http metrics dbname="" database key result
-  dir=$WORK/$db-$n
+  local db=$1 n=$2 policy=$3 dir cfg http metrics dbname="" database key result
+  local policy_yaml="" policy_args=()
+  if [[ $policy != allow-all ]]; then
+    policy_yaml=$'policy:\n  mode: database\n'
+    policy_args=(--policy-rules "${policy#acl-}" --policy-user bench)
+  fi
+  dir=$WORK/$db-$n-$policy
   mkdir -p "$dir"
   cfg=$dir/config.yaml
   if [[ $db == sqlite ]]; then
@@ -111,6 +125,7 @@ derp:
   server:
     enabled: false
 $database
+$policy_yaml
 CFG
     "$MESHSCALE_BIN" -c "$cfg" serve >"$dir/server.log" 2>&1 &
     SERVER_PID=$!
@@ -121,18 +136,18 @@ CFG
   done
   "$MESHSCALE_BIN" -c "$cfg" users create bench >/dev/null
   key=$("$MESHSCALE_BIN" -c "$cfg" preauthkeys create --user bench --reusable --expiration 1h | tail -n 1)
-  log "$db N=$n: running"
+  log "$db N=$n $policy: running"
   if result=$(MESHSCALE_LOADGEN_AUTHKEY=$key "$MESHSCALE_LOADGEN_BIN" --server "http://$http" \
     --nodes "$n" --server-pid "$SERVER_PID" --meshscale-bin "$MESHSCALE_BIN" --config "$cfg" \
-    --db "$db" --repeats "$REPEATS" --register-budget "$BUDGET" --phase-timeout 45); then
+    --db "$db" --repeats "$REPEATS" --register-budget "$BUDGET" --phase-timeout 45 "${policy_args[@]}"); then
     printf '%s\n' "$result" >>"$WORK/runs.jsonl"
-    log "$db N=$n: $result"
+    log "$db N=$n $policy: $result"
   else
-    FAILED+=("$db N=$n")
-    log "$db N=$n: load generator failed; server log tail:"
+    FAILED+=("$db N=$n $policy")
+    log "$db N=$n $policy: load generator failed; server log tail:"
     tail -n 20 "$dir/server.log" >&2
-    printf '{"db":"%s","n":%s,"held":false,"register_per_s":null,"all_mapped_s":null,"propagation":null,"server_rss_kib":null,"server_rss_peak_kib":null,"server_cpu_s_per_change":null,"bytes_per_change":null,"nodes_list_ms":null,"notes":"load generator failed"}\n' \
-      "$db" "$n" >>"$WORK/runs.jsonl"
+    printf '{"db":"%s","n":%s,"policy":"%s","held":false,"register_per_s":null,"all_mapped_s":null,"propagation":null,"server_rss_kib":null,"server_rss_peak_kib":null,"server_cpu_s_per_change":null,"bytes_per_change":null,"nodes_list_ms":null,"notes":"load generator failed"}\n' \
+      "$db" "$n" "$policy" >>"$WORK/runs.jsonl"
   fi
   kill "$SERVER_PID" 2>/dev/null || true
   wait "$SERVER_PID" 2>/dev/null || true
@@ -150,11 +165,13 @@ FAILED=()
 : >"$WORK/runs.jsonl"
 for db in $DBS; do
   for n in "${NS[@]}"; do
-    if ! run_one "$db" "$n"; then
-      FAILED+=("$db N=$n (server did not start)")
-      printf '{"db":"%s","n":%s,"held":false,"register_per_s":null,"all_mapped_s":null,"propagation":null,"server_rss_kib":null,"server_rss_peak_kib":null,"server_cpu_s_per_change":null,"bytes_per_change":null,"nodes_list_ms":null,"notes":"server did not start"}\n' \
-        "$db" "$n" >>"$WORK/runs.jsonl"
-    fi
+    for policy in $POLICIES; do
+      if ! run_one "$db" "$n" "$policy"; then
+        FAILED+=("$db N=$n $policy (server did not start)")
+        printf '{"db":"%s","n":%s,"policy":"%s","held":false,"register_per_s":null,"all_mapped_s":null,"propagation":null,"server_rss_kib":null,"server_rss_peak_kib":null,"server_cpu_s_per_change":null,"bytes_per_change":null,"nodes_list_ms":null,"notes":"server did not start"}\n' \
+          "$db" "$n" "$policy" >>"$WORK/runs.jsonl"
+      fi
+    done
   done
 done
 

@@ -45,6 +45,8 @@ pub struct NodeInfo {
     pub online: bool,
     pub ephemeral: bool,
     pub user: Option<UserInfo>,
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

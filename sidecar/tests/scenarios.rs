@@ -302,11 +302,22 @@ fn s5_control_outage_keeps_tunnels() {
 
 /// 6. A restart with the same state dir keeps node id and addresses.
 ///    Also `--advertise-tags`: a key without tags registers the node with
-///    the tags it requests (`Hostinfo.RequestTags`).
+///    the tags it requests (`Hostinfo.RequestTags`), which the policy lets
+///    its user own (without a policy nobody owns a tag).
 #[test]
 fn s6_restart_keeps_identity() {
     let Some(tools) = tools() else { return };
-    let w = lan("sc-s6", &tools, 1);
+    let w = common::lan_with("sc-s6", &tools, 1, "policy:\n  mode: database\n");
+    let policy = w.server.config_path().with_file_name("policy.hujson");
+    std::fs::write(
+        &policy,
+        r#"{"tagOwners": {"tag:web": ["vpn1@"], "tag:db": ["vpn1@"]},
+            "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#,
+    )
+    .expect("write policy");
+    w.server
+        .cli(&["policy", "set", "--file", &policy.display().to_string()])
+        .expect("policy set");
     // Single-use: a restart that re-spent the key would fail.
     let key = w.server.create_key("vpn1", &[]).expect("key");
     let mut a = Sidecar::start_with(

@@ -59,6 +59,96 @@ struct Args {
     /// abandoned and the run is reported as not held (keeps the script bounded).
     #[arg(long, default_value_t = 120)]
     register_budget: u64,
+    /// Run under an access policy of this many ACL rules (the server must be
+    /// in `policy.mode: database`), set through the CLI before the join
+    /// storm; then also measure how long a policy change takes to reach
+    /// every session. Without it: no policy (allow-all).
+    #[arg(long)]
+    policy_rules: Option<usize>,
+    /// The user the pre-auth key belongs to, named by the policy.
+    #[arg(long, default_value = "bench")]
+    policy_user: String,
+}
+
+/// A policy of `rules` ACL rules over one user's nodes, the kind a platform
+/// team writes (groups, hosts, a tag, port lists and ranges, protocols,
+/// autogroups, an SSH rule). Every node still reaches every other on
+/// `marker`, so every session sees every peer (the propagation probes count
+/// all of them) and every session's filter changes when `marker` does.
+fn bench_policy(user: &str, rules: usize, marker: u16) -> String {
+    let pool = [
+        r#"{"action": "accept", "src": ["group:bench"], "proto": "tcp", "dst": ["*:22"]}"#,
+        r#"{"action": "accept", "src": ["group:bench"], "dst": ["*:80,443"]}"#,
+        r#"{"action": "accept", "src": ["USER@"], "dst": ["*:8000-8100"]}"#,
+        r#"{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}"#,
+        r#"{"action": "accept", "src": ["group:ops"], "dst": ["tag:bench:9100"]}"#,
+        r#"{"action": "accept", "src": ["corp"], "dst": ["*:53"]}"#,
+        r#"{"action": "accept", "src": ["group:bench"], "dst": ["lab:*"]}"#,
+        r#"{"action": "accept", "src": ["group:bench"], "proto": "udp", "dst": ["*:41641"]}"#,
+        r#"{"action": "accept", "src": ["group:ops"], "dst": ["*:5432"]}"#,
+        r#"{"action": "accept", "src": ["group:ops"], "dst": ["*:6379"]}"#,
+        r#"{"action": "accept", "src": ["group:bench"], "dst": ["*:9090"]}"#,
+        r#"{"action": "accept", "src": ["group:bench"], "dst": ["*:3000"]}"#,
+        r#"{"action": "accept", "src": ["group:ops"], "dst": ["*:8080,8443"]}"#,
+        r#"{"action": "accept", "src": ["group:ops"], "dst": ["*:2379-2380"]}"#,
+        r#"{"action": "accept", "src": ["corp"], "dst": ["tag:bench:10250"]}"#,
+        r#"{"action": "accept", "src": ["group:ops"], "dst": ["*:6443"]}"#,
+        r#"{"action": "accept", "src": ["group:bench"], "dst": ["*:9000-9010"]}"#,
+        r#"{"action": "accept", "src": ["lab"], "proto": "udp", "dst": ["*:1194"]}"#,
+        r#"{"action": "accept", "src": ["group:ops"], "dst": ["*:25,587"]}"#,
+    ];
+    let mut acls = vec![format!(
+        r#"{{"action": "accept", "src": ["group:bench"], "dst": ["*:{marker}"]}}"#
+    )];
+    acls.extend(
+        pool.iter()
+            .cycle()
+            .take(rules.saturating_sub(1))
+            .map(|r| r.replace("USER", user)),
+    );
+    format!(
+        r#"// meshscale-loadgen: {rules} rules
+{{
+  "groups": {{"group:bench": ["{user}@"], "group:ops": ["{user}@"]}},
+  "tagOwners": {{"tag:bench": ["group:ops"]}},
+  "hosts": {{"corp": "10.0.0.0/8", "lab": "192.168.0.0/16"}},
+  "acls": [
+    {}
+  ],
+  "ssh": [{{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self"], "users": ["autogroup:nonroot"]}}],
+}}
+"#,
+        acls.join(",\n    ")
+    )
+}
+
+/// `meshscale policy set` with `text`.
+async fn set_policy(args: &Args, text: &str) -> anyhow::Result<()> {
+    let path =
+        std::env::temp_dir().join(format!("meshscale-loadgen-{}.hujson", std::process::id()));
+    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    let out = tokio::process::Command::new(&args.meshscale_bin)
+        .arg("-c")
+        .arg(&args.config)
+        .args(["policy", "set", "--file"])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .context("run meshscale policy set")?;
+    let _ = std::fs::remove_file(&path);
+    if !out.status.success() {
+        bail!(
+            "policy set: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The port of the policy's marker rule in round `round`.
+fn marker_port(round: usize) -> u16 {
+    20000 + (round % 10000) as u16
 }
 
 fn main() -> anyhow::Result<()> {
@@ -187,6 +277,14 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     });
     let limit = Duration::from_secs(args.phase_timeout);
     let mut notes: Vec<String> = Vec::new();
+    if let Some(rules) = args.policy_rules {
+        set_policy(
+            &args,
+            &bench_policy(&args.policy_user, rules, marker_port(0)),
+        )
+        .await
+        .context("the benchmark policy")?;
+    }
 
     // Registration storm: every node registers and opens its map stream.
     let start = Instant::now();
@@ -372,6 +470,43 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         settle(&shared, Duration::from_millis(300), limit).await;
     }
 
+    // A policy change (one rule's port) until every session has its new filter.
+    let mut policy_all = Vec::new();
+    let mut policy_each = Vec::new();
+    let mut policy_cpu = None;
+    if let Some(rules) = args.policy_rules {
+        let cpu_before = procstat::cpu_s(args.server_pid)?;
+        let mut rounds = 0usize;
+        for round in 1..=args.repeats {
+            probe_id += 1;
+            let port = marker_port(round);
+            let probe = shared.start_probe(probe_id, Target::FilterPort(port));
+            if let Err(e) = set_policy(&args, &bench_policy(&args.policy_user, rules, port)).await {
+                shared.stop_probe();
+                notes.push(format!("policy change {round}: {e:#}"));
+                break;
+            }
+            let ok = wait_for("a policy change", limit, || {
+                probe.seen.load(Ordering::Acquire) >= registered
+            })
+            .await;
+            shared.stop_probe();
+            rounds += 1;
+            if ok {
+                let delays = probe.delays.lock().map(|d| d.clone()).unwrap_or_default();
+                policy_all.push(delays.iter().copied().fold(0.0, f64::max));
+                policy_each.extend(delays);
+            }
+            settle(&shared, Duration::from_millis(300), limit).await;
+        }
+        let cpu_after = procstat::cpu_s(args.server_pid)?;
+        // The settle after each round is idle time: the server's CPU is the change's.
+        policy_cpu = (rounds > 0).then(|| (cpu_after - cpu_before) / rounds as f64);
+        notes.push(format!(
+            "policy: {rules} ACL rules set with `meshscale policy set` (database mode) before the join storm; a policy change is timed from the start of `policy set` (includes starting the CLI process) until every session has a filter with the changed rule"
+        ));
+    }
+
     let nodes_list_ms = nodes_list(&args).await;
     if nodes_list_ms.is_none() {
         notes.push("`meshscale nodes list` failed".into());
@@ -404,6 +539,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({
         "db": args.db,
         "n": n,
+        "policy": args.policy_rules.map_or_else(|| "allow-all".to_string(), |r| format!("acl-{r}")),
         "held": held,
         "register_per_s": (register_s > 0.0).then(|| registered as f64 / register_s),
         "register_s": register_s,
@@ -412,7 +548,9 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
             "endpoint": stats::summary(&endpoint_all, &endpoint_each),
             "join": stats::summary(&join_all, &join_each),
             "leave": stats::summary(&leave_all, &leave_each),
+            "policy_change": args.policy_rules.map(|_| stats::summary(&policy_all, &policy_each)),
         },
+        "server_cpu_s_per_policy_change": policy_cpu,
         "server_rss_kib": rss_end,
         "server_rss_mapped_kib": rss_mapped,
         "server_rss_peak_kib": rss_peak,

@@ -23,6 +23,8 @@ pub enum Target {
     Join(NodePublic),
     /// This node going offline or being removed.
     Leave(i64),
+    /// A new packet filter with a rule for this destination port (a policy change).
+    FilterPort(u16),
 }
 
 impl Target {
@@ -41,6 +43,15 @@ impl Target {
                         .iter()
                         .any(|p| p.node_id == *id && p.online == Some(false))
             }
+            Target::FilterPort(port) => m
+                .packet_filters
+                .get("base")
+                .and_then(Option::as_ref)
+                .is_some_and(|rules| {
+                    rules
+                        .iter()
+                        .any(|r| r.dst_ports.iter().any(|d| d.ports.first == *port))
+                }),
         }
     }
 }

@@ -4,6 +4,7 @@ use meshscale_api::v1::*;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use crate::acl::AclError;
 use crate::pending::{PendingError, PendingNode};
 use crate::state::SharedState;
 use crate::store::{
@@ -57,6 +58,16 @@ fn status(e: StoreError) -> Status {
             tracing::error!(error = %detail, "database error");
             Status::internal("internal database error; see the server log")
         }
+    }
+}
+
+fn acl_status(e: AclError) -> Status {
+    match e {
+        AclError::Refused(_) | AclError::TooLarge { .. } => Status::invalid_argument(e.to_string()),
+        AclError::NotDatabaseMode => Status::failed_precondition(e.to_string()),
+        AclError::NoPolicy => Status::not_found(e.to_string()),
+        AclError::Read { .. } => Status::internal(e.to_string()),
+        AclError::Store(e) => status(e),
     }
 }
 
@@ -306,6 +317,7 @@ impl MeshscaleService for AdminService {
                 machine_key,
                 node_key: random_key("nodekey:"),
                 hostname: r.name.clone(),
+                request_tags: Vec::new(),
                 on_approved: None,
             };
             let node = Node {
@@ -358,10 +370,24 @@ impl MeshscaleService for AdminService {
     ) -> Result<Response<SetTagsResponse>, Status> {
         let r = req.into_inner();
         let result = async {
+            let id = id_arg(r.node_id, "node_id")?;
+            if self.state.hub.has_policy() {
+                // Checked as registration checks them: the node's user (or
+                // the tags it holds) must own every tag per tagOwners.
+                let node = self.state.store.get_node(id).await.map_err(status)?;
+                let wanted: Vec<String> = r.tags.iter().filter(|t| !t.is_empty()).cloned().collect();
+                let bad = crate::acl::unowned_tags(&self.state.hub, &wanted, &node.user, &node.tags);
+                if !bad.is_empty() {
+                    return Err(Status::invalid_argument(format!(
+                        "tags {bad:?} are invalid or not permitted: neither user {:?} nor the node's tags own them in the policy's tagOwners",
+                        node.user.name
+                    )));
+                }
+            }
             let n = self
                 .state
                 .store
-                .set_node_tags(id_arg(r.node_id, "node_id")?, &r.tags)
+                .set_node_tags(id, &r.tags)
                 .await
                 .map_err(status)?;
             self.state.hub.upsert(n.clone());
@@ -388,13 +414,25 @@ impl MeshscaleService for AdminService {
                     r.key.chars().take(64).collect::<String>()
                 )));
             };
+            // Tags the client asked for: the user must own them (Headscale
+            // refuses the registration otherwise, never drops them silently).
+            let mut tags = s.pending.request_tags(&r.key);
+            tags.sort();
+            tags.dedup();
+            let bad = crate::acl::unowned_tags(&s.hub, &tags, &user, &[]);
+            if !bad.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "requested tags {bad:?} are invalid or not permitted: user {:?} does not own them in the policy's tagOwners",
+                    user.name
+                )));
+            }
             let new = NewNode {
                 machine_key,
                 node_key,
                 disco_key: String::new(),
                 hostname,
                 user_id: user.id,
-                tags: Vec::new(),
+                tags,
                 ephemeral: false,
                 auth_key_id: None,
                 register_method: RegisterMethod::Cli,
@@ -582,6 +620,54 @@ impl MeshscaleService for AdminService {
         }
         .await;
         self.finish("DeleteApiKey", result)
+    }
+
+    async fn get_policy(
+        &self,
+        _req: Request<GetPolicyRequest>,
+    ) -> Result<Response<GetPolicyResponse>, Status> {
+        let result = self
+            .state
+            .acl
+            .current()
+            .map(|(policy, at)| GetPolicyResponse {
+                policy,
+                updated_at: Some(convert::timestamp(at)),
+            })
+            .map_err(acl_status);
+        self.finish("GetPolicy", result)
+    }
+
+    async fn set_policy(
+        &self,
+        req: Request<SetPolicyRequest>,
+    ) -> Result<Response<SetPolicyResponse>, Status> {
+        let r = req.into_inner();
+        let s = &self.state;
+        let result = s
+            .acl
+            .set(&s.store, &s.hub, &r.policy)
+            .await
+            .map(|stored| {
+                tracing::info!(bytes = stored.data.len(), "policy set and in force");
+                SetPolicyResponse {
+                    policy: stored.data,
+                    updated_at: Some(convert::timestamp(stored.updated_at)),
+                }
+            })
+            .map_err(acl_status);
+        self.finish("SetPolicy", result)
+    }
+
+    async fn check_policy(
+        &self,
+        req: Request<CheckPolicyRequest>,
+    ) -> Result<Response<CheckPolicyResponse>, Status> {
+        let r = req.into_inner();
+        let result = crate::acl::parse_and_check(&r.policy, &self.state.hub)
+            .map(|_| CheckPolicyResponse {})
+            .map_err(|e| acl_status(AclError::Refused(e)));
+        self.finish("CheckPolicy", result)
     }
 
     async fn health(

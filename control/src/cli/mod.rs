@@ -10,6 +10,7 @@ mod confirm;
 mod debug;
 mod nodes;
 mod output;
+mod policy;
 mod preauthkeys;
 mod times;
 mod user_ref;
@@ -96,6 +97,9 @@ enum AdminCommand {
     /// Debugging and testing commands
     #[command(subcommand)]
     Debug(debug::DebugCommand),
+    /// Manage the access policy (get, set, check), or preview it (compile)
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// What every admin command needs besides its own arguments.
@@ -169,6 +173,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn admin(global: &GlobalArgs, ctx: &Context, command: AdminCommand) -> anyhow::Result<()> {
+    if let AdminCommand::Policy(policy::PolicyCommand::Compile(args)) = &command {
+        // Pure: no server, no config needed.
+        return policy::compile(ctx, args);
+    }
     let mut client = client::connect(&global.connection, || {
         Ok(PathBuf::from(load_config(global)?.unix_socket))
     })
@@ -179,6 +187,7 @@ async fn admin(global: &GlobalArgs, ctx: &Context, command: AdminCommand) -> any
         AdminCommand::Nodes(c) => nodes::run(&mut client, ctx, c).await,
         AdminCommand::Apikeys(c) => apikeys::run(&mut client, ctx, c).await,
         AdminCommand::Debug(c) => debug::run(&mut client, ctx, c).await,
+        AdminCommand::Policy(c) => policy::run(&mut client, ctx, c).await,
     }
 }
 
@@ -246,6 +255,19 @@ mod tests {
                 "10.1.0.0/16",
             ],
             &["-c", "/etc/meshscale/config.yaml", "version", "-o", "yaml"],
+            &["policy", "get", "-o", "json"],
+            &["policy", "set", "--file", "acl.hujson"],
+            &["policy", "check", "-f", "acl.hujson"],
+            &[
+                "policy",
+                "compile",
+                "--policy",
+                "acl.hujson",
+                "--topology",
+                "topo.json",
+                "-o",
+                "json",
+            ],
         ] {
             parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }

@@ -18,6 +18,15 @@
 //! sent every change made after it (never misses one). A batch it receives
 //! may repeat changes its snapshot already had; clients apply peer deltas
 //! idempotently. A node never receives a full entry about itself as a peer.
+//!
+//! Under an access policy each node sees only the peers the policy makes
+//! visible and gets its own packet filter (see [`super::access`]). The
+//! policy is compiled again, once per batch, when the policy or anything it
+//! depends on (a node joining or leaving, tags, owner, addresses) changed;
+//! nodes whose share changed get a delta (new filter, `PeersChanged` for
+//! peers that became visible, `PeersRemoved` for the others), encoded once
+//! per distinct change. Peer deltas are encoded once per distinct visible
+//! set, so nodes that see the same peers share frames.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,11 +35,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
-use meshscale_wire::tailcfg::{Debug as MapDebug, MapResponse, Node, PeerChange, UserProfile};
+use meshscale_policy::Policy;
+use meshscale_wire::tailcfg::{
+    CapMap, Debug as MapDebug, FilterRule, MapResponse, Node, PeerChange, SshPolicy, UserProfile,
+};
 use tokio::sync::mpsc;
 
+use super::access::{self, ALLOW_ALL, Access, NOT_YET_COMPILED, Visible};
 use super::frame::Frame;
-use super::view::{Live, Tailnet, allow_all_filter, node_view, user_profile};
+use super::view::{Live, Tailnet, node_view, user_profile};
 use crate::store;
 
 /// Messages a session may lag behind before it is cut off; the client
@@ -89,10 +102,12 @@ struct Member {
     /// `view` serialized, spliced as is into every full map.
     view_json: Bytes,
     sessions: Vec<Session>,
+    /// Its share of the policy, as its sessions were last told.
+    access: Arc<Access>,
 }
 
 impl Member {
-    fn new(record: store::Node, live: Live, view: Node) -> Member {
+    fn new(record: store::Node, live: Live, view: Node, access: Arc<Access>) -> Member {
         let view_json = encode_json(&view);
         Member {
             record,
@@ -100,6 +115,7 @@ impl Member {
             view,
             view_json,
             sessions: Vec::new(),
+            access,
         }
     }
 
@@ -141,6 +157,33 @@ struct State {
     /// When the last batch went out, and the window it waited.
     last_flush: Option<std::time::Instant>,
     window: Duration,
+    /// `None`: no policy, everyone reaches and sees everyone.
+    policy: Option<Arc<Policy>>,
+    /// The policy or its inputs changed since the last compilation.
+    policy_dirty: bool,
+    /// Bumped by every such change: a compilation that ran outside the lock
+    /// knows whether its inputs are still current.
+    policy_gen: u64,
+    /// A compilation is running outside the lock.
+    compiling: bool,
+    /// The hub's tailnet settings, for a node's view of itself.
+    tailnet: Option<Arc<Tailnet>>,
+}
+
+impl State {
+    fn policy_inputs_changed(&mut self) {
+        self.policy_dirty = true;
+        self.policy_gen += 1;
+    }
+
+    /// What a node joining now gets until the next compilation.
+    fn initial_access(&self) -> Arc<Access> {
+        if self.policy.is_some() {
+            NOT_YET_COMPILED.clone()
+        } else {
+            ALLOW_ALL.clone()
+        }
+    }
 }
 
 pub struct Hub {
@@ -171,9 +214,13 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 impl Hub {
     pub fn new(tailnet: Tailnet) -> Hub {
+        let state = State {
+            tailnet: Some(Arc::new(tailnet.clone())),
+            ..State::default()
+        };
         Hub {
             tailnet,
-            state: Arc::new(Mutex::new(State::default())),
+            state: Arc::new(Mutex::new(state)),
             next_session: AtomicU64::new(1),
         }
     }
@@ -191,9 +238,39 @@ impl Hub {
         let mut st = self.lock();
         for (record, live) in nodes {
             let view = self.view(&record, &live, false);
+            let access = st.initial_access();
             st.members
-                .insert(record.id, Member::new(record, live, view));
+                .insert(record.id, Member::new(record, live, view, access));
         }
+        if st.policy.is_some() {
+            // No sessions yet: nothing to tell anyone.
+            apply_policy(&mut st);
+        }
+    }
+
+    /// Puts `policy` in force (`None`: no policy, allow-all) and tells every
+    /// live session what changed for it, now: a policy change is rare and
+    /// must not wait behind a batch window.
+    pub fn set_policy(&self, policy: Option<Arc<Policy>>) {
+        let mut st = self.lock();
+        st.policy = policy;
+        st.policy_gen += 1;
+        apply_policy(&mut st);
+    }
+
+    pub fn has_policy(&self) -> bool {
+        self.lock().policy.is_some()
+    }
+
+    /// The policy in force and the tailnet it is compiled against (with
+    /// `extra` users added, e.g. the owner of a node not yet stored).
+    pub fn policy_view(
+        &self,
+        extra: &[&store::User],
+    ) -> (Option<Arc<Policy>>, meshscale_policy::Tailnet) {
+        let st = self.lock();
+        let tailnet = access::policy_tailnet(st.members.values().map(|m| &m.record), extra);
+        (st.policy.clone(), tailnet)
     }
 
     pub fn is_online(&self, node_id: i64) -> bool {
@@ -228,32 +305,18 @@ impl Hub {
                 st.pending.insert(node_id, Pending { change, seq });
             }
         }
-        if st.flush_scheduled {
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                st.flush_scheduled = true;
-                let state = self.state.clone();
-                let window = next_window(
-                    batch_window(st.sessions),
-                    st.window,
-                    st.last_flush.map(|t| t.elapsed()),
-                );
-                st.window = window;
-                rt.spawn(async move {
-                    tokio::time::sleep(window).await;
-                    flush(&mut lock(&state));
-                });
-            }
-            // No runtime (a plain thread): nothing can wait, send now.
-            Err(_) => flush(st),
-        }
+        self.schedule(st);
     }
 
-    /// Sends what is pending now instead of at the end of the window.
+    /// Makes sure a flush is coming.
+    fn schedule(&self, st: &mut State) {
+        schedule(&self.state, st);
+    }
+
+    /// Sends what is pending now instead of at the end of the window
+    /// (compiling the policy first, under the lock, if it is due).
     pub fn flush(&self) {
-        flush(&mut self.lock());
+        flush(&mut self.lock(), true);
     }
 
     /// A node was admitted or its record changed (rename, expiry, owner, tags, keys).
@@ -267,14 +330,29 @@ impl Hub {
             .map(|m| m.live.clone())
             .unwrap_or_default();
         let view = self.view(&record, &live, false);
-        let self_view = self.view(&record, &live, true);
+        let mut self_view = self.view(&record, &live, true);
+        let policy_mode = st.policy.is_some();
+        let inputs_changed = st.members.get(&id).is_none_or(|m| {
+            let r = &m.record;
+            r.tags != record.tags
+                || r.user != record.user
+                || r.ipv4 != record.ipv4
+                || r.ipv6 != record.ipv6
+                || r.hostname != record.hostname
+        });
+        if policy_mode && inputs_changed {
+            st.policy_inputs_changed();
+        }
+        let access = st.initial_access();
         match st.members.get_mut(&id) {
             Some(member) => {
                 member.record = record;
                 member.set_view(view);
+                add_caps(&mut self_view, &member.access.cap_map);
             }
             None => {
-                st.members.insert(id, Member::new(record, live, view));
+                st.members
+                    .insert(id, Member::new(record, live, view, access));
             }
         }
         let to_self = Frame::encode(&MapResponse {
@@ -296,6 +374,9 @@ impl Hub {
         let Some(mut member) = st.members.remove(&node_id) else {
             return;
         };
+        if st.policy.is_some() {
+            st.policy_inputs_changed();
+        }
         st.sessions = st.sessions.saturating_sub(member.sessions.len());
         let now = Utc::now();
         let mut record = member.record.clone();
@@ -412,33 +493,51 @@ impl Hub {
     /// copies), and their owners' profiles.
     fn collect_full(&self, st: &State, node_id: i64) -> Option<FullMap> {
         let member = st.members.get(&node_id)?;
-        let self_view = node_view(
+        let mut self_view = node_view(
             &member.record,
             &member.live,
             &self.tailnet,
             Utc::now(),
             true,
         );
+        let access = member.access.clone();
+        add_caps(&mut self_view, &access.cap_map);
         let mut profiles: BTreeMap<i64, UserProfile> = BTreeMap::new();
-        let mut peers = Vec::with_capacity(st.members.len().saturating_sub(1));
-        for (id, m) in &st.members {
-            profiles
-                .entry(m.record.user.id)
-                .or_insert_with(|| user_profile(&m.record.user));
-            if *id != node_id {
+        profiles.insert(member.record.user.id, user_profile(&member.record.user));
+        let mut peers = Vec::with_capacity(match &access.visible {
+            Visible::All => st.members.len().saturating_sub(1),
+            Visible::Ids(set) => set.ids.len(),
+        });
+        let mut add = |id: i64, m: &Member| {
+            if id != node_id {
+                profiles
+                    .entry(m.record.user.id)
+                    .or_insert_with(|| user_profile(&m.record.user));
                 peers.push(m.view_json.clone());
+            }
+        };
+        match &access.visible {
+            Visible::All => st.members.iter().for_each(|(id, m)| add(*id, m)),
+            Visible::Ids(set) => {
+                for id in &set.ids {
+                    if let Some(m) = st.members.get(id) {
+                        add(*id, m);
+                    }
+                }
             }
         }
         Some(FullMap {
             self_view,
             peers,
             profiles: profiles.into_values().collect(),
+            filter: access.filter.clone(),
+            ssh: access.ssh.clone(),
         })
     }
 
     fn full_map(&self, full: FullMap) -> Arc<Frame> {
         let mut filters = BTreeMap::new();
-        filters.insert("base".to_string(), Some(allow_all_filter()));
+        filters.insert("base".to_string(), Some(full.filter));
         let rest = MapResponse {
             node: Some(full.self_view),
             derp_map: Some(self.tailnet.derp_map.clone()),
@@ -446,6 +545,7 @@ impl Hub {
             domain: self.tailnet.domain.clone(),
             collect_services: Some(false),
             packet_filters: filters,
+            ssh_policy: full.ssh,
             user_profiles: full.profiles,
             control_time: Some(Utc::now()),
             debug: Some(MapDebug {
@@ -496,6 +596,15 @@ struct FullMap {
     self_view: Node,
     peers: Vec<Bytes>,
     profiles: Vec<UserProfile>,
+    filter: Vec<FilterRule>,
+    ssh: Option<SshPolicy>,
+}
+
+/// The capabilities `nodeAttrs` grant, added to a node's view of itself.
+fn add_caps(self_view: &mut Node, caps: &CapMap) {
+    for (cap, values) in caps {
+        self_view.cap_map.insert(cap.clone(), values.clone());
+    }
 }
 
 fn encode_json<T: serde::Serialize>(v: &T) -> Bytes {
@@ -577,9 +686,83 @@ struct Entry {
 /// batch gets a copy without that node (a node is not its own peer) and
 /// without what its full map already had; in a join storm these are the
 /// sessions opened during the window.
-fn flush(st: &mut State) {
+/// Makes sure a flush is coming: at the end of the batch window, the policy
+/// is compiled if it is due (outside the lock: at thousands of nodes a
+/// compilation takes a while, and sessions keep opening and reporting
+/// meanwhile), then the batch goes out.
+fn schedule(state: &Arc<Mutex<State>>, st: &mut State) {
+    if st.flush_scheduled {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            st.flush_scheduled = true;
+            let state = state.clone();
+            let window = next_window(
+                batch_window(st.sessions),
+                st.window,
+                st.last_flush.map(|t| t.elapsed()),
+            );
+            st.window = window;
+            rt.spawn(async move {
+                tokio::time::sleep(window).await;
+                compile_outside_lock(&state).await;
+                let mut st = lock(&state);
+                flush(&mut st, false);
+                // Inputs changed during the compilation: compile again.
+                if st.policy_dirty {
+                    schedule(&state, &mut st);
+                }
+            });
+        }
+        // No runtime (a plain thread): nothing can wait, send now.
+        Err(_) => flush(st, true),
+    }
+}
+
+/// Compiles the policy in force, if due, without holding the lock, and puts
+/// the result in force. When nodes changed meanwhile the result is applied
+/// all the same (it is closer than what is in force) and the policy stays
+/// due; when the policy itself changed, the result is dropped.
+async fn compile_outside_lock(state: &Arc<Mutex<State>>) {
+    let (policy, tailnet, generation) = {
+        let mut st = lock(state);
+        let Some(policy) = st.policy.clone() else {
+            return;
+        };
+        if !st.policy_dirty || st.compiling {
+            return;
+        }
+        st.compiling = true;
+        let tailnet = access::policy_tailnet(st.members.values().map(|m| &m.record), &[]);
+        (policy, tailnet, st.policy_gen)
+    };
+    let started = std::time::Instant::now();
+    let job = policy.clone();
+    let fresh = tokio::task::spawn_blocking(move || access::compile(&job, &tailnet)).await;
+    let compiled_in = started.elapsed();
+    let mut st = lock(state);
+    st.compiling = false;
+    let Ok(fresh) = fresh else {
+        tracing::error!("policy compilation failed; the previous one stays in force");
+        return;
+    };
+    if !st.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, &policy)) {
+        return;
+    }
+    apply_access(&mut st, fresh, compiled_in);
+    st.policy_dirty = st.policy_gen != generation;
+}
+
+/// `compile_now`: compile a due policy here, under the lock (a flush that
+/// must be complete: tests, no runtime). Otherwise only the policy-free
+/// case, which costs nothing, is brought up to date here.
+fn flush(st: &mut State, compile_now: bool) {
     st.flush_scheduled = false;
     st.last_flush = Some(std::time::Instant::now());
+    if st.policy_dirty && (compile_now || st.policy.is_none()) {
+        apply_policy(st);
+    }
     if st.pending.is_empty() {
         return;
     }
@@ -594,14 +777,28 @@ fn flush(st: &mut State) {
     entries.sort_by_key(|e| e.seq);
     let newest = entries.last().map_or(0, |e| e.seq);
     let changed: BTreeSet<i64> = entries.iter().map(|e| e.node_id).collect();
-    let shared = encode_entries(&st.members, &entries, |_| true);
+    // One frame per visible set (one in all without a policy), made on
+    // first need. A removal goes to everyone: removing a peer a client
+    // never had is a no-op, and the node is gone from every visible set.
+    let sees =
+        |v: &Visible, e: &Entry| matches!(e.change, Change::Removed) || v.contains(e.node_id);
+    let mut shared: HashMap<u64, Option<Arc<Frame>>> = HashMap::new();
+    for m in st.members.values() {
+        if m.sessions.iter().any(|s| s.since < newest) {
+            let visible = &m.access.visible;
+            shared
+                .entry(visible.group_key())
+                .or_insert_with(|| encode_entries(&st.members, &entries, |e| sees(visible, e)));
+        }
+    }
     let mut custom: HashMap<u64, Arc<Frame>> = HashMap::new();
     for id in &changed {
         let Some(m) = st.members.get(id) else {
             continue;
         };
         for s in m.sessions.iter().filter(|s| s.since < newest) {
-            let only_new = |e: &Entry| e.node_id != *id && e.seq > s.since;
+            let only_new =
+                |e: &Entry| e.node_id != *id && e.seq > s.since && sees(&m.access.visible, e);
             if let Some(f) = encode_entries(&st.members, &entries, only_new) {
                 custom.insert(s.id, f);
             }
@@ -610,6 +807,7 @@ fn flush(st: &mut State) {
     for (id, member) in st.members.iter_mut() {
         let own = changed.contains(id);
         let node_id = *id;
+        let group = member.access.visible.group_key();
         member.sessions.retain(|s| {
             if s.since >= newest {
                 return true;
@@ -617,7 +815,7 @@ fn flush(st: &mut State) {
             let frame = if own {
                 custom.get(&s.id)
             } else {
-                shared.as_ref()
+                shared.get(&group).and_then(Option::as_ref)
             };
             match frame {
                 Some(f) => try_queue(node_id, s, f),
@@ -627,6 +825,142 @@ fn flush(st: &mut State) {
     }
     // Sessions cut off above no longer count.
     st.sessions = st.members.values().map(|m| m.sessions.len()).sum();
+}
+
+/// Compiles the policy in force (or, without one, gives everyone the
+/// allow-all share) and tells every node whose share changed: its new
+/// filter, SSH policy or capabilities, the peers it may now see (in full)
+/// and those it may no longer see. Nodes with the same change share one
+/// encoded frame.
+fn apply_policy(st: &mut State) {
+    st.policy_dirty = false;
+    let started = std::time::Instant::now();
+    let fresh: HashMap<i64, Arc<Access>> = match &st.policy {
+        None => st
+            .members
+            .keys()
+            .map(|id| (*id, ALLOW_ALL.clone()))
+            .collect(),
+        Some(policy) => {
+            let tailnet = access::policy_tailnet(st.members.values().map(|m| &m.record), &[]);
+            access::compile(policy, &tailnet)
+        }
+    };
+    apply_access(st, fresh, started.elapsed());
+}
+
+/// Puts each node's new share in force and tells those whose share changed.
+fn apply_access(st: &mut State, mut fresh: HashMap<i64, Arc<Access>>, compiled_in: Duration) {
+    let started = std::time::Instant::now();
+    let all: Vec<i64> = st.members.keys().copied().collect();
+    // (old set, new set) → (added, removed), computed once per pair.
+    type Diff = Arc<(Vec<i64>, Vec<i64>)>;
+    let mut diffs: HashMap<(u64, u64), Diff> = HashMap::new();
+    let mut frames: HashMap<DeltaKey, Arc<Frame>> = HashMap::new();
+    let mut updates: Vec<(i64, Arc<Access>, Option<Arc<Frame>>)> = Vec::new();
+    let now = Utc::now();
+    for (id, m) in &st.members {
+        let new = fresh.remove(id).unwrap_or_else(|| NOT_YET_COMPILED.clone());
+        let old = &m.access;
+        if Arc::ptr_eq(old, &new) {
+            continue;
+        }
+        let filter_changed = old.filter != new.filter;
+        let ssh_changed = old.ssh != new.ssh;
+        let caps_changed = old.cap_map != new.cap_map;
+        let pair = (old.visible.group_key(), new.visible.group_key());
+        let diff = diffs
+            .entry(pair)
+            .or_insert_with(|| Arc::new(access::visible_diff(&old.visible, &new.visible, &all)))
+            .clone();
+        let (added, removed) = (&diff.0, &diff.1);
+        if !(filter_changed || ssh_changed || caps_changed)
+            && added.iter().all(|p| p == id)
+            && removed.iter().all(|p| p == id)
+        {
+            updates.push((*id, new, None));
+            continue;
+        }
+        let own = caps_changed || added.contains(id) || removed.contains(id);
+        let key = DeltaKey {
+            filter: filter_changed.then(|| fingerprint(&new.filter)),
+            ssh: ssh_changed.then(|| fingerprint(&new.ssh)),
+            pair,
+            node: own.then_some(*id),
+        };
+        let frame = frames
+            .entry(key)
+            .or_insert_with(|| {
+                let mut msg = MapResponse {
+                    control_time: Some(now),
+                    ..MapResponse::default()
+                };
+                if filter_changed {
+                    msg.packet_filters
+                        .insert("base".into(), Some(new.filter.clone()));
+                }
+                if ssh_changed {
+                    // An empty policy replaces the old one; `None` would keep it.
+                    msg.ssh_policy = Some(new.ssh.clone().unwrap_or_default());
+                }
+                if caps_changed && let Some(tailnet) = &st.tailnet {
+                    let mut me = node_view(&m.record, &m.live, tailnet, now, true);
+                    add_caps(&mut me, &new.cap_map);
+                    msg.node = Some(me);
+                }
+                let mut profiles = BTreeMap::new();
+                for p in added.iter().filter(|p| *p != id) {
+                    if let Some(peer) = st.members.get(p) {
+                        msg.peers_changed.push(peer.view.clone());
+                        profiles
+                            .entry(peer.record.user.id)
+                            .or_insert_with(|| user_profile(&peer.record.user));
+                    }
+                }
+                msg.user_profiles = profiles.into_values().collect();
+                msg.peers_removed = removed.iter().filter(|p| *p != id).copied().collect();
+                Frame::encode(&msg)
+            })
+            .clone();
+        updates.push((*id, new, Some(frame)));
+    }
+    let changed = updates.iter().filter(|u| u.2.is_some()).count();
+    for (id, new, frame) in updates {
+        if let Some(m) = st.members.get_mut(&id) {
+            m.access = new;
+            if let Some(f) = frame {
+                queue(m, &f);
+            }
+        }
+    }
+    st.sessions = st.members.values().map(|m| m.sessions.len()).sum();
+    tracing::debug!(
+        nodes = all.len(),
+        changed,
+        frames = frames.len(),
+        compile_ms = compiled_in.as_secs_f64() * 1e3,
+        apply_ms = started.elapsed().as_secs_f64() * 1e3,
+        "policy applied"
+    );
+}
+
+/// Nodes whose policy deltas have equal keys receive identical frames.
+#[derive(PartialEq, Eq, Hash)]
+struct DeltaKey {
+    filter: Option<u64>,
+    ssh: Option<u64>,
+    /// Old and new visible set.
+    pair: (u64, u64),
+    /// Set when the frame is about the node itself (its capabilities, or it
+    /// is in its own visible-set diff) and so cannot be shared.
+    node: Option<i64>,
+}
+
+fn fingerprint<T: serde::Serialize>(v: &T) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    encode_json(v).hash(&mut h);
+    h.finish()
 }
 
 /// The entries `keep` selects as one message, or `None` if it selects none.
@@ -885,6 +1219,152 @@ mod tests {
             splice_peers(Bytes::from_static(b"{}"), &[]),
             b"{\"Peers\":[]}"
         );
+    }
+
+    /// Node `id` of user `user` ("u<user>"), with addresses.
+    fn owned(id: i64, user: i64) -> store::Node {
+        let mut r = record(id);
+        r.user.id = user;
+        r.user.name = format!("u{user}");
+        r.ipv4 = Some(std::net::Ipv4Addr::new(100, 64, 0, id as u8));
+        r.ipv6 = Some(format!("fd7a:115c:a1e0::{id}").parse().unwrap());
+        r
+    }
+
+    fn drain(s: &mut Subscription) {
+        while s.frames.try_recv().is_ok() {}
+    }
+
+    fn peer_ids(m: &MapResponse) -> Vec<i64> {
+        let mut ids: Vec<i64> = m.peers.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[tokio::test]
+    async fn under_a_policy_sessions_see_only_allowed_peers_and_share_frames() {
+        let hub = Arc::new(Hub::new(tailnet()));
+        // u1 owns nodes 1, 2 and 4; u2 owns node 3. u1's nodes reach each other.
+        for (id, user) in [(1, 1), (2, 1), (3, 2), (4, 1)] {
+            hub.upsert(owned(id, user));
+        }
+        let policy =
+            Policy::parse(r#"{"acls": [{"action": "accept", "src": ["u1@"], "dst": ["u1@:*"]}]}"#)
+                .unwrap();
+        hub.set_policy(Some(Arc::new(policy)));
+        let mut s: Vec<Subscription> = (1..=4).map(|id| hub.subscribe(id).unwrap()).collect();
+        hub.flush();
+        s.iter_mut().for_each(drain);
+        let first: Vec<MapResponse> = s.iter().map(|x| decode(&x.first)).collect();
+        assert_eq!(peer_ids(&first[0]), [2, 4]);
+        assert_eq!(
+            peer_ids(&first[2]),
+            Vec::<i64>::new(),
+            "u2's node sees nobody"
+        );
+        let filter3 = first[2].packet_filters["base"].as_ref().unwrap();
+        assert!(filter3.is_empty(), "nothing may reach node 3: {filter3:?}");
+        assert!(!first[0].packet_filters["base"].as_ref().unwrap().is_empty());
+
+        // Node 2's change reaches 1 and 4 (one shared frame), never 3.
+        hub.update_live(2, |l| l.endpoints = vec!["10.0.0.2:1".into()]);
+        hub.flush();
+        let to1 = s[0].frames.try_recv().unwrap();
+        let to4 = s[3].frames.try_recv().unwrap();
+        assert!(
+            Arc::ptr_eq(&to1, &to4),
+            "nodes that see the same peers share frames"
+        );
+        assert_eq!(decode(&to1).peers_changed_patch[0].node_id, 2);
+        assert!(
+            s[2].frames.try_recv().is_err(),
+            "node 3 does not see node 2"
+        );
+
+        // A policy change reaches the sessions as deltas.
+        let everyone =
+            Policy::parse(r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#)
+                .unwrap();
+        hub.set_policy(Some(Arc::new(everyone)));
+        let to3 = decode(&s[2].frames.try_recv().unwrap());
+        let mut added: Vec<i64> = to3.peers_changed.iter().map(|n| n.id).collect();
+        added.sort_unstable();
+        assert_eq!(added, [1, 2, 4]);
+        assert!(!to3.packet_filters["base"].as_ref().unwrap().is_empty());
+        let to1 = decode(&s[0].frames.try_recv().unwrap());
+        assert_eq!(
+            to1.peers_changed.iter().map(|n| n.id).collect::<Vec<_>>(),
+            [3]
+        );
+
+        // Back to no policy: nothing left to add; allow-all filters.
+        hub.set_policy(None);
+        let to3 = decode(&s[2].frames.try_recv().unwrap());
+        assert!(to3.peers_changed.is_empty() && to3.peers_removed.is_empty());
+        assert_eq!(
+            to3.packet_filters["base"].as_ref().unwrap(),
+            &super::super::view::allow_all_filter()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_joining_under_a_policy_gets_its_share_in_the_next_batch() {
+        let hub = Arc::new(Hub::new(tailnet()));
+        hub.set_policy(Some(Arc::new(
+            Policy::parse(r#"{"acls": [{"action": "accept", "src": ["u1@"], "dst": ["u1@:*"]}]}"#)
+                .unwrap(),
+        )));
+        hub.upsert(owned(1, 1));
+        hub.flush();
+        let mut s1 = hub.subscribe(1).unwrap();
+        hub.upsert(owned(2, 1));
+        hub.upsert(owned(3, 2));
+        let mut s2 = hub.subscribe(2).unwrap();
+        assert!(
+            decode(&s2.first).peers.is_empty(),
+            "not compiled yet: sees nobody"
+        );
+        hub.flush();
+        let mut seen_by_2 = Vec::new();
+        while let Ok(f) = s2.frames.try_recv() {
+            seen_by_2.extend(decode(&f).peers_changed.iter().map(|n| n.id));
+        }
+        assert!(
+            seen_by_2.contains(&1) && !seen_by_2.contains(&3),
+            "{seen_by_2:?}"
+        );
+        let mut seen_by_1 = Vec::new();
+        while let Ok(f) = s1.frames.try_recv() {
+            seen_by_1.extend(decode(&f).peers_changed.iter().map(|n| n.id));
+        }
+        assert!(
+            seen_by_1.contains(&2) && !seen_by_1.contains(&3),
+            "{seen_by_1:?}"
+        );
+    }
+
+    /// The batch task compiles outside the lock; its result reaches sessions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_batch_task_compiles_the_policy_and_sends_the_result() {
+        let hub = Arc::new(Hub::new(tailnet()));
+        hub.set_policy(Some(Arc::new(
+            Policy::parse(r#"{"acls": [{"action": "accept", "src": ["u1@"], "dst": ["u1@:*"]}]}"#)
+                .unwrap(),
+        )));
+        hub.upsert(owned(1, 1));
+        let mut s1 = hub.subscribe(1).unwrap();
+        hub.upsert(owned(2, 1));
+        hub.upsert(owned(3, 2));
+        let mut seen = Vec::new();
+        while !seen.contains(&2) {
+            let f = tokio::time::timeout(Duration::from_secs(10), s1.frames.recv())
+                .await
+                .expect("a frame within the deadline")
+                .expect("session open");
+            seen.extend(decode(&f).peers_changed.iter().map(|n| n.id));
+        }
+        assert!(!seen.contains(&3), "{seen:?}");
+        assert!(!lock(&hub.state).policy_dirty, "compiled and applied");
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! - `frame`: one encoded message shared by all its receivers.
 //! - `hub`: the in-memory tailnet and the fan-out of deltas to sessions.
 
+pub mod access;
 pub mod frame;
 pub mod hub;
 pub mod view;

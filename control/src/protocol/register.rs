@@ -14,6 +14,7 @@ use meshscale_wire::tailcfg::{Login, RegisterRequest, RegisterResponse, User as 
 use tracing::Instrument;
 
 use super::unsupported_version;
+use crate::acl;
 use crate::noise::NoisePeer;
 use crate::pending::{PENDING_TTL, PendingNode, validate_registration_id};
 use crate::state::SharedState;
@@ -165,16 +166,17 @@ async fn decide(
         .map(|a| a.auth_key.trim())
         .filter(|k| !k.is_empty())
     {
+        if let Some(reason) = tag_refusal(state, key, &request_tags).await? {
+            tracing::info!(%reason, "registration refused: tags");
+            return Ok(refused(reason));
+        }
         let new = NewNode {
             machine_key: machine_key.to_string(),
             node_key: node_key.clone(),
             disco_key: String::new(),
             hostname,
             user_id: 0,
-            tags: request_tags
-                .into_iter()
-                .filter(|t| t.starts_with("tag:"))
-                .collect(),
+            tags: request_tags,
             ephemeral: false,
             auth_key_id: None,
             register_method: RegisterMethod::AuthKey,
@@ -244,6 +246,7 @@ async fn decide(
         machine_key: machine_key.to_string(),
         node_key,
         hostname,
+        request_tags,
         on_approved: None,
     };
     match state.pending.insert(None, pending) {
@@ -260,6 +263,55 @@ async fn decide(
         }
         Err(e) => Ok(refused(e.to_string())),
     }
+}
+
+/// Why the tags a pre-auth key registration would give the node are not
+/// allowed, if they are not. Tags are identity: a node gets the key's tags
+/// only when, under a policy, the key's user owns them per `tagOwners`
+/// (without a policy the admin who made the key vouches for them, as in
+/// Headscale); tags the client requests (`--advertise-tags`) must be owned
+/// by the key's user or by the key's tags, and are refused, not dropped,
+/// when they are not (without a policy nobody owns any tag).
+async fn tag_refusal(
+    state: &SharedState,
+    key: &str,
+    requested: &[String],
+) -> Result<Option<String>, StoreError> {
+    let policy = state.hub.has_policy();
+    if requested.is_empty() && !policy {
+        return Ok(None);
+    }
+    // An unknown key, or one without a user, is refused by the registration itself.
+    let Some(k) = state.store.preauth_key_by_secret(key).await? else {
+        return Ok(None);
+    };
+    let Some(user) = &k.user else {
+        return Ok(None);
+    };
+    if policy {
+        let bad = acl::unowned_tags(&state.hub, &k.tags, user, &[]);
+        if !bad.is_empty() {
+            return Ok(Some(format!(
+                "the auth key's tags {bad:?} are not owned by user {:?} in the policy's tagOwners",
+                user.name
+            )));
+        }
+    }
+    let bad = acl::unowned_tags(&state.hub, requested, user, &k.tags);
+    if bad.is_empty() {
+        return Ok(None);
+    }
+    let why = if policy {
+        format!(
+            "neither user {:?} nor the auth key's tags own them in the policy's tagOwners",
+            user.name
+        )
+    } else {
+        "no access policy is in force, so no tag has an owner".to_string()
+    };
+    Ok(Some(format!(
+        "requested tags {bad:?} are invalid or not permitted: {why}"
+    )))
 }
 
 /// The registration id at the end of a follow-up URL (`.../register/<id>`).

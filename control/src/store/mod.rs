@@ -11,6 +11,7 @@
 mod apikeys;
 mod model;
 mod nodes;
+mod policy;
 mod preauth;
 mod recycle;
 mod users;
@@ -28,6 +29,7 @@ use crate::ipam::IpPrefixes;
 use crate::metrics::Metrics;
 
 pub use model::*;
+pub use policy::StoredPolicy;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

@@ -456,10 +456,13 @@ impl Store {
                 new.ephemeral = row.try_get::<i64, _>("ephemeral")? != 0;
                 new.auth_key_id = Some(key_id);
                 new.register_method = RegisterMethod::AuthKey;
-                let key_tags = tags_from_json(&row.try_get::<String, _>("tags")?);
-                if !key_tags.is_empty() {
-                    new.tags = key_tags;
-                }
+                // The key's tags plus those the node asked for (registration
+                // has checked both against the policy).
+                let mut tags = tags_from_json(&row.try_get::<String, _>("tags")?);
+                tags.append(&mut new.tags);
+                tags.sort();
+                tags.dedup();
+                new.tags = tags;
                 if !reusable {
                     sqlx::query("UPDATE pre_auth_keys SET used = 1 WHERE id = $1").bind(key_id).execute(&mut *tx).await?;
                 }

@@ -71,6 +71,33 @@ impl Store {
         .await
     }
 
+    /// The key `presented` names, if its secret matches; not whether it may
+    /// still be used (registration decides that, in its transaction). Lets
+    /// registration check the key's tags against the policy first.
+    pub async fn preauth_key_by_secret(
+        &self,
+        presented: &str,
+    ) -> Result<Option<PreAuthKey>, StoreError> {
+        let Some(parsed) = keys::parse(PREAUTH_KEY_KIND, presented) else {
+            return Ok(None);
+        };
+        let hash: Option<String> =
+            sqlx::query_scalar("SELECT hash FROM pre_auth_keys WHERE prefix = $1")
+                .bind(parsed.prefix)
+                .fetch_optional(&self.pool)
+                .await?;
+        if !hash.is_some_and(|h| parsed.matches(&h)) {
+            return Ok(None);
+        }
+        let row = sqlx::query(&format!("{KEY_SELECT} WHERE k.prefix = $1"))
+            .bind(parsed.prefix)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| key_from_row(&r))
+            .transpose()
+            .map_err(Into::into)
+    }
+
     pub async fn preauth_key_by_id(&self, id: i64) -> Result<PreAuthKey, StoreError> {
         let row = sqlx::query(&format!("{KEY_SELECT} WHERE k.id = $1"))
             .bind(id)

@@ -44,7 +44,17 @@ DP_FIGURES = [
     ("up_to_first_packet_ms", "`up` to first packet (median of starts)", "ms", False),
 ]
 
-PROP_KINDS = ["endpoint", "join", "leave"]
+PROP_KINDS = ["endpoint", "join", "leave", "policy_change"]
+
+
+def allow_all(r):
+    """Runs without an access policy (the targets and plots are about these)."""
+    return r.get("policy", "allow-all") == "allow-all"
+
+
+def run_label(r):
+    """The database, and the policy when there is one: `sqlite (acl-20)`."""
+    return r.get("db") if allow_all(r) else f"{r.get('db')} ({r.get('policy')})"
 
 
 # ---------------------------------------------------------------- inputs
@@ -277,7 +287,8 @@ def dp_targets(dp):
 
 
 def runs_at(ctl, n, db=None):
-    return [r for r in (ctl or {}).get("runs") or [] if r.get("n") == n and (db is None or r.get("db") == db)]
+    return [r for r in (ctl or {}).get("runs") or []
+            if r.get("n") == n and (db is None or r.get("db") == db) and allow_all(r)]
 
 
 def live_sessions(r):
@@ -306,7 +317,7 @@ def ctl_targets(ctl):
     parts, met = [], (True if runs else None)
     for r in runs:
         prop = r.get("propagation") or {}
-        p99s = {k: (prop.get(k) or {}).get("p99_ms") for k in PROP_KINDS}
+        p99s = {k: (prop.get(k) or {}).get("p99_ms") for k in PROP_KINDS if prop.get(k)}
         worst = max((v for v in p99s.values() if v is not None), default=None)
         parts.append(f"{r.get('db')}: " + ", ".join(f"{k} {num(v)} ms" for k, v in p99s.items()) + partial(r))
         if not r.get("held") and worst is not None and worst < 1000:
@@ -422,7 +433,8 @@ def control_section(ctl, problem):
     lines = ["## Control plane", ""]
     if ctl is None:
         return "\n".join(lines + [f"**Missing:** {problem}; no control-plane figures in this report.", ""])
-    runs = sorted(ctl.get("runs") or [], key=lambda r: (r.get("db") != "sqlite", r.get("db") or "", r.get("n") or 0))
+    runs = sorted(ctl.get("runs") or [], key=lambda r: (r.get("db") != "sqlite", r.get("db") or "", r.get("n") or 0,
+                                                         r.get("policy") or ""))
     lines.append("N simulated nodes speaking the real protocol (Noise, registration with a reusable key, "
                  "one streaming map session each) from one load-generator process on loopback against "
                  "`meshscale serve` (e2e/bench/control.sh, bench/loadgen).")
@@ -430,24 +442,25 @@ def control_section(ctl, problem):
     rows = []
     for r in runs:
         mib = lambda k: None if r.get(k) is None else r[k] / 1024
-        rows.append([r.get("db"), num(r.get("n")), num(r.get("held")), num(r.get("register_per_s")),
+        rows.append([run_label(r), num(r.get("n")), num(r.get("held")), num(r.get("register_per_s")),
                      num(r.get("all_mapped_s")), num(mib("server_rss_kib")), num(mib("server_rss_peak_kib")),
-                     num(r.get("server_cpu_s_per_change"), 4), num(r.get("bytes_per_change")),
-                     num(r.get("nodes_list_ms"))])
+                     num(r.get("server_cpu_s_per_change"), 4), num(r.get("server_cpu_s_per_policy_change"), 4),
+                     num(r.get("bytes_per_change")), num(r.get("nodes_list_ms"))])
     lines.append(table(["db", "N", "all held", "register nodes/s", "all mapped (s)", "server RSS (MiB)",
-                        "RSS peak (MiB)", "CPU s / change", "bytes / change", "`nodes list` (ms)"], rows))
+                        "RSS peak (MiB)", "CPU s / change", "CPU s / policy change", "bytes / change",
+                        "`nodes list` (ms)"], rows))
     lines += ["", "### Propagation: one change until every session has the delta (ms)", ""]
     rows = []
     for r in runs:
         prop = r.get("propagation") or {}
-        row = [r.get("db"), num(r.get("n"))]
+        row = [run_label(r), num(r.get("n"))]
         for k in PROP_KINDS:
             p = prop.get(k) or {}
             row.append(f"{num(p.get('p50_ms'))} / {num(p.get('p99_ms'))} / {num(p.get('max_ms'))}"
                        f" (n={num(p.get('samples'))})")
         rows.append(row)
     lines.append(table(["db", "N"] + [f"{k}: p50 / p99 / max" for k in PROP_KINDS], rows))
-    notes = [f"{r.get('db')} N={r.get('n')}: {r['notes']}" for r in runs if r.get("notes")]
+    notes = [f"{run_label(r)} N={r.get('n')}: {r['notes']}" for r in runs if r.get("notes")]
     if ctl.get("notes"):
         notes = ([ctl["notes"]] if isinstance(ctl["notes"], str) else list(ctl["notes"])) + notes
     if notes:
@@ -514,7 +527,7 @@ def make_plots(dp, ctl, out_dir):
         ax.margins(y=0.15)
         save(fig, "throughput.png")
 
-    runs = (ctl or {}).get("runs") or []
+    runs = [r for r in (ctl or {}).get("runs") or [] if allow_all(r)]
     dbs = sorted({r.get("db") for r in runs if r.get("db")}, key=lambda d: (d != "sqlite", d))
 
     def series(db, getter):

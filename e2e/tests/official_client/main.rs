@@ -10,4 +10,5 @@ mod lan;
 mod lifecycle;
 mod login;
 mod nat;
+mod policy;
 mod restart;

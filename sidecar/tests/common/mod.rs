@@ -217,6 +217,11 @@ pub struct LanWorld {
 }
 
 pub fn lan(test: &str, tools: &Tools, hosts: usize) -> LanWorld {
+    lan_with(test, tools, hosts, "")
+}
+
+/// [`lan`] with `extra_yaml` appended to the server's config.
+pub fn lan_with(test: &str, tools: &Tools, hosts: usize, extra_yaml: &str) -> LanWorld {
     let lab = Lab::new(test).expect("lab");
     let sw = lab.switch("lan").expect("switch");
     let srv = lab.host("srv", &sw, "10.2.0.1/24").expect("srv ns");
@@ -230,7 +235,7 @@ pub fn lan(test: &str, tools: &Tools, hosts: usize) -> LanWorld {
             .expect("host ns")
         })
         .collect();
-    let server = Server::start(&lab, tools, &srv, "10.2.0.1", "").expect("server");
+    let server = Server::start(&lab, tools, &srv, "10.2.0.1", extra_yaml).expect("server");
     server.create_user("vpn1").expect("user");
     LanWorld { server, hosts, lab }
 }
