@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{CONVERGE, Sidecar, tools};
 use meshscale_e2e::poll::eventually;
 use meshscale_e2e::process::Proc;
-use meshscale_e2e::{Lab, Ns, cmd};
+use meshscale_e2e::{Lab, Ns, TsNode, cmd};
 
 const OWNERS: &str = r#""tagOwners": {"tag:a": ["vpn1@"], "tag:b": ["vpn1@"]}"#;
 
@@ -180,4 +180,39 @@ fn f1_receiving_sidecar_enforces_the_policy() {
     reaches(&w.hosts[0], &b4, 443);
     let st = b.status_json().expect("status");
     eprintln!("side-b filter: {}", st["filter"]);
+}
+
+/// The same policy between an official `tailscaled` (tag:a) and a sidecar
+/// (tag:b): the official client's connection to port 80 works, port 22 is
+/// dropped and counted by the sidecar, and the sidecar cannot open a
+/// connection to the official client (which enforces the filter itself).
+#[test]
+fn f2_tailscaled_to_sidecar() {
+    let Some(tools) = tools() else { return };
+    let w = common::lan_with("sc-f2", &tools, 2, "policy:\n  mode: database\n");
+    set_policy(&w, &policy(&a_to_b("80")));
+    let key_a = w
+        .server
+        .create_key("vpn1", &["--tags", "tag:a"])
+        .expect("key");
+    let key_b = w
+        .server
+        .create_key("vpn1", &["--tags", "tag:b"])
+        .expect("key");
+    let ts = TsNode::start(&w.lab, &tools, &w.hosts[0], "ts-a", &w.server).expect("tailscaled");
+    ts.join(&w.server, &key_a.key).expect("ts-a joins");
+    let b = Sidecar::start(&w.lab, &w.hosts[1], &w.server, &key_b.key, "side-b");
+    let (a4, _) = ts.addresses().expect("tailscaled addresses");
+    let (b4, _) = b.wait_ips();
+    b.wait_peer("ts-a", CONVERGE);
+    let _b80 = listen(&w.lab, &w.hosts[1], "b-80", 80);
+    let _b22 = listen(&w.lab, &w.hosts[1], "b-22", 22);
+    let _a80 = listen(&w.lab, &w.hosts[0], "a-80", 80);
+
+    reaches(&w.hosts[0], &b4, 80);
+    let before = acl_drops(&b);
+    assert!(!connects(&w.hosts[0], &b4, 22), "ts-a reached side-b:22");
+    assert!(acl_drops(&b) > before, "side-b counted no drop");
+    assert!(!connects(&w.hosts[1], &a4, 80), "side-b reached ts-a:80");
+    reaches(&w.hosts[0], &b4, 80);
 }
