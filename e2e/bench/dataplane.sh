@@ -443,7 +443,9 @@ run_tailscaled() {
   local ip_a
   ip_a=$(ts_cli "$NS_A" "$WORK/ts-a" ip -4)
   # Each start a new node B (fresh state), as a new pod is; the last one
-  # stays for the other figures.
+  # stays for the other figures. Back to back, as the pods of a rollout
+  # start: the server then batches changes over a longer window (a burst),
+  # and node A may hear of B later than B sends its first packet.
   local t0 i side=
   START_MS=()
   for ((i = 1; i <= STARTS; i++)); do

@@ -26,6 +26,10 @@ const GAPS_MS: [u64; 7] = [100, 100, 100, 200, 400, 800, 1000];
 /// Fast resends stop this long after the first initiation of an attempt:
 /// WireGuard's `REKEY_TIMEOUT`, when boringtun would have sent its first.
 pub const FAST_WINDOW: Duration = Duration::from_secs(5);
+/// The least time between two initiations: the answer to the last one may
+/// still be on its way, and wireguard-go drops an initiation that comes
+/// within 20 ms of the previous one.
+const MIN_GAP: Duration = Duration::from_millis(25);
 
 /// The gap before resend number `n` (0-based).
 pub fn gap(n: u32) -> Duration {
@@ -38,6 +42,8 @@ pub fn gap(n: u32) -> Duration {
 #[derive(Debug, Clone, Copy)]
 struct Attempt {
     started: Instant,
+    /// When the last initiation left.
+    last: Instant,
     /// Resends made so far (the first initiation not counted).
     resends: u32,
     /// `None`: the fast window is over; boringtun's timer is in charge.
@@ -61,6 +67,7 @@ impl Handshakes {
                     key,
                     Attempt {
                         started: now,
+                        last: now,
                         resends: 0,
                         next: Some(now + gap(0)),
                     },
@@ -69,6 +76,7 @@ impl Handshakes {
             // Past the window: boringtun's own retries, left alone.
             Some(a) if a.next.is_none() => {}
             Some(a) => {
+                a.last = now;
                 a.resends = a.resends.saturating_add(1);
                 let next = now + gap(a.resends);
                 a.next = (next.duration_since(a.started) < FAST_WINDOW).then_some(next);
@@ -82,12 +90,13 @@ impl Handshakes {
         self.attempts.remove(key);
     }
 
-    /// A path to `key` was just proven: a resend is worth trying now.
+    /// A path to `key` was just proven: a resend is worth trying now, or
+    /// as soon as [`MIN_GAP`] has passed since the last initiation.
     pub fn hurry(&mut self, key: &NodePublic, now: Instant) {
         if let Some(a) = self.attempts.get_mut(key)
-            && a.next.is_some()
+            && let Some(next) = a.next
         {
-            a.next = Some(now);
+            a.next = Some(next.min((a.last + MIN_GAP).max(now)));
         }
     }
 
@@ -194,7 +203,10 @@ mod tests {
         h.hurry(&k, now);
         assert_eq!(h.next_due(), None, "no attempt, nothing to hurry");
         h.on_initiation(k, now);
-        let t = now + Duration::from_millis(20);
+        // Right after the initiation: its answer may be on the way.
+        h.hurry(&k, now + Duration::from_millis(1));
+        assert_eq!(h.next_due(), Some(now + MIN_GAP));
+        let t = now + Duration::from_millis(40);
         h.hurry(&k, t);
         assert_eq!(h.due(t), [k]);
         // Past the window, boringtun is in charge: no hurry.
