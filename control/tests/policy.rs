@@ -458,3 +458,61 @@ async fn live_maps_follow_policy_changes() {
         drop((sa, sw));
     }
 }
+
+/// The policy calls sit behind the same API-key check as every other call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_policy_calls_need_an_api_key() {
+    let addr = format!("127.0.0.1:{}", support::server::free_port());
+    let s = start(
+        &support::Db::Sqlite,
+        &format!(
+            "grpc_listen_addr: {addr}\ngrpc_allow_insecure: true\npolicy:\n  mode: database\n"
+        ),
+    )
+    .await;
+    let good = write(s.dir.path(), "good.hujson", WEB_ONLY);
+    let key = s
+        .ok(&["apikeys", "create", "-e", "1d"])
+        .await
+        .trim()
+        .to_string();
+    let remote = |key: Option<&str>| {
+        let mut env = vec![
+            ("MESHSCALE_CLI_ADDRESS", addr.clone()),
+            ("MESHSCALE_CLI_INSECURE", "1".to_string()),
+            (
+                "MESHSCALE_UNIX_SOCKET",
+                "/nonexistent/meshscale.sock".to_string(),
+            ),
+        ];
+        if let Some(k) = key {
+            env.push(("MESHSCALE_CLI_API_KEY", k.to_string()));
+        }
+        env
+    };
+    for args in [
+        &["policy", "set", "--file", good.as_str()][..],
+        &["policy", "check", "--file", good.as_str()],
+        &["policy", "get"],
+    ] {
+        let env = remote(None);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = s.cli_env(args, &env).await;
+        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?} without a key: {stderr}"
+        );
+        assert!(stderr.contains("api key"), "{args:?}: {stderr}");
+
+        let env = remote(Some(&key));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = s.cli_env(args, &env).await;
+        assert!(
+            out.status.success(),
+            "{args:?} with a key: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
