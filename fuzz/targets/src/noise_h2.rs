@@ -71,12 +71,21 @@ async fn state() -> SharedState {
         derp_map: derpmap::build(&config).expect("fuzz DERP map"),
         dns: dns_config(true, &config.dns.base_domain, &[]),
     };
+    let hub = Arc::new(Hub::new(tailnet));
+    let acl = meshscale_control::acl::Acl::load(
+        config.policy_source().expect("fuzz policy source"),
+        &store,
+        &hub,
+    )
+    .await
+    .expect("fuzz policy");
     Arc::new(AppState {
         config,
         store,
-        hub: Arc::new(Hub::new(tailnet)),
+        hub,
         pending: PendingRegistrations::default(),
         metrics,
+        acl,
     })
 }
 
