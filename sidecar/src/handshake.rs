@@ -4,11 +4,14 @@
 //! after `REKEY_TIMEOUT`, 5 s. At pod start the first initiation is often
 //! lost — typically the peer has not yet heard of the new node from control
 //! and drops it — and then the first packet waits those 5 s. While a peer
-//! has no session, this schedule resends sooner: every 100 ms at first,
-//! then backing off to a 1 s cap, for one `REKEY_TIMEOUT`; after that
+//! has no session, this schedule resends sooner: every 50 ms for the first
+//! 200 ms (the peer usually hears of us within a few hundred, and until it
+//! does it drops them unanswered: cheaply, with one key agreement at most),
+//! then
+//! backing off to a 1 s cap, for one `REKEY_TIMEOUT`; after that
 //! boringtun's own timer carries on (its next retry comes 5 s after our
-//! last one). At most six in the first second stays under boringtun's
-//! per-peer handshake rate limit (ten a second), and 100 ms gaps are far
+//! last one). At most eight in the first second stays under boringtun's
+//! per-peer handshake rate limit (ten a second), and 50 ms gaps are well
 //! above wireguard-go's flood guard (an initiation within 20 ms of the last
 //! one is dropped).
 //!
@@ -22,7 +25,7 @@ use tokio::time::Instant;
 
 /// Gaps before the 1st, 2nd, ... resend (counted from the previous one);
 /// the last gap repeats.
-const GAPS_MS: [u64; 7] = [100, 100, 100, 200, 400, 800, 1000];
+const GAPS_MS: [u64; 9] = [50, 50, 50, 50, 100, 200, 400, 800, 1000];
 /// Fast resends stop this long after the first initiation of an attempt:
 /// WireGuard's `REKEY_TIMEOUT`, when boringtun would have sent its first.
 pub const FAST_WINDOW: Duration = Duration::from_secs(5);
@@ -150,7 +153,10 @@ mod tests {
         let k = key(1);
         let times = resend_times(&mut h, k, start);
         let ms: Vec<u128> = times.iter().map(Duration::as_millis).collect();
-        assert_eq!(ms, [100, 200, 300, 500, 900, 1700, 2700, 3700, 4700]);
+        assert_eq!(
+            ms,
+            [50, 100, 150, 200, 300, 500, 900, 1700, 2700, 3700, 4700]
+        );
         // Far more than boringtun's single resend at 5 s, and all of them
         // before it.
         assert!(times.iter().all(|t| *t < FAST_WINDOW));
@@ -187,9 +193,9 @@ mod tests {
         h.on_initiation(key(2), now + Duration::from_millis(30));
         assert_eq!(h.next_due(), Some(now + gap(0)));
         h.done(&key(1));
-        assert_eq!(h.next_due(), Some(now + Duration::from_millis(130)));
-        assert!(h.due(now + Duration::from_millis(129)).is_empty());
-        assert_eq!(h.due(now + Duration::from_millis(130)), [key(2)]);
+        assert_eq!(h.next_due(), Some(now + Duration::from_millis(80)));
+        assert!(h.due(now + Duration::from_millis(79)).is_empty());
+        assert_eq!(h.due(now + Duration::from_millis(80)), [key(2)]);
         h.done(&key(2));
         assert_eq!(h.next_due(), None);
         assert!(h.due(now + Duration::from_secs(60)).is_empty());
