@@ -224,6 +224,10 @@ unix_socket: $d/run/meshscale.sock
 derp:
   server:
     stun_listen_addr: $IP_A:3478
+# Database mode with no policy set is allow-all; the sidecar's filter row
+# sets policies with `meshscale policy set`.
+policy:
+  mode: database
 YAML
   ip netns exec "$NS_A" "$MESHSCALE" -c "$d/config.yaml" serve >"$d/server.log" 2>&1 &
   PIDS[server]=$!
@@ -502,7 +506,69 @@ run_sidecar() {
        ip netns exec $NS_B $SIDECAR --state-dir $WORK/sc-$side status --json | jq -e '.peers[] | select(.name == \"sc-a\") | .path | startswith(\"direct\")'"
   fi
   measure meshscale-sidecar "$ip_a" "$(printf '%s\n' "${START_MS[@]}" | median)"
+  [[ $START_ONLY == 1 ]] || measure_filter "$ip_a" "$WORK/sc-a" "$WORK/sc-$side"
   stop_all_agents
+}
+
+# The policy with 20 ACL entries: 19 for ports nothing uses, then iperf3's.
+policy_20() {
+  local i acls=
+  for ((i = 0; i < 19; i++)); do
+    acls+="{\"action\": \"accept\", \"src\": [\"bench@\"], \"proto\": \"tcp\", \"dst\": [\"bench@:$((7000 + i))\"]},"
+  done
+  acls+='{"action": "accept", "src": ["bench@"], "proto": "tcp", "dst": ["bench@:5201"]}'
+  printf '{"acls": [%s]}\n' "$acls"
+}
+
+# Sets the policy in file $1 and waits until both sidecars compiled $2
+# filter entries (status --json .filter.matches).
+set_policy_and_wait() {
+  local file=$1 want=$2 a=$3 b=$4
+  "$MESHSCALE" -c "$WORK/server/config.yaml" policy set --file "$file" >/dev/null
+  wait_for 20 "both sidecars to apply $(basename "$file")" bash -c \
+    "[[ \$(ip netns exec $NS_A $SIDECAR --state-dir $a status --json | jq '.filter.matches') $want ]] &&
+     [[ \$(ip netns exec $NS_B $SIDECAR --state-dir $b status --json | jq '.filter.matches') $want ]]"
+}
+
+# The packet filter's cost: one-stream TCP (fwd) with an allow-all policy
+# and with the 20-entry one, alternating run by run so machine noise hits
+# both alike. Adds tcp1_fwd_allow_all_mbps, tcp1_fwd_filter20_mbps and
+# filter20_matches to the sidecar's figures.
+measure_filter() {
+  local target=$1 a=$2 b=$3 dir=$WORK/meshscale-sidecar run f mbps
+  local -A runs=()
+  printf '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}\n' >"$dir/policy-allow-all.json"
+  policy_20 >"$dir/policy-20.json"
+  ip netns exec "$NS_A" iperf3 -s -p 5201 >"$dir/iperf3-filter-server.log" 2>&1 &
+  PIDS[iperf3]=$!
+  wait_for 10 "iperf3 -s" B bash -c "exec 3<>/dev/tcp/$target/5201"
+  local matches20=null
+  for ((run = 1; run <= RUNS; run++)); do
+    for pol in allow-all 20; do
+      if [[ $pol == 20 ]]; then
+        set_policy_and_wait "$dir/policy-$pol.json" "-ge 20" "$a" "$b"
+        matches20=$(ip netns exec "$NS_A" "$SIDECAR" --state-dir "$a" status --json | jq '.filter.matches')
+      else
+        set_policy_and_wait "$dir/policy-$pol.json" "-le 2" "$a" "$b"
+      fi
+      f=$dir/filter-$pol-$run.json
+      log "meshscale-sidecar: tcp1_fwd with the $pol policy, run $run/$RUNS (${SECS}s)"
+      if ! B timeout $((SECS + 30)) iperf3 -c "$target" -p 5201 -t "$SECS" -J >"$f" 2>"$f.err"; then
+        log "meshscale-sidecar: filter run failed: $(head -c 300 "$f.err")"
+        continue
+      fi
+      mbps=$(jq -r '.end.sum_received.bits_per_second / 1e6 | . * 10 | round / 10' "$f")
+      runs[$pol]+="$mbps "
+    done
+  done
+  stop_bg iperf3
+  local all20 allow
+  allow=$(printf '%s\n' ${runs[allow-all]:-} | median)
+  all20=$(printf '%s\n' ${runs[20]:-} | median)
+  jq --argjson a "${allow:-null}" --argjson f "${all20:-null}" --argjson m "$matches20" \
+    '. + {tcp1_fwd_allow_all_mbps: $a, tcp1_fwd_filter20_mbps: $f, filter20_matches: $m}' \
+    "$WORK/meshscale-sidecar.json" >"$WORK/meshscale-sidecar.json.tmp"
+  mv "$WORK/meshscale-sidecar.json.tmp" "$WORK/meshscale-sidecar.json"
 }
 
 stop_all_agents() {
@@ -570,6 +636,7 @@ notes=(
   "Latency: ping -i 0.01, ${PINGS} samples, nearest-rank p50/p99; under load = while one iperf3 TCP stream runs; lost pings are not counted."
   "cpu_s_per_gb: utime+stime of both agents over all TCP runs, per GB received by iperf3 (null for veth: kernel only)."
   "rss_*_kib: the larger of the two agents' VmRSS; idle after the path is up, load = peak sampled every 0.5 s during the load run."
+  "tcp1_fwd_allow_all_mbps / tcp1_fwd_filter20_mbps (sidecar only): one-stream TCP with an allow-all policy vs a 20-entry ACL (19 entries for unused ports, iperf3's last), alternating run by run, median of ${RUNS} each; filter20_matches = the compiled filter entries per family on the receiving sidecar. Target: within 5%."
   "up_to_first_packet_ms: from starting node B (tailscale up, with its tailscaled already running; meshscale-sidecar up) to the first ping reply from node A's mesh address; median of ${STARTS} starts, each a new node B with fresh state (up_to_first_packet_runs_ms: every start, in order)."
 )
 notes_json=$(printf '%s\n' "${notes[@]}" "${FAILED_NOTES[@]}" | jq -R 'select(length > 0)' | jq -s -c .)
@@ -593,7 +660,8 @@ jq -r '
   | (["figure", "veth", "wg-go", "tailscaled", "sidecar", "sc/wg-go", "sc/tailscaled"] | @tsv),
     (["tcp1_fwd_mbps", "tcp1_rev_mbps", "tcp4_fwd_mbps", "tcp4_rev_mbps", "udp_pps", "udp_mbps",
       "udp_loss_pct", "lat_idle_p50_ms", "lat_idle_p99_ms", "lat_load_p50_ms", "lat_load_p99_ms",
-      "cpu_s_per_gb", "rss_idle_kib", "rss_load_kib", "up_to_first_packet_ms"][] as $f
+      "cpu_s_per_gb", "rss_idle_kib", "rss_load_kib", "up_to_first_packet_ms",
+      "tcp1_fwd_allow_all_mbps", "tcp1_fwd_filter20_mbps"][] as $f
      | [$f] + [$cols[] | ($s[.][$f] // null) | fmt]
        + [ratio($s["meshscale-sidecar"][$f]; $s["wireguard-go"][$f]), ratio($s["meshscale-sidecar"][$f]; $s["tailscaled"][$f])]
      | @tsv)' "$OUT/dataplane.json" | column -t -s $'\t'

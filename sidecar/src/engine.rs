@@ -14,6 +14,7 @@ use std::time::Duration;
 use boringtun::noise::{Tunn, TunnResult};
 use meshscale_controlclient::dial::TlsConfigs;
 use meshscale_controlclient::{DiscoKey, NodeKey};
+use meshscale_packetfilter::{Filter, LocalNets, Policy, Rules, Verdict};
 use meshscale_wire::NodePublic;
 use meshscale_wire::tailcfg::Node;
 use serde::Serialize;
@@ -97,6 +98,22 @@ pub struct StatusReport {
     pub user: String,
     pub derp: Option<String>,
     pub peers: Vec<PeerStatus>,
+    /// The inbound packet filter (absent from older sidecars).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct FilterStatus {
+    /// Whether the map carried a filter yet.
+    pub received: bool,
+    /// `PacketFilters` chunk names in force.
+    pub chunks: Vec<String>,
+    /// Compiled per-family rules.
+    pub matches: usize,
+    /// Inbound packets accepted, and dropped by reason.
+    pub accepted: u64,
+    pub dropped: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -152,6 +169,9 @@ pub struct Engine {
     stun_targets_tx: mpsc::Sender<Vec<SocketAddr>>,
     stun_targets_rx: mpsc::Receiver<Vec<SocketAddr>>,
     logged_out: Option<String>,
+    /// The inbound packet filter from the map's `PacketFilters`; shared
+    /// with `/metrics` for its counters.
+    filter: Arc<Filter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +244,43 @@ impl Engine {
             stun_targets_tx,
             stun_targets_rx,
             logged_out: None,
+            // Before a map: nothing is ours, so nothing new comes in (as
+            // the official client's AllowNone filter).
+            filter: Arc::new(Filter::new(Policy::default())),
         })
+    }
+
+    /// The packet filter, for `/metrics`.
+    pub fn filter(&self) -> Arc<Filter> {
+        self.filter.clone()
+    }
+
+    /// Recompiles the filter when the map's chunks or our addresses
+    /// changed. Only the policy is replaced: the flow table and counters
+    /// carry on, so flows that stay allowed are not disturbed.
+    fn refresh_filter(&mut self, nm: &NetMap, addrs_changed: bool) {
+        if !addrs_changed && nm.filters == self.current.filters {
+            return;
+        }
+        // No filter in the map means no rules: new inbound connections are
+        // refused, as the official client does with an empty PacketFilter.
+        let compiled = Rules::compile(&nm.filters.rules());
+        for e in &compiled.errors {
+            warn!(error = %e, "packet filter entry ignored");
+        }
+        info!(
+            chunks = ?nm.filters.names().collect::<Vec<_>>(),
+            matches = compiled.rules.len(),
+            "packet filter updated"
+        );
+        let local = LocalNets::new(self.self_addrs.iter().map(|a| {
+            let bits = if a.is_ipv4() { 32 } else { 128 };
+            (*a, bits)
+        }));
+        self.filter.set_policy(Policy {
+            rules: compiled.rules,
+            local,
+        });
     }
 
     /// Runs until `commands` closes.
@@ -473,6 +529,7 @@ impl Engine {
             self.current = nm;
             return;
         }
+        let mut addrs_changed = false;
         if let Some(me) = &nm.self_node {
             let addrs = netmap::addresses(me);
             if addrs != self.self_addrs && !addrs.is_empty() {
@@ -483,6 +540,7 @@ impl Engine {
                         }
                         info!(addresses = ?addrs, tun = %self.tun_name, "tunnel up");
                         self.self_addrs = addrs;
+                        addrs_changed = true;
                         self.ready.store(true, Ordering::Relaxed);
                     }
                     Err(e) => warn!(error = %e, "cannot configure the TUN device"),
@@ -507,6 +565,7 @@ impl Engine {
         for key in self.peers.keys() {
             self.wg.ensure(*key);
         }
+        self.refresh_filter(&nm, addrs_changed);
         self.current = nm;
     }
 
@@ -526,6 +585,8 @@ impl Engine {
         let Some(dst) = Tunn::dst_address(packet) else {
             return;
         };
+        // Flows we open: their UDP replies pass the inbound filter.
+        self.filter.outbound(packet);
         let Some(key) = self.peers.by_ip(&dst) else {
             trace!(%dst, "no peer for destination");
             return;
@@ -761,6 +822,10 @@ impl Engine {
                     }
                     st.rx_bytes += len as u64;
                     st.last_activity = Some(Instant::now());
+                    if let Verdict::Drop(why) = self.filter.inbound(&self.out[head..head + len]) {
+                        trace!(peer = %key, reason = why.as_str(), "inbound packet filtered");
+                        return;
+                    }
                     self.out[..head].fill(0);
                     let packet = &self.out[..head + len];
                     let tun = &self.tun;
@@ -1073,6 +1138,25 @@ impl Engine {
             user: me.map(user_of).unwrap_or_default(),
             derp: self.relays.home_code_if_up().map(String::from),
             peers,
+            filter: Some(self.filter_status()),
+        }
+    }
+}
+
+impl Engine {
+    fn filter_status(&self) -> FilterStatus {
+        let policy = self.filter.policy();
+        let c = self.filter.counters();
+        FilterStatus {
+            received: self.current.filters.received(),
+            chunks: self.current.filters.names().map(String::from).collect(),
+            matches: policy.rules.len(),
+            accepted: c.accepted(),
+            dropped: c
+                .drops()
+                .iter()
+                .map(|(r, n)| (r.as_str().to_string(), *n))
+                .collect(),
         }
     }
 }

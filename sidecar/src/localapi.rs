@@ -154,16 +154,19 @@ pub async fn call(path: &Path, req: &Request) -> Result<Response, LocalApiError>
 }
 
 /// `/healthz` for the Kubernetes startup probe: 200 only once the tunnel
-/// carries the node's addresses, 503 before.
+/// carries the node's addresses, 503 before. `/metrics` on the same
+/// listener: the packet filter's verdicts in Prometheus text format.
 pub async fn serve_healthz(
     listener: tokio::net::TcpListener,
     ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    filter: std::sync::Arc<meshscale_packetfilter::Filter>,
 ) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             continue;
         };
         let ready = ready.clone();
+        let filter = filter.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
@@ -172,13 +175,18 @@ pub async fn serve_healthz(
                 .and_then(Result::ok)
                 .unwrap_or(0);
             let req = String::from_utf8_lossy(&buf[..n]);
-            let path_ok = req.starts_with("GET /healthz ") || req.starts_with("HEAD /healthz ");
-            let (status, body) = if !path_ok {
-                ("404 Not Found", "not found\n")
+            let is = |path: &str| {
+                req.starts_with(&format!("GET {path} "))
+                    || req.starts_with(&format!("HEAD {path} "))
+            };
+            let (status, body) = if is("/metrics") {
+                ("200 OK", metrics(&filter))
+            } else if !is("/healthz") {
+                ("404 Not Found", "not found\n".to_string())
             } else if ready.load(std::sync::atomic::Ordering::Relaxed) {
-                ("200 OK", "ok\n")
+                ("200 OK", "ok\n".to_string())
             } else {
-                ("503 Service Unavailable", "tunnel not up\n")
+                ("503 Service Unavailable", "tunnel not up\n".to_string())
             };
             let resp = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -189,9 +197,48 @@ pub async fn serve_healthz(
     }
 }
 
+/// The filter's counters in Prometheus text exposition format.
+pub fn metrics(filter: &meshscale_packetfilter::Filter) -> String {
+    use std::fmt::Write;
+    let c = filter.counters();
+    let mut out = String::new();
+    out.push_str("# HELP meshscale_sidecar_filter_accepted_packets_total Packets from the tunnel the packet filter let through.\n");
+    out.push_str("# TYPE meshscale_sidecar_filter_accepted_packets_total counter\n");
+    let _ = writeln!(
+        out,
+        "meshscale_sidecar_filter_accepted_packets_total {}",
+        c.accepted()
+    );
+    out.push_str("# HELP meshscale_sidecar_filter_dropped_packets_total Packets from the tunnel the packet filter dropped, by reason.\n");
+    out.push_str("# TYPE meshscale_sidecar_filter_dropped_packets_total counter\n");
+    for (reason, n) in c.drops() {
+        let _ = writeln!(
+            out,
+            "meshscale_sidecar_filter_dropped_packets_total{{reason=\"{}\"}} {n}",
+            reason.as_str()
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_name_every_reason() {
+        use meshscale_packetfilter::{DropReason, Filter, Policy};
+        let f = Filter::new(Policy::default());
+        f.inbound(&[0x45; 10]);
+        let m = metrics(&f);
+        assert!(
+            m.contains("meshscale_sidecar_filter_dropped_packets_total{reason=\"too_short\"} 1\n")
+        );
+        for r in DropReason::ALL {
+            assert!(m.contains(&format!("{{reason=\"{}\"}}", r.as_str())), "{m}");
+        }
+        assert!(m.contains("meshscale_sidecar_filter_accepted_packets_total 0\n"));
+    }
 
     #[test]
     fn request_json_shape() {

@@ -281,13 +281,14 @@ async fn up(state_dir: &Path, sock: &Path, args: &UpArgs) -> anyhow::Result<()> 
             ready.clone(),
         )
         .await?;
+        let filter = engine.filter();
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let engine_task = tokio::spawn(engine.run(cmd_rx).in_current_span());
 
         let healthz = tokio::net::TcpListener::bind(&args.healthz_addr)
             .await
             .with_context(|| format!("binding /healthz on {}", args.healthz_addr))?;
-        tokio::spawn(localapi::serve_healthz(healthz, ready.clone()));
+        tokio::spawn(localapi::serve_healthz(healthz, ready.clone(), filter));
 
         let (down_tx, mut down_rx) = watch::channel(false);
         let sock_path = sock.to_path_buf();

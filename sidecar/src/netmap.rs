@@ -2,11 +2,13 @@
 //! of `tailcfg.MapResponse` (Tailscale `controlclient/map.go`): `Peers`
 //! replaces the peer list; otherwise `PeersChanged` upserts, `PeersRemoved`
 //! deletes and `PeersChangedPatch` patches; absent fields leave things as
-//! they were. Pure: no I/O, so every rule is unit-tested.
+//! they were. `PacketFilters` chunks merge by key (`Chunks`). Pure: no I/O,
+//! so every rule is unit-tested.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use meshscale_packetfilter::Chunks;
 use meshscale_wire::netip::IpPrefix;
 use meshscale_wire::tailcfg::{DerpMap, MapResponse, Node, NodeId, PeerChange, UserId};
 
@@ -40,6 +42,8 @@ pub struct NetMap {
     /// Set when the server no longer accepts the node: the data plane
     /// tears every tunnel down and reports NeedsLogin.
     pub logged_out: Option<String>,
+    /// The packet filter's chunks, as full and delta maps left them.
+    pub filters: Chunks,
 }
 
 /// What one message changed, for the data plane to react to.
@@ -48,6 +52,8 @@ pub struct Applied {
     pub self_changed: bool,
     pub peers_changed: bool,
     pub derp_changed: bool,
+    /// The message carried `PacketFilter` or `PacketFilters`.
+    pub filter_changed: bool,
     /// Addresses refused because they are outside the mesh prefixes.
     pub refused_addresses: Vec<String>,
 }
@@ -75,6 +81,9 @@ impl NetMap {
                 out.derp_changed = true;
             }
         }
+        out.filter_changed = self
+            .filters
+            .apply(msg.packet_filter.as_ref(), &msg.packet_filters);
         for u in &msg.user_profiles {
             self.users.insert(u.id, u.login_name.clone());
         }
@@ -328,5 +337,36 @@ mod tests {
         assert!(!in_mesh(&"100.128.0.1".parse().unwrap()));
         assert!(in_mesh(&"fd7a:115c:a1e0::1".parse().unwrap()));
         assert!(!in_mesh(&"fd7a:115c:a1e1::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn packet_filters_follow_full_and_delta_maps() {
+        use meshscale_wire::tailcfg::FilterRule;
+        let mut nm = NetMap::default();
+        assert!(!nm.filters.received());
+        let mut chunks = BTreeMap::new();
+        chunks.insert("base".to_string(), Some(vec![FilterRule::allow_all()]));
+        let a = nm.apply(&MapResponse {
+            node: Some(node(1, "100.64.0.1")),
+            packet_filters: chunks,
+            ..MapResponse::default()
+        });
+        assert!(a.filter_changed && nm.filters.received());
+        assert_eq!(nm.filters.rules(), vec![FilterRule::allow_all()]);
+        // A delta without filters leaves them; one with `null` deletes.
+        let a = nm.apply(&MapResponse {
+            peers_removed: vec![7],
+            ..MapResponse::default()
+        });
+        assert!(!a.filter_changed);
+        assert_eq!(nm.filters.rules().len(), 1);
+        let mut gone = BTreeMap::new();
+        gone.insert("base".to_string(), None);
+        let a = nm.apply(&MapResponse {
+            packet_filters: gone,
+            ..MapResponse::default()
+        });
+        assert!(a.filter_changed);
+        assert!(nm.filters.rules().is_empty());
     }
 }

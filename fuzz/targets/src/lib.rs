@@ -13,6 +13,7 @@ pub mod map_request;
 pub mod map_stream;
 pub mod noise_h2;
 pub mod noise_initiation;
+pub mod packetfilter;
 pub mod register_request;
 pub mod sidecar_localapi;
 pub mod stun_binding;
@@ -36,6 +37,7 @@ pub const TARGETS: &[Target] = &[
     ("map_stream", map_stream::run),
     ("noise_h2", noise_h2::run),
     ("noise_initiation", noise_initiation::run),
+    ("packetfilter", packetfilter::run),
     ("register_request", register_request::run),
     ("sidecar_localapi", sidecar_localapi::run),
     ("stun_binding", stun_binding::run),

@@ -115,6 +115,7 @@ replay_tests!(
     map_stream,
     noise_h2,
     noise_initiation,
+    packetfilter,
     register_request,
     sidecar_localapi,
     stun_binding,
