@@ -79,6 +79,9 @@ pub(crate) struct Checked {
     pub(crate) domains: Vec<(String, String)>,
 }
 
+/// Tailscale's longest SSH check period: one week.
+const MAX_CHECK_PERIOD_NS: i64 = 168 * 3600 * 1_000_000_000;
+
 fn inv(at: impl Into<String>, reason: impl Into<String>) -> PolicyError {
     PolicyError::invalid(at, reason)
 }
@@ -528,6 +531,12 @@ impl Checked {
                         return Err(inv(
                             format!("{at}.checkPeriod"),
                             format!("checkPeriod {p} must be a positive duration"),
+                        ));
+                    }
+                    if ns > MAX_CHECK_PERIOD_NS {
+                        return Err(inv(
+                            format!("{at}.checkPeriod"),
+                            format!("checkPeriod {p} is above the max (168h)"),
                         ));
                     }
                     ns

@@ -385,3 +385,30 @@ fn malformed_tests_and_ssh_aliases_are_refused() {
         assert!(err.starts_with(at), "{err:?} should start with {at}");
     }
 }
+
+#[test]
+fn compile_report_applies_auto_approvers_to_advertised_routes() {
+    let topo = Topology::parse(
+        r#"{"users": [{"id": 1, "name": "alice", "email": "alice@example.com"}],
+            "nodes": {
+              "a": {"hostname": "laptop", "ipv4": "100.64.0.1", "user": "alice"},
+              "r": {"hostname": "router", "tags": ["tag:router"], "ipv4": "100.64.0.4",
+                    "routable_ips": ["10.33.0.0/16"], "approved_routes": null}
+            }}"#,
+    )
+    .unwrap();
+    let rules = r#""acls": [{"action": "accept", "src": ["alice@"], "dst": ["10.33.0.0/16:22"]}]"#;
+    let approving = format!(
+        r#"{{"tagOwners": {{"tag:router": ["alice@"]}}, {rules},
+            "autoApprovers": {{"routes": {{"10.33.0.0/16": ["tag:router"]}}}}}}"#
+    );
+    let report = compile_report(&Policy::parse(&approving).unwrap(), &topo);
+    assert_eq!(report["a"]["peers"], serde_json::json!(["router"]));
+    let silent = format!(r#"{{"tagOwners": {{"tag:router": ["alice@"]}}, {rules}}}"#);
+    let report = compile_report(&Policy::parse(&silent).unwrap(), &topo);
+    assert_eq!(
+        report["a"]["peers"],
+        serde_json::json!([]),
+        "not approved: no route"
+    );
+}
