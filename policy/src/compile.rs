@@ -848,6 +848,25 @@ fn distribute(rule: &Rule, index: &NodeIndex, internet: &IpSet, filters: &mut [V
     }
 }
 
+/// Every network rule before per-node reduction (for policy tests whose
+/// destination is not a node, e.g. an address behind a subnet router).
+pub(crate) fn unreduced(policy: &Checked, tailnet: &Tailnet) -> Vec<FilterRule> {
+    let rules = Rules::new(policy, tailnet);
+    rules
+        .global
+        .iter()
+        .filter_map(|r| match r {
+            Rule::Net { src, dsts, protos } => Some(FilterRule {
+                src_ips: src.strings(),
+                dst_ports: dsts.iter().flat_map(|(d, p)| dst_wire(d, *p)).collect(),
+                ip_proto: protos.clone(),
+                ..FilterRule::default()
+            }),
+            Rule::Cap { .. } => None,
+        })
+        .collect()
+}
+
 /// Test helper shared with `tests.rs`: may `src` reach `dst` on `port`
 /// with protocol `proto` (None = any of the default ones)?
 pub(crate) fn allows(
