@@ -100,7 +100,7 @@ pub(crate) struct Rules<'a> {
     ctx: Ctx<'a>,
     global: Vec<Rule>,
     /// Grants with `autogroup:self` destinations: (grant, resolved sources).
-    selfish: Vec<(&'a GrantRule, IpSet)>,
+    self_grants: Vec<(&'a GrantRule, IpSet)>,
     /// `via` grants: (grant, sources).
     via: Vec<(&'a GrantRule, Src)>,
 }
@@ -110,7 +110,7 @@ impl<'a> Rules<'a> {
         let ctx = Ctx::new(policy, tailnet);
         let mut rules = Rules {
             global: Vec::new(),
-            selfish: Vec::new(),
+            self_grants: Vec::new(),
             via: Vec::new(),
             ctx,
         };
@@ -159,7 +159,7 @@ impl<'a> Rules<'a> {
                 .cloned()
                 .collect();
             let set = self.ctx.resolve_all(&plain);
-            self.selfish.push((grant, set));
+            self.self_grants.push((grant, set));
         }
         if others.is_empty() || (!src.any && src.set.is_empty()) {
             return;
@@ -230,7 +230,7 @@ impl<'a> Rules<'a> {
 
     fn self_rules(&self, n: &Node) -> Vec<Rule> {
         let mut out = Vec::new();
-        if self.selfish.is_empty() || !n.tags.is_empty() {
+        if self.self_grants.is_empty() || !n.tags.is_empty() {
             return out;
         }
         let Some(uid) = n.user else {
@@ -243,7 +243,7 @@ impl<'a> Rules<'a> {
             .iter()
             .filter(|m| m.tags.is_empty() && m.user == Some(uid))
             .collect();
-        for (grant, srcs) in &self.selfish {
+        for (grant, srcs) in &self.self_grants {
             let src = IpSet::from_addrs(
                 same_user
                     .iter()
