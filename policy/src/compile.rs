@@ -905,3 +905,94 @@ pub(crate) fn wire_contains(form: &str, ip: IpAddr) -> bool {
         _ => false,
     }
 }
+
+/// One rule reduced to what route visibility needs.
+#[derive(Debug, Clone)]
+struct Matcher {
+    src: Src,
+    dst_any: bool,
+    dst: IpSet,
+}
+
+impl Matcher {
+    fn of(rule: &Rule) -> Self {
+        let (dst_any, dst) = rule_dst(rule);
+        Matcher {
+            src: rule_src(rule).clone(),
+            dst_any,
+            dst,
+        }
+    }
+
+    fn src_has(&self, ips: &[IpAddr]) -> bool {
+        self.src.any || ips.iter().any(|ip| self.src.set.contains(*ip))
+    }
+
+    fn src_meets(&self, set: &IpSet) -> bool {
+        self.src.any || self.src.set.overlaps(set)
+    }
+
+    fn dst_has(&self, ips: &[IpAddr]) -> bool {
+        self.dst_any || ips.iter().any(|ip| self.dst.contains(*ip))
+    }
+
+    fn dst_meets(&self, set: &IpSet) -> bool {
+        !set.is_empty() && (self.dst_any || self.dst.overlaps(set))
+    }
+}
+
+/// Which of its peers' routes each node may use; see
+/// [`crate::RouteFilter`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RouteMatchers {
+    global: Vec<Matcher>,
+    per_node: BTreeMap<u64, (Vec<IpAddr>, IpSet, Vec<Matcher>)>,
+}
+
+impl RouteMatchers {
+    pub(crate) fn new(policy: &Checked, tailnet: &Tailnet) -> Self {
+        let rules = Rules::new(policy, tailnet);
+        let global = rules.global.iter().map(Matcher::of).collect();
+        let mut self_cache: BTreeMap<u64, Vec<Matcher>> = BTreeMap::new();
+        let mut per_node = BTreeMap::new();
+        for n in &tailnet.nodes {
+            let mut own = match (n.user, n.tags.is_empty()) {
+                (Some(uid), true) => self_cache
+                    .entry(uid)
+                    .or_insert_with(|| rules.self_rules(n).iter().map(Matcher::of).collect())
+                    .clone(),
+                _ => Vec::new(),
+            };
+            own.extend(rules.via_rules(n).iter().map(Matcher::of));
+            let mut routes = IpSet::new();
+            for r in subnet_routes(n) {
+                routes.add_prefix(&r);
+            }
+            per_node.insert(n.id, (node_ips(n), routes, own));
+        }
+        RouteMatchers { global, per_node }
+    }
+
+    /// May `viewer` use `route` (Headscale's `CanAccessRoute`): it may send
+    /// to the route, the route may send to it, or — for a subnet router —
+    /// its own subnets and the route may talk either way. Exit routes are
+    /// always allowed.
+    pub(crate) fn allows(&self, viewer: u64, route: &IpPrefix) -> bool {
+        // Exit routes of a visible exit node are always offered; using
+        // them is the client's choice.
+        if route.bits() == 0 {
+            return true;
+        }
+        let Some((ips, own_routes, extra)) = self.per_node.get(&viewer) else {
+            return false;
+        };
+        let route = IpSet::from_prefix(route);
+        self.global.iter().chain(extra).any(|m| {
+            (m.src_has(ips) && m.dst_meets(&route))
+                || (m.src_meets(&route) && m.dst_has(ips))
+                || (!own_routes.is_empty()
+                    && ((m.src_meets(own_routes) && m.dst_meets(&route))
+                        || (m.src_meets(&route) && m.dst_meets(own_routes))))
+        })
+    }
+}

@@ -412,3 +412,22 @@ fn compile_report_applies_auto_approvers_to_advertised_routes() {
         "not approved: no route"
     );
 }
+
+#[test]
+fn route_filter_offers_routes_only_to_nodes_the_policy_connects() {
+    let policy = Policy::parse(
+        r#"{"tagOwners": {"tag:router": ["alice@"], "tag:web": ["alice@"]},
+            "acls": [{"action": "accept", "src": ["bob@"], "dst": ["10.33.1.0/24:443"]}]}"#,
+    )
+    .unwrap();
+    let t = tailnet();
+    let filter = policy.route_filter(&t);
+    let route: meshscale_wire::netip::IpPrefix = "10.33.0.0/16".parse().unwrap();
+    assert!(filter.allows(2, &route), "bob may reach part of the route");
+    assert!(!filter.allows(1, &route), "alice may not");
+    assert!(
+        filter.allows(1, &"0.0.0.0/0".parse().unwrap()),
+        "exit routes are offered"
+    );
+    assert!(Policy::allow_all().route_filter(&t).allows(1, &route));
+}

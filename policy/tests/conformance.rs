@@ -281,6 +281,88 @@ fn ssh_meaning(policy: &Value) -> BTreeSet<String> {
     out
 }
 
+/// The routes a node reaches through its peers: the union of the peers'
+/// `AllowedIPs` beyond their own addresses must be the union of the
+/// visible peers' approved routes (counting advertised routes the policy's
+/// `autoApprovers` cover) that `RouteFilter` lets the node use. Which of two
+/// routers with the same route is primary depends on registration order,
+/// which captures do not record, so routes are compared per viewer, not
+/// per peer.
+fn same_routes(
+    policy: &Policy,
+    topo: &Topology,
+    node: &str,
+    got_peers: &Value,
+    want_allowed: &serde_json::Map<String, Value>,
+) -> Result<(), String> {
+    let own: BTreeSet<String> = topo
+        .tailnet
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            let v4 = n.ipv4.map(|ip| format!("{ip}/32"));
+            let v6 = n.ipv6.map(|ip| format!("{ip}/128"));
+            v4.into_iter().chain(v6)
+        })
+        .collect();
+    let want: BTreeSet<String> = want_allowed
+        .values()
+        .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .filter(|p| !own.contains(p))
+        .collect();
+    let visible: BTreeSet<&str> = got_peers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    // Approved routes, with advertised ones the autoApprovers cover.
+    let mut tailnet = topo.tailnet.clone();
+    for n in &mut tailnet.nodes {
+        for r in topo.advertised.get(&n.id).into_iter().flatten() {
+            if !n.approved_routes.contains(r) && policy.auto_approves(r, n, &topo.tailnet) {
+                n.approved_routes.push(*r);
+            }
+        }
+    }
+    let filter = policy.route_filter(&tailnet);
+    let viewer = tailnet
+        .nodes
+        .iter()
+        .find(|n| topo.node_names.get(&n.id).map(String::as_str) == Some(node))
+        .ok_or("viewer missing")?;
+    let mut got = BTreeSet::new();
+    for n in &tailnet.nodes {
+        if !visible.contains(n.hostname.as_str()) {
+            continue;
+        }
+        for r in &n.approved_routes {
+            if filter.allows(viewer.id, r) {
+                got.insert(r.to_string());
+            }
+        }
+    }
+    // Whether a router sees a peer's copy of a route it serves itself
+    // depends on which of them is primary (registration order): leave
+    // those routes out on both sides.
+    let own: BTreeSet<String> = viewer
+        .approved_routes
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    let want: BTreeSet<String> = want.difference(&own).cloned().collect();
+    let got: BTreeSet<String> = got.difference(&own).cloned().collect();
+    if got != want {
+        let missing: Vec<_> = want.difference(&got).collect();
+        let extra: Vec<_> = got.difference(&want).collect();
+        return Err(format!(
+            "routes via peers differ ({node}): missing {missing:?}, extra {extra:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// The node's own CapMap, restricted to what a policy decides: the
 /// attributes its `nodeAttrs` name and `randomize-client-port` (Tailscale
 /// adds many capabilities of its own, which are not policy output).
@@ -362,6 +444,10 @@ fn check_case(category: &str, case: &Value) -> Result<(), String> {
                     "{node}: peers differ, missing {missing:?}, extra {extra:?}"
                 ));
             }
+        }
+        if let Some(allowed) = want.get("peer_allowed_ips").and_then(Value::as_object) {
+            same_routes(&policy, &topo, node, &got["peers"], allowed)
+                .map_err(|e| format!("{node}: {e}"))?;
         }
         if category == "nodeattrs" {
             same_capmap(&policy_text, &got["self_capmap"], &want["self_capmap"])
