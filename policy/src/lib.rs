@@ -8,6 +8,13 @@
 //! ([`Policy::parse`]), then compiles it against its current tailnet
 //! ([`Policy::compile`]) whenever the policy or the tailnet changes.
 //!
+//! Beyond the compiled views: [`Policy::check`] runs the policy's own
+//! tests (call it before putting a policy in force), [`Policy::may_own_tag`]
+//! and [`Policy::auto_approves`] answer registration-time questions, and
+//! [`Policy::route_filter`] says which peers' routes a node may use.
+//! [`NodePolicy`] is not `Eq`/`Hash` (wire filter rules carry JSON values):
+//! group identical views by [`NodePolicy::fingerprint`].
+//!
 //! Layout: `hujson` (comments/trailing commas → JSON), `model` (serde
 //! shape), `resolve` (aliases → addresses; validation), `compile`
 //! (filters, peers, cap maps), `ssh` (SSH policy), `tests` (policy
