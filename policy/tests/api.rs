@@ -431,3 +431,18 @@ fn route_filter_offers_routes_only_to_nodes_the_policy_connects() {
     );
     assert!(Policy::allow_all().route_filter(&t).allows(1, &route));
 }
+
+#[test]
+fn a_rule_cannot_fan_out_without_bound() {
+    let ports: Vec<String> = (1..=300).map(|p| p.to_string()).collect();
+    let dsts: Vec<String> = (0..300)
+        .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+        .collect();
+    let text = format!(
+        r#"{{"grants": [{{"src": ["*"], "dst": [{}], "ip": ["{}"]}}]}}"#,
+        dsts.join(","),
+        ports.join(",")
+    );
+    let err = Policy::parse(&text).unwrap_err().to_string();
+    assert!(err.starts_with("grants[0]"), "{err}");
+}
