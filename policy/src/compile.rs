@@ -100,7 +100,7 @@ pub(crate) struct Rules<'a> {
     ctx: Ctx<'a>,
     global: Vec<Rule>,
     /// Grants with `autogroup:self` destinations: (grant, resolved sources).
-    selfish: Vec<(&'a GrantRule, IpSet)>,
+    self_grants: Vec<(&'a GrantRule, IpSet)>,
     /// `via` grants: (grant, sources).
     via: Vec<(&'a GrantRule, Src)>,
 }
@@ -110,7 +110,7 @@ impl<'a> Rules<'a> {
         let ctx = Ctx::new(policy, tailnet);
         let mut rules = Rules {
             global: Vec::new(),
-            selfish: Vec::new(),
+            self_grants: Vec::new(),
             via: Vec::new(),
             ctx,
         };
@@ -159,7 +159,7 @@ impl<'a> Rules<'a> {
                 .cloned()
                 .collect();
             let set = self.ctx.resolve_all(&plain);
-            self.selfish.push((grant, set));
+            self.self_grants.push((grant, set));
         }
         if others.is_empty() || (!src.any && src.set.is_empty()) {
             return;
@@ -230,7 +230,7 @@ impl<'a> Rules<'a> {
 
     fn self_rules(&self, n: &Node) -> Vec<Rule> {
         let mut out = Vec::new();
-        if self.selfish.is_empty() || !n.tags.is_empty() {
+        if self.self_grants.is_empty() || !n.tags.is_empty() {
             return out;
         }
         let Some(uid) = n.user else {
@@ -243,7 +243,7 @@ impl<'a> Rules<'a> {
             .iter()
             .filter(|m| m.tags.is_empty() && m.user == Some(uid))
             .collect();
-        for (grant, srcs) in &self.selfish {
+        for (grant, srcs) in &self.self_grants {
             let src = IpSet::from_addrs(
                 same_user
                     .iter()
@@ -848,6 +848,25 @@ fn distribute(rule: &Rule, index: &NodeIndex, internet: &IpSet, filters: &mut [V
     }
 }
 
+/// Every network rule before per-node reduction (for policy tests whose
+/// destination is not a node, e.g. an address behind a subnet router).
+pub(crate) fn unreduced(policy: &Checked, tailnet: &Tailnet) -> Vec<FilterRule> {
+    let rules = Rules::new(policy, tailnet);
+    rules
+        .global
+        .iter()
+        .filter_map(|r| match r {
+            Rule::Net { src, dsts, protos } => Some(FilterRule {
+                src_ips: src.strings(),
+                dst_ports: dsts.iter().flat_map(|(d, p)| dst_wire(d, *p)).collect(),
+                ip_proto: protos.clone(),
+                ..FilterRule::default()
+            }),
+            Rule::Cap { .. } => None,
+        })
+        .collect()
+}
+
 /// Test helper shared with `tests.rs`: may `src` reach `dst` on `port`
 /// with protocol `proto` (None = any of the default ones)?
 pub(crate) fn allows(
@@ -884,5 +903,96 @@ pub(crate) fn wire_contains(form: &str, ip: IpAddr) -> bool {
     match Alias::parse(form) {
         Ok(Alias::Addr { set, .. }) => set.contains(ip),
         _ => false,
+    }
+}
+
+/// One rule reduced to what route visibility needs.
+#[derive(Debug, Clone)]
+struct Matcher {
+    src: Src,
+    dst_any: bool,
+    dst: IpSet,
+}
+
+impl Matcher {
+    fn of(rule: &Rule) -> Self {
+        let (dst_any, dst) = rule_dst(rule);
+        Matcher {
+            src: rule_src(rule).clone(),
+            dst_any,
+            dst,
+        }
+    }
+
+    fn src_has(&self, ips: &[IpAddr]) -> bool {
+        self.src.any || ips.iter().any(|ip| self.src.set.contains(*ip))
+    }
+
+    fn src_meets(&self, set: &IpSet) -> bool {
+        self.src.any || self.src.set.overlaps(set)
+    }
+
+    fn dst_has(&self, ips: &[IpAddr]) -> bool {
+        self.dst_any || ips.iter().any(|ip| self.dst.contains(*ip))
+    }
+
+    fn dst_meets(&self, set: &IpSet) -> bool {
+        !set.is_empty() && (self.dst_any || self.dst.overlaps(set))
+    }
+}
+
+/// Which of its peers' routes each node may use; see
+/// [`crate::RouteFilter`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RouteMatchers {
+    global: Vec<Matcher>,
+    per_node: BTreeMap<u64, (Vec<IpAddr>, IpSet, Vec<Matcher>)>,
+}
+
+impl RouteMatchers {
+    pub(crate) fn new(policy: &Checked, tailnet: &Tailnet) -> Self {
+        let rules = Rules::new(policy, tailnet);
+        let global = rules.global.iter().map(Matcher::of).collect();
+        let mut self_cache: BTreeMap<u64, Vec<Matcher>> = BTreeMap::new();
+        let mut per_node = BTreeMap::new();
+        for n in &tailnet.nodes {
+            let mut own = match (n.user, n.tags.is_empty()) {
+                (Some(uid), true) => self_cache
+                    .entry(uid)
+                    .or_insert_with(|| rules.self_rules(n).iter().map(Matcher::of).collect())
+                    .clone(),
+                _ => Vec::new(),
+            };
+            own.extend(rules.via_rules(n).iter().map(Matcher::of));
+            let mut routes = IpSet::new();
+            for r in subnet_routes(n) {
+                routes.add_prefix(&r);
+            }
+            per_node.insert(n.id, (node_ips(n), routes, own));
+        }
+        RouteMatchers { global, per_node }
+    }
+
+    /// May `viewer` use `route` (Headscale's `CanAccessRoute`): it may send
+    /// to the route, the route may send to it, or — for a subnet router —
+    /// its own subnets and the route may talk either way. Exit routes are
+    /// always allowed.
+    pub(crate) fn allows(&self, viewer: u64, route: &IpPrefix) -> bool {
+        // Exit routes of a visible exit node are always offered; using
+        // them is the client's choice.
+        if route.bits() == 0 {
+            return true;
+        }
+        let Some((ips, own_routes, extra)) = self.per_node.get(&viewer) else {
+            return false;
+        };
+        let route = IpSet::from_prefix(route);
+        self.global.iter().chain(extra).any(|m| {
+            (m.src_has(ips) && m.dst_meets(&route))
+                || (m.src_meets(&route) && m.dst_has(ips))
+                || (!own_routes.is_empty()
+                    && ((m.src_meets(own_routes) && m.dst_meets(&route))
+                        || (m.src_meets(&route) && m.dst_meets(own_routes))))
+        })
     }
 }

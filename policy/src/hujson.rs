@@ -3,7 +3,7 @@
 //!
 //! No well-kept lean Rust crate reads HuJSON exactly (JSON5 accepts far more,
 //! e.g. unquoted keys, which Tailscale refuses), so this is a small linear
-//! pass. Comments become spaces, so byte offsets and line/column numbers in
+//! pass. Comments become spaces (newlines stay), so line numbers in
 //! `serde_json`'s errors still point into the original text.
 
 use crate::PolicyError;

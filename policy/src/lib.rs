@@ -8,6 +8,13 @@
 //! ([`Policy::parse`]), then compiles it against its current tailnet
 //! ([`Policy::compile`]) whenever the policy or the tailnet changes.
 //!
+//! Beyond the compiled views: [`Policy::check`] runs the policy's own
+//! tests (call it before putting a policy in force), [`Policy::may_own_tag`]
+//! and [`Policy::auto_approves`] answer registration-time questions, and
+//! [`Policy::route_filter`] says which peers' routes a node may use.
+//! [`NodePolicy`] is not `Eq`/`Hash` (wire filter rules carry JSON values):
+//! group identical views by [`NodePolicy::fingerprint`].
+//!
 //! Layout: `hujson` (comments/trailing commas → JSON), `model` (serde
 //! shape), `resolve` (aliases → addresses; validation), `compile`
 //! (filters, peers, cap maps), `ssh` (SSH policy), `tests` (policy
@@ -130,11 +137,44 @@ impl Policy {
         }
     }
 
+    /// Which of its peers' routes (subnet and exit routes the server has
+    /// made primary) each node may use, for the peers' `AllowedIPs`.
+    pub fn route_filter(&self, tailnet: &Tailnet) -> RouteFilter {
+        RouteFilter {
+            inner: self
+                .inner
+                .as_ref()
+                .map(|checked| compile::RouteMatchers::new(checked, tailnet)),
+        }
+    }
+
     /// What every node of `tailnet` receives.
     pub fn compile(&self, tailnet: &Tailnet) -> Compiled {
         match &self.inner {
             None => compile::allow_all(tailnet),
             Some(checked) => compile::compile(checked, tailnet),
+        }
+    }
+}
+
+/// Route visibility under a policy (from [`Policy::route_filter`]): a node
+/// gets a peer's route in that peer's `AllowedIPs` only when the policy
+/// lets traffic flow between the node (or the subnets it routes) and the
+/// route, in either direction — Headscale's and Tailscale's rule. Exit
+/// routes of a visible exit node are always allowed, and without a policy
+/// every route is. `via` grants do not steer routes here yet (Headscale's
+/// `ViaRoutesForPeer`).
+#[derive(Debug, Clone)]
+pub struct RouteFilter {
+    inner: Option<compile::RouteMatchers>,
+}
+
+impl RouteFilter {
+    /// May node `viewer` (a [`Node::id`]) use `route` through a peer?
+    pub fn allows(&self, viewer: u64, route: &IpPrefix) -> bool {
+        match &self.inner {
+            None => true,
+            Some(m) => m.allows(viewer, route),
         }
     }
 }

@@ -77,7 +77,19 @@ pub(crate) struct Checked {
     /// `user:*@domain` / `localpart:*@domain` domains, checked against
     /// the tailnet by `Policy::check`.
     pub(crate) domains: Vec<(String, String)>,
+    /// Destination/port pairs named so far (see `MAX_TOTAL_FANOUT`).
+    fanout: usize,
 }
+
+/// Most (destination, port range) pairs one ACL or grant, and the whole
+/// policy, may name. Each pair becomes a filter entry per destination
+/// address, so this bounds what a small policy text can make the compiler
+/// produce.
+const MAX_FANOUT: usize = 65_536;
+const MAX_TOTAL_FANOUT: usize = 1 << 20;
+
+/// Tailscale's longest SSH check period: one week.
+const MAX_CHECK_PERIOD_NS: i64 = 168 * 3600 * 1_000_000_000;
 
 fn inv(at: impl Into<String>, reason: impl Into<String>) -> PolicyError {
     PolicyError::invalid(at, reason)
@@ -109,6 +121,7 @@ impl Checked {
             tests: file.tests.clone(),
             ssh_tests: file.ssh_tests.clone(),
             domains: Vec::new(),
+            fanout: 0,
         };
         c.load_groups(&file)?;
         c.load_hosts(&file)?;
@@ -392,6 +405,27 @@ impl Checked {
         }
     }
 
+    fn add_fanout(&mut self, at: &str, pairs: usize) -> Result<(), PolicyError> {
+        self.fanout = self.fanout.saturating_add(pairs);
+        if pairs > MAX_FANOUT {
+            return Err(inv(
+                at,
+                format!(
+                    "{pairs} destination/port pairs, more than the {MAX_FANOUT} allowed in one rule"
+                ),
+            ));
+        }
+        if self.fanout > MAX_TOTAL_FANOUT {
+            return Err(inv(
+                at,
+                format!(
+                    "the policy names more than {MAX_TOTAL_FANOUT} destination/port pairs in all"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn load_grant(&mut self, at: &str, g: &crate::model::Grant) -> Result<GrantRule, PolicyError> {
         let src = self.aliases(at, "src", &g.src, Side::Src)?;
         let dst = self.aliases(at, "dst", &g.dst, Side::Dst)?;
@@ -436,6 +470,8 @@ impl Checked {
             via.push(v.to_string());
         }
         check_self_sources(at, &src, &dst, false)?;
+        let ports: usize = ip.iter().map(|p| p.ports.len()).sum();
+        self.add_fanout(at, dst.len().max(1) * ports.max(1))?;
         Ok(GrantRule {
             src,
             dst,
@@ -489,6 +525,7 @@ impl Checked {
             }
             dsts.push((alias, ports));
         }
+        self.add_fanout(at, dsts.iter().map(|(_, p)| p.len()).sum())?;
         let dst_aliases: Vec<Alias> = dsts.iter().map(|(a, _)| a.clone()).collect();
         check_self_sources(at, &src, &dst_aliases, true)?;
         Ok(dsts
@@ -528,6 +565,12 @@ impl Checked {
                         return Err(inv(
                             format!("{at}.checkPeriod"),
                             format!("checkPeriod {p} must be a positive duration"),
+                        ));
+                    }
+                    if ns > MAX_CHECK_PERIOD_NS {
+                        return Err(inv(
+                            format!("{at}.checkPeriod"),
+                            format!("checkPeriod {p} is above the max (168h)"),
                         ));
                     }
                     ns

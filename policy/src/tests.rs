@@ -55,6 +55,7 @@ pub(crate) fn run(checked: &Checked, tailnet: &Tailnet) -> Result<(), PolicyErro
         return Ok(());
     }
     let compiled = crate::compile::compile(checked, tailnet);
+    let unreduced = crate::compile::unreduced(checked, tailnet);
     let ctx = Ctx::new(checked, tailnet);
     let owner: BTreeMap<IpAddr, u64> = tailnet
         .nodes
@@ -87,7 +88,7 @@ pub(crate) fn run(checked: &Checked, tailnet: &Tailnet) -> Result<(), PolicyErro
                 }
                 for src in &srcs {
                     for d in &dst_ips {
-                        let filter = filter_at(&compiled, &owner, *d);
+                        let filter = filter_at(&compiled, &unreduced, &owner, *d);
                         for p in &ports {
                             let got = allows(&filter, *src, *d, p.first, proto);
                             if got != want {
@@ -107,6 +108,16 @@ pub(crate) fn run(checked: &Checked, tailnet: &Tailnet) -> Result<(), PolicyErro
         let at = format!("sshTests[{i}]");
         let srcs = source_ips(&ctx, &at, &t.src)?;
         for dst in &t.dst {
+            // Tailscale accepts a bare IPv6 address here but never matches
+            // it, so such a test cannot pass there either.
+            if matches!(dst.trim().parse::<IpAddr>(), Ok(IpAddr::V6(_))) {
+                return Err(failed(
+                    &at,
+                    format!(
+                        "destination {dst:?}: bare IPv6 addresses are not supported in sshTests"
+                    ),
+                ));
+            }
             let alias = Alias::parse(dst).map_err(|e| failed(&at, e))?;
             let dst_ips = alias_ips(&ctx, &alias);
             for d in dst_ips {
@@ -160,8 +171,10 @@ fn alias_ips(ctx: &Ctx<'_>, alias: &Alias) -> Vec<IpAddr> {
         .flat_map(node_ips)
         .filter(|ip| set.contains(*ip))
         .collect();
+    // A literal address (or a host alias naming one) outside the tailnet
+    // stands for itself, e.g. a server behind a subnet router.
     if out.is_empty()
-        && let Alias::Addr { set, .. } = alias
+        && matches!(alias, Alias::Addr { .. } | Alias::Host(_))
         && let Some(p) = set.prefixes().first()
     {
         out.push(p.addr());
@@ -169,16 +182,17 @@ fn alias_ips(ctx: &Ctx<'_>, alias: &Alias) -> Vec<IpAddr> {
     out
 }
 
-/// The filter that guards `ip`: its node's, or every node's when the
-/// address is not a node (a subnet behind routers).
-fn filter_at(compiled: &Compiled, owner: &BTreeMap<IpAddr, u64>, ip: IpAddr) -> Vec<FilterRule> {
+/// The filter that guards `ip`: its node's, or the whole policy's when the
+/// address is not a node (a host behind a subnet router).
+fn filter_at(
+    compiled: &Compiled,
+    unreduced: &[FilterRule],
+    owner: &BTreeMap<IpAddr, u64>,
+    ip: IpAddr,
+) -> Vec<FilterRule> {
     match owner.get(&ip).and_then(|id| compiled.nodes.get(id)) {
         Some(view) => view.packet_filter.clone(),
-        None => compiled
-            .nodes
-            .values()
-            .flat_map(|v| v.packet_filter.iter().cloned())
-            .collect(),
+        None => unreduced.to_vec(),
     }
 }
 

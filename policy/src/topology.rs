@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use meshscale_wire::gojson::nullable;
+use meshscale_wire::netip::IpPrefix;
+
 use crate::{Node, Policy, PolicyError, Tailnet, User};
 
 /// A tailnet read from a topology file, with its node names.
@@ -22,6 +25,10 @@ pub struct Topology {
     pub node_names: BTreeMap<u64, String>,
     /// Node name → node id.
     pub node_ids: BTreeMap<String, u64>,
+    /// Node id → the routes it advertises (`routable_ips`), approved or
+    /// not; [`compile_report`] approves those the policy's
+    /// `autoApprovers` cover, as the server does when routes arrive.
+    pub advertised: BTreeMap<u64, Vec<IpPrefix>>,
 }
 
 #[derive(Deserialize)]
@@ -36,7 +43,7 @@ struct FileUser {
 struct FileNode {
     #[serde(default)]
     hostname: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     tags: Vec<String>,
     #[serde(default)]
     ipv4: Option<String>,
@@ -44,13 +51,15 @@ struct FileNode {
     ipv6: Option<String>,
     #[serde(default)]
     user: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     approved_routes: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    routable_ips: Vec<String>,
 }
 
 #[derive(Deserialize)]
 struct FileTopology {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     users: Vec<FileUser>,
     #[serde(default)]
     nodes: BTreeMap<String, FileNode>,
@@ -98,11 +107,10 @@ impl Topology {
             };
             let ipv4 = parse_opt(&name, "ipv4", n.ipv4.as_deref())?;
             let ipv6 = parse_opt(&name, "ipv6", n.ipv6.as_deref())?;
-            let mut approved_routes = Vec::new();
-            for r in &n.approved_routes {
-                approved_routes.push(r.parse().map_err(|e| {
-                    PolicyError::Topology(format!("node {name:?}: route {r:?}: {e}"))
-                })?);
+            let approved_routes = parse_routes(&name, &n.approved_routes)?;
+            let advertised = parse_routes(&name, &n.routable_ips)?;
+            if !advertised.is_empty() {
+                topo.advertised.insert(id, advertised);
             }
             topo.tailnet.nodes.push(Node {
                 id,
@@ -118,6 +126,16 @@ impl Topology {
         }
         Ok(topo)
     }
+}
+
+fn parse_routes(node: &str, routes: &[String]) -> Result<Vec<IpPrefix>, PolicyError> {
+    routes
+        .iter()
+        .map(|r| {
+            r.parse()
+                .map_err(|e| PolicyError::Topology(format!("node {node:?}: route {r:?}: {e}")))
+        })
+        .collect()
 }
 
 fn parse_opt<T: std::str::FromStr>(
@@ -141,8 +159,21 @@ where
 /// topology, `{"packet_filter_rules": [...], "peers": ["<hostname>", ...],
 /// "ssh_policy": {...}}`, filter rules in the JSON the official client
 /// receives.
+///
+/// Advertised routes that the policy's `autoApprovers` cover count as
+/// approved, as they would on the server.
 pub fn compile_report(policy: &Policy, topo: &Topology) -> Value {
-    let compiled = policy.compile(&topo.tailnet);
+    let mut tailnet = topo.tailnet.clone();
+    for node in &mut tailnet.nodes {
+        for route in topo.advertised.get(&node.id).into_iter().flatten() {
+            if !node.approved_routes.contains(route)
+                && policy.auto_approves(route, node, &topo.tailnet)
+            {
+                node.approved_routes.push(*route);
+            }
+        }
+    }
+    let compiled = policy.compile(&tailnet);
     let hostnames: BTreeMap<u64, &str> = topo
         .tailnet
         .nodes

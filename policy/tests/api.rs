@@ -385,3 +385,64 @@ fn malformed_tests_and_ssh_aliases_are_refused() {
         assert!(err.starts_with(at), "{err:?} should start with {at}");
     }
 }
+
+#[test]
+fn compile_report_applies_auto_approvers_to_advertised_routes() {
+    let topo = Topology::parse(
+        r#"{"users": [{"id": 1, "name": "alice", "email": "alice@example.com"}],
+            "nodes": {
+              "a": {"hostname": "laptop", "ipv4": "100.64.0.1", "user": "alice"},
+              "r": {"hostname": "router", "tags": ["tag:router"], "ipv4": "100.64.0.4",
+                    "routable_ips": ["10.33.0.0/16"], "approved_routes": null}
+            }}"#,
+    )
+    .unwrap();
+    let rules = r#""acls": [{"action": "accept", "src": ["alice@"], "dst": ["10.33.0.0/16:22"]}]"#;
+    let approving = format!(
+        r#"{{"tagOwners": {{"tag:router": ["alice@"]}}, {rules},
+            "autoApprovers": {{"routes": {{"10.33.0.0/16": ["tag:router"]}}}}}}"#
+    );
+    let report = compile_report(&Policy::parse(&approving).unwrap(), &topo);
+    assert_eq!(report["a"]["peers"], serde_json::json!(["router"]));
+    let silent = format!(r#"{{"tagOwners": {{"tag:router": ["alice@"]}}, {rules}}}"#);
+    let report = compile_report(&Policy::parse(&silent).unwrap(), &topo);
+    assert_eq!(
+        report["a"]["peers"],
+        serde_json::json!([]),
+        "not approved: no route"
+    );
+}
+
+#[test]
+fn route_filter_offers_routes_only_to_nodes_the_policy_connects() {
+    let policy = Policy::parse(
+        r#"{"tagOwners": {"tag:router": ["alice@"], "tag:web": ["alice@"]},
+            "acls": [{"action": "accept", "src": ["bob@"], "dst": ["10.33.1.0/24:443"]}]}"#,
+    )
+    .unwrap();
+    let t = tailnet();
+    let filter = policy.route_filter(&t);
+    let route: meshscale_wire::netip::IpPrefix = "10.33.0.0/16".parse().unwrap();
+    assert!(filter.allows(2, &route), "bob may reach part of the route");
+    assert!(!filter.allows(1, &route), "alice may not");
+    assert!(
+        filter.allows(1, &"0.0.0.0/0".parse().unwrap()),
+        "exit routes are offered"
+    );
+    assert!(Policy::allow_all().route_filter(&t).allows(1, &route));
+}
+
+#[test]
+fn a_rule_cannot_fan_out_without_bound() {
+    let ports: Vec<String> = (1..=300).map(|p| p.to_string()).collect();
+    let dsts: Vec<String> = (0..300)
+        .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+        .collect();
+    let text = format!(
+        r#"{{"grants": [{{"src": ["*"], "dst": [{}], "ip": ["{}"]}}]}}"#,
+        dsts.join(","),
+        ports.join(",")
+    );
+    let err = Policy::parse(&text).unwrap_err().to_string();
+    assert!(err.starts_with("grants[0]"), "{err}");
+}
