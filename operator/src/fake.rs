@@ -13,7 +13,7 @@ use crate::crd::{
     ClusterMeshPolicy, MeshNode, MeshNodeSpec, MeshNodeStatus, MeshPolicy, MeshPolicyStatus,
     MeshUser, MeshUserStatus, PreAuthKeySpec, PreAuthKeyStatus,
 };
-use crate::kubeops::{FINALIZER, Kube, KubeError, Note};
+use crate::kubeops::{FINALIZER, FinalizerEdit, Kube, KubeError, Note};
 
 #[derive(Default)]
 pub struct FakeAdmin {
@@ -293,12 +293,12 @@ impl Kube for FakeKube {
         self.state.lock().unwrap().events.push((who, note));
         Ok(())
     }
-    async fn user_finalizers(&self, name: &str, f: Vec<String>) -> Result<(), KubeError> {
+    async fn user_finalizers(&self, name: &str, edit: FinalizerEdit) -> Result<(), KubeError> {
         self.state
             .lock()
             .unwrap()
             .user_finalizers
-            .insert(name.into(), f);
+            .insert(name.into(), edit.result());
         Ok(())
     }
     async fn user_status(&self, name: &str, s: &MeshUserStatus) -> Result<(), KubeError> {
@@ -309,12 +309,17 @@ impl Kube for FakeKube {
         st.user_status.insert(name.into(), s.clone());
         Ok(())
     }
-    async fn pak_finalizers(&self, ns: &str, name: &str, f: Vec<String>) -> Result<(), KubeError> {
+    async fn pak_finalizers(
+        &self,
+        ns: &str,
+        name: &str,
+        edit: FinalizerEdit,
+    ) -> Result<(), KubeError> {
         self.state
             .lock()
             .unwrap()
             .pak_finalizers
-            .insert(format!("{ns}/{name}"), f);
+            .insert(format!("{ns}/{name}"), edit.result());
         Ok(())
     }
     async fn pak_status(
@@ -382,7 +387,8 @@ impl Kube for FakeKube {
         }
         Ok(())
     }
-    async fn node_finalizers(&self, name: &str, f: Vec<String>) -> Result<(), KubeError> {
+    async fn node_finalizers(&self, name: &str, edit: FinalizerEdit) -> Result<(), KubeError> {
+        let f = edit.result();
         let mut s = self.state.lock().unwrap();
         let remove = match s.nodes.get_mut(name) {
             Some(n) => {

@@ -583,6 +583,20 @@ impl FakeApiServer {
                         Ok(p) => p,
                         Err(e) => return error(400, "BadRequest", e),
                     };
+                    // The API server's JSON patch treats a missing member as
+                    // null in a `test` (kube-runtime's finalizer patch relies
+                    // on it); json_patch calls that an invalid pointer.
+                    let ops = json_patch::Patch(
+                        ops.0
+                            .into_iter()
+                            .filter(|op| match op {
+                                json_patch::PatchOperation::Test(t) => {
+                                    !(t.value.is_null() && new.pointer(t.path.as_str()).is_none())
+                                }
+                                _ => true,
+                            })
+                            .collect(),
+                    );
                     if let Err(e) = json_patch::patch(&mut new, &ops) {
                         return error(422, "Invalid", e);
                     }

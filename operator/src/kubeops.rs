@@ -55,7 +55,7 @@ pub trait Kube: Send + Sync + 'static {
     fn user_finalizers(
         &self,
         name: &str,
-        f: Vec<String>,
+        edit: FinalizerEdit,
     ) -> impl Future<Output = Result<(), KubeError>> + Send;
     fn user_status(
         &self,
@@ -66,7 +66,7 @@ pub trait Kube: Send + Sync + 'static {
         &self,
         ns: &str,
         name: &str,
-        f: Vec<String>,
+        edit: FinalizerEdit,
     ) -> impl Future<Output = Result<(), KubeError>> + Send;
     fn pak_status(
         &self,
@@ -105,7 +105,7 @@ pub trait Kube: Send + Sync + 'static {
     fn node_finalizers(
         &self,
         name: &str,
-        f: Vec<String>,
+        edit: FinalizerEdit,
     ) -> impl Future<Output = Result<(), KubeError>> + Send;
     fn delete_mesh_node(&self, name: &str) -> impl Future<Output = Result<(), KubeError>> + Send;
     /// Sets `caBundle` (PEM) on every webhook of the MutatingWebhookConfiguration.
@@ -163,8 +163,14 @@ impl KubeClient {
     }
 }
 
-fn finalizers_patch(f: Vec<String>) -> Patch<serde_json::Value> {
-    Patch::Merge(json!({ "metadata": { "finalizers": f } }))
+/// `None` when there is nothing to send.
+fn finalizers_patch(edit: &FinalizerEdit) -> Result<Option<Patch<serde_json::Value>>, KubeError> {
+    if edit.is_noop() {
+        return Ok(None);
+    }
+    let ops: json_patch::Patch = serde_json::from_value(edit.patch())
+        .map_err(|e| KubeError::Api(format!("finalizer patch: {e}")))?;
+    Ok(Some(Patch::Json(ops)))
 }
 
 fn status_patch<S: serde::Serialize>(s: &S) -> Patch<serde_json::Value> {
@@ -196,12 +202,12 @@ impl Kube for KubeClient {
         };
         Ok(self.recorder.publish(&ev, &regarding).await?)
     }
-    async fn user_finalizers(&self, name: &str, f: Vec<String>) -> Result<(), KubeError> {
+    async fn user_finalizers(&self, name: &str, edit: FinalizerEdit) -> Result<(), KubeError> {
+        let Some(patch) = finalizers_patch(&edit)? else {
+            return Ok(());
+        };
         let api: Api<MeshUser> = Api::all(self.client.clone());
-        ignore_not_found(
-            api.patch(name, &PatchParams::default(), &finalizers_patch(f))
-                .await,
-        )
+        ignore_not_found(api.patch(name, &PatchParams::default(), &patch).await)
     }
     async fn user_status(&self, name: &str, s: &MeshUserStatus) -> Result<(), KubeError> {
         let api: Api<MeshUser> = Api::all(self.client.clone());
@@ -210,12 +216,17 @@ impl Kube for KubeClient {
                 .await,
         )
     }
-    async fn pak_finalizers(&self, ns: &str, name: &str, f: Vec<String>) -> Result<(), KubeError> {
+    async fn pak_finalizers(
+        &self,
+        ns: &str,
+        name: &str,
+        edit: FinalizerEdit,
+    ) -> Result<(), KubeError> {
+        let Some(patch) = finalizers_patch(&edit)? else {
+            return Ok(());
+        };
         let api: Api<PreAuthKey> = Api::namespaced(self.client.clone(), ns);
-        ignore_not_found(
-            api.patch(name, &PatchParams::default(), &finalizers_patch(f))
-                .await,
-        )
+        ignore_not_found(api.patch(name, &PatchParams::default(), &patch).await)
     }
     async fn pak_status(
         &self,
@@ -292,12 +303,12 @@ impl Kube for KubeClient {
                 .await,
         )
     }
-    async fn node_finalizers(&self, name: &str, f: Vec<String>) -> Result<(), KubeError> {
+    async fn node_finalizers(&self, name: &str, edit: FinalizerEdit) -> Result<(), KubeError> {
+        let Some(patch) = finalizers_patch(&edit)? else {
+            return Ok(());
+        };
         let api: Api<MeshNode> = Api::all(self.client.clone());
-        ignore_not_found(
-            api.patch(name, &PatchParams::default(), &finalizers_patch(f))
-                .await,
-        )
+        ignore_not_found(api.patch(name, &PatchParams::default(), &patch).await)
     }
     async fn delete_mesh_node(&self, name: &str) -> Result<(), KubeError> {
         let api: Api<MeshNode> = Api::all(self.client.clone());
@@ -409,26 +420,161 @@ impl Kube for KubeClient {
     }
 }
 
-/// `f` plus the finalizer, or `None` when it is already there.
-pub fn with_finalizer(f: Option<&Vec<String>>) -> Option<Vec<String>> {
-    let f = f.cloned().unwrap_or_default();
-    if f.iter().any(|x| x == FINALIZER) {
-        return None;
-    }
-    let mut f = f;
-    f.push(FINALIZER.to_string());
-    Some(f)
+/// A change to an object's finalizer list, computed from the list the
+/// reconciler saw. It goes out as a JSON patch that first tests that list
+/// (kube-runtime's `finalizer()` technique): if another controller edited
+/// the finalizers meanwhile, the API server refuses the patch and the next
+/// reconcile starts over, instead of a merge patch overwriting their entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinalizerEdit {
+    /// Append ours to `current` (`None`: the object has no list yet).
+    Add { current: Option<Vec<String>> },
+    /// Remove ours from `current`, where it sits at `index` (`None`: it is
+    /// not there, nothing to do).
+    Remove {
+        current: Vec<String>,
+        index: Option<usize>,
+    },
 }
 
-/// `f` without the finalizer.
-pub fn without_finalizer(f: Option<&Vec<String>>) -> Vec<String> {
-    f.cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|x| x != FINALIZER)
-        .collect()
+impl FinalizerEdit {
+    /// The list after the edit.
+    pub fn result(&self) -> Vec<String> {
+        match self {
+            FinalizerEdit::Add { current } => {
+                let mut f = current.clone().unwrap_or_default();
+                f.push(FINALIZER.to_string());
+                f
+            }
+            FinalizerEdit::Remove { current, index } => {
+                let mut f = current.clone();
+                if let Some(i) = *index {
+                    f.remove(i);
+                }
+                f
+            }
+        }
+    }
+
+    /// The JSON patch; empty when there is nothing to do.
+    pub fn patch(&self) -> serde_json::Value {
+        match self {
+            FinalizerEdit::Add { current: None } => json!([
+                { "op": "test", "path": "/metadata/finalizers", "value": null },
+                { "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] },
+            ]),
+            FinalizerEdit::Add {
+                current: Some(current),
+            } => json!([
+                { "op": "test", "path": "/metadata/finalizers", "value": current },
+                { "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER },
+            ]),
+            FinalizerEdit::Remove { index: None, .. } => json!([]),
+            FinalizerEdit::Remove { index: Some(i), .. } => json!([
+                { "op": "test", "path": format!("/metadata/finalizers/{i}"), "value": FINALIZER },
+                { "op": "remove", "path": format!("/metadata/finalizers/{i}") },
+            ]),
+        }
+    }
+
+    fn is_noop(&self) -> bool {
+        matches!(self, FinalizerEdit::Remove { index: None, .. })
+    }
+}
+
+/// Adds our finalizer, or `None` when it is already there.
+pub fn with_finalizer(f: Option<&Vec<String>>) -> Option<FinalizerEdit> {
+    if has_finalizer(f) {
+        return None;
+    }
+    Some(FinalizerEdit::Add {
+        current: f.cloned(),
+    })
+}
+
+/// Removes our finalizer (a no-op edit when it is not there).
+pub fn without_finalizer(f: Option<&Vec<String>>) -> FinalizerEdit {
+    let current = f.cloned().unwrap_or_default();
+    let index = current.iter().position(|x| x == FINALIZER);
+    FinalizerEdit::Remove { current, index }
 }
 
 pub fn has_finalizer(f: Option<&Vec<String>>) -> bool {
     f.is_some_and(|f| f.iter().any(|x| x == FINALIZER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(doc: &serde_json::Value, edit: &FinalizerEdit) -> Result<serde_json::Value, String> {
+        let ops: json_patch::Patch =
+            serde_json::from_value(edit.patch()).map_err(|e| e.to_string())?;
+        let mut doc = doc.clone();
+        json_patch::patch(&mut doc, &ops).map_err(|e| e.to_string())?;
+        Ok(doc)
+    }
+
+    #[test]
+    fn adding_keeps_other_controllers_finalizers_and_matches_result() {
+        let seen = vec!["other.example/keep".to_string()];
+        let doc = json!({ "metadata": { "finalizers": seen } });
+        let Some(edit) = with_finalizer(Some(&seen)) else {
+            panic!("our finalizer is not there yet");
+        };
+        let after = apply(&doc, &edit).expect("the list is as seen");
+        assert_eq!(
+            after["metadata"]["finalizers"],
+            json!(["other.example/keep", FINALIZER])
+        );
+        assert_eq!(
+            after["metadata"]["finalizers"],
+            serde_json::to_value(edit.result()).expect("json")
+        );
+        assert_eq!(with_finalizer(Some(&edit.result())), None);
+    }
+
+    #[test]
+    fn a_list_changed_since_it_was_read_refuses_the_patch() {
+        // Read with [other]; meanwhile a third controller added its own.
+        let seen = vec!["other.example/keep".to_string()];
+        let now =
+            json!({ "metadata": { "finalizers": ["other.example/keep", "third.example/x"] } });
+        let Some(add) = with_finalizer(Some(&seen)) else {
+            panic!("our finalizer is not there yet");
+        };
+        assert!(apply(&now, &add).is_err(), "a stale add must not land");
+
+        // Removal: ours was at index 1 when read; the list shifted since.
+        let seen = vec!["other.example/keep".to_string(), FINALIZER.to_string()];
+        let remove = without_finalizer(Some(&seen));
+        let shifted = json!({ "metadata": { "finalizers": ["other.example/keep", "third.example/x", FINALIZER] } });
+        assert!(
+            apply(&shifted, &remove).is_err(),
+            "a stale remove must not drop another entry"
+        );
+        let as_seen = json!({ "metadata": { "finalizers": seen } });
+        let after = apply(&as_seen, &remove).expect("the list is as seen");
+        assert_eq!(
+            after["metadata"]["finalizers"],
+            json!(["other.example/keep"])
+        );
+    }
+
+    #[test]
+    fn removing_an_absent_finalizer_sends_nothing() {
+        let seen = vec!["other.example/keep".to_string()];
+        let edit = without_finalizer(Some(&seen));
+        assert!(edit.is_noop());
+        assert_eq!(edit.result(), seen);
+        assert!(matches!(finalizers_patch(&edit), Ok(None)));
+        assert!(without_finalizer(None).is_noop());
+    }
+
+    #[test]
+    fn the_first_finalizer_on_an_object_without_a_list() {
+        let edit = with_finalizer(None).expect("not there");
+        assert_eq!(edit.result(), vec![FINALIZER.to_string()]);
+        assert!(matches!(finalizers_patch(&edit), Ok(Some(_))));
+    }
 }
